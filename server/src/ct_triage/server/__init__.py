@@ -1,0 +1,5 @@
+"""chest-ct-triage server."""
+
+import logging
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
