@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the tests use: dciodvfy (dicom3tools), a real Orthanc PACS with DICOMweb.
+set -euo pipefail
+PKGS="dicom3tools orthanc orthanc-dicomweb"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+[ -z "$missing" ] && exit 0
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+# Orthanc's package tries to start a system service; policy-rc.d may refuse, which is fine:
+# the tests start their own Orthanc on loopback.
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing

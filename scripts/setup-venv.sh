@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create ./.venv and install chest-ct-triage into it (editable).
+#   scripts/setup-venv.sh          runtime only (CPU, no torch): enough for `ct-triage demo`
+#   scripts/setup-venv.sh --dev    + training (torch CPU), test and lint tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+if [ "${1:-}" = "--dev" ]; then
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+else
+  .venv/bin/python -m pip install -q -e ./kernels -e ./models -e ./dicom_bridge -e ./server
+fi

@@ -1,0 +1,120 @@
+"""``ct-triage``: the command line. It parses arguments, configures logging and wires steps;
+it holds no analysis logic of its own.
+
+Exit codes: 0 success; 2 input declined or invalid (reason on stderr); 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ct_triage.models.errors import TriageError
+from ct_triage.server.logconfig import configure_logging, job_context
+from ct_triage.server.settings import Settings
+
+logger = logging.getLogger("ct_triage.server.cli")
+
+
+def _cmd_phantom(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server import commands
+
+    commands.phantom(Path(args.out), seed=args.seed, n_slices=args.slices, severity=args.severity)
+    print(f"Synthetic chest CT written to {Path(args.out) / 'dicom'} (truth: truth.npz)")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server import commands
+
+    result = commands.analyze(Path(args.input), Path(args.out), settings)
+    print(commands.summary_text(result))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server import commands
+
+    result = commands.demo(Path(args.out), settings, seed=args.seed)
+    print(commands.summary_text(result))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server import commands
+
+    print(commands.evaluate(Path(args.data), Path(args.json), settings))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ct-triage",
+        description="Chest CT triage: lung and pneumonia-lesion quantification. "
+        "AI triage aid, NOT for primary diagnosis.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="analyse the embedded sample study (no PACS, no GPU needed)")
+    d.add_argument("--out", default="demo-out", help="folder for the sample study and results")
+    d.add_argument("--seed", type=int, default=7, help="seed of the synthetic sample study")
+    d.set_defaults(func=_cmd_demo)
+
+    ph = sub.add_parser("phantom", help="write a synthetic chest CT series with exact truth")
+    ph.add_argument("out", help="output folder (DICOM under OUT/dicom, truth in OUT/truth.npz)")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--slices", type=int, default=None, help="number of slices (60-400)")
+    ph.add_argument(
+        "--severity", choices=["none", "mild", "moderate", "severe"], default=None
+    )
+    ph.set_defaults(func=_cmd_phantom)
+
+    a = sub.add_parser("analyze", help="analyse a study: folder of DICOM files or a zip")
+    a.add_argument("input", help="folder (any depth) or .zip of DICOM files")
+    a.add_argument("--out", required=True, help="result folder (complete results or none)")
+    a.set_defaults(func=_cmd_analyze)
+
+    e = sub.add_parser("evaluate", help="score the model on a folder of .npz cases")
+    e.add_argument("data", help="folder of .npz cases")
+    e.add_argument("--json", required=True, help="where to write the metrics JSON")
+    e.set_defaults(func=_cmd_evaluate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"ct-triage: configuration error: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO, fmt=settings.log_format)
+    job = uuid.uuid4().hex[:12]
+    with job_context(job):
+        try:
+            rc: int = args.func(args, settings)
+        except TriageError as exc:
+            # Logged once, here, at the boundary.
+            logger.debug("command failed", exc_info=True)
+            kind = "declined" if exc.exit_code == 2 else "error"
+            print(f"ct-triage: {kind}: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("ct-triage: interrupted", file=sys.stderr)
+            return 130
+        except Exception:
+            logger.exception("unexpected failure")
+            print("ct-triage: internal error (see the log above)", file=sys.stderr)
+            return 1
+    return rc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

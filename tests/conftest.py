@@ -1,0 +1,24 @@
+"""Shared fixtures. Real data comes from ``../shared/data`` (never copied into the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path:
+    env = os.environ.get("CT_TRIAGE_SHARED_DATA")
+    return Path(env) if env else (REPO_ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$CT_TRIAGE_SHARED_DATA``); skips when it is absent."""
+    path = _shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} is absent (set CT_TRIAGE_SHARED_DATA)")
+    return path
