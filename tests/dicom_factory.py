@@ -126,7 +126,7 @@ def expected_hu(spec: SeriesSpec, index: int) -> npt.NDArray[np.int16]:
     volume is detected.
     """
     y, x = np.mgrid[0 : spec.rows, 0 : spec.columns]
-    hu = ((index * 97 + y * 31 + x * 7) % 2000) - 1000
+    hu: npt.NDArray[np.int64] = ((index * 97 + y * 31 + x * 7) % 2000) - 1000
     return hu.astype(np.int16)
 
 

@@ -31,8 +31,8 @@ Sources
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
-from pydicom.sr.coding import Code
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 from ct_triage.models.identity import PRODUCT_NAME, PRODUCT_VERSION
 from ct_triage.models.quantify import TriageCategory

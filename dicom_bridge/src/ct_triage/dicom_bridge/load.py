@@ -1,0 +1,379 @@
+"""Series loading: the files of one chosen CT series -> :class:`~ct_triage.models.volume.Volume`.
+
+Geometry follows the Image Plane Module (PS3.3 C.7.6.2): the slice normal is the cross
+product of the row and column direction cosines of ImageOrientationPatient (0020,0037), and
+slices are ordered by the projection of ImagePositionPatient (0020,0032) on that normal,
+never by InstanceNumber or file name. The volume's z axis points to the patient's head
+(the normal is negated when it points to the feet), so an axial volume runs inferior to
+superior. Rows and columns are kept as stored, so voxel ``[k, r, c]`` is pixel ``(r, c)`` of
+``datasets[k]``; :attr:`Volume.direction` says where they point.
+
+Pixel values (PS3.3 C.11.1.1.2, C.7.5.1.1.2):
+
+* ``HU = stored * RescaleSlope + RescaleIntercept`` per slice, in float64, rounded and
+  clipped to the int16 range.
+* PixelPaddingValue (0028,0120), with PixelPaddingRangeLimit (0028,0121) when present, is
+  compared on the *stored* values (before rescale); padded pixels become -1024 HU.
+* Every value below -1024 HU is raised to -1024 (air). Scanners fill the outside of the
+  reconstruction circle with -2000/-3024 HU or similar, often without declaring padding;
+  nothing a chest triage measures lies below air, so a common floor keeps downstream
+  thresholds and normalisation honest.
+
+Compressed transfer syntaxes (JPEG 2000, JPEG-LS, JPEG lossless, RLE) are decoded by
+pydicom's pixel plugins (pylibjpeg-openjpeg, pylibjpeg-libjpeg, pylibjpeg-rle or pydicom's
+own RLE decoder), one file per thread.
+
+Why not SimpleITK: measured on a synthetic 300-slice 512x512 series (2-core dev box, warm
+page cache, median of 7 runs): this pydicom path 0.33 s (1 thread) / 0.40 s (6 threads),
+``SimpleITK.ImageSeriesReader`` 0.38 s for uncompressed data, and 0.55 s against 4.7 s for
+RLE Lossless. SimpleITK would also apply the rescale before padding can be compared on
+stored values, pick one pixel type from the first file, and hide which file is broken, so
+the pydicom path is kept. Rescale uses exact int32 arithmetic when the slope is 1 and the
+intercept an integer (identical to the float64 path, 3x faster); otherwise float64.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+from pydicom.dataset import Dataset
+
+from ct_triage.models.errors import InvalidInput, StudyDeclined
+from ct_triage.models.volume import Volume
+
+__all__ = ["AIR_HU", "LoadedSeries", "load_series"]
+
+logger = logging.getLogger(__name__)
+
+#: The HU floor: padding and everything below air become this value.
+AIR_HU = -1024
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+# Tolerances (mm, or direction-cosine units).
+_ORIENTATION_TOL = 1e-3
+_PIXEL_SPACING_TOL = 1e-3
+_DUPLICATE_TOL_MM = 1e-2
+_GAP_FACTOR = 1.5
+_IRREGULAR_FRACTION = 0.10
+_TILT_TOL_DEG = 0.01
+
+
+@dataclass(frozen=True)
+class LoadedSeries:
+    """One CT series as an HU volume plus its source headers.
+
+    Parameters
+    ----------
+    volume
+        int16 HU, ``(z, y, x)``, z inferior to superior; padding is -1024.
+    datasets
+        The source headers in volume z order, PixelData removed (for writers, e.g. as
+        highdicom ``source_images``). An empty SOPInstanceUID / SOPClassUID is filled from
+        the file meta information (PS3.10 7.1), as some anonymised exports blank them.
+    study_instance_uid, series_instance_uid, frame_of_reference_uid
+        From the headers; ``""`` when the source lacks them (anonymised exports).
+    series_number, series_description, modality
+        From the first header.
+    """
+
+    volume: Volume
+    datasets: tuple[Dataset, ...]
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    series_number: int | None
+    series_description: str
+    modality: str
+
+
+def _pmap(fn: Callable[[_T], _R], items: Sequence[_T], workers: int, name: str) -> list[_R]:
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        return list(pool.map(fn, items))
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom raises many types on corrupt files
+        raise InvalidInput(f"Cannot read DICOM file {path.name}: {exc}") from exc
+    if len(ds) == 0:
+        raise InvalidInput(
+            f"Cannot read DICOM file {path.name}: truncated or corrupt (no data elements)"
+        )
+    return ds
+
+
+def _floats(ds: Dataset, keyword: str, count: int, name: str) -> npt.NDArray[np.float64]:
+    value = ds.get(keyword)
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} has no valid {keyword}") from exc
+    if arr.shape != (count,) or not np.all(np.isfinite(arr)):
+        raise InvalidInput(f"{name} has no valid {keyword}")
+    return arr
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _stored_padding(ds: Dataset, keyword: str) -> int | None:
+    """A padding attribute as a stored value (US/SS ambiguity resolved, PS3.5 6.2)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        iv = int(value)
+    except (TypeError, ValueError):
+        return None
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and iv >= 1 << (bits - 1):
+        iv -= 1 << bits  # read as US but the pixels are signed
+    return iv
+
+
+def _check_uniform(datasets: Sequence[Dataset], names: Sequence[str]) -> None:
+    first = datasets[0]
+    iop0 = _floats(first, "ImageOrientationPatient", 6, names[0])
+    ps0 = _floats(first, "PixelSpacing", 2, names[0])
+    shape0 = (first.get("Rows"), first.get("Columns"))
+    for ds, name in zip(datasets, names, strict=True):
+        if "PixelData" not in ds:
+            raise InvalidInput(f"DICOM file {name} has no pixel data")
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise StudyDeclined("Multi-frame (enhanced) CT images are not supported")
+        photometric = _text(ds, "PhotometricInterpretation").upper()
+        if photometric != "MONOCHROME2" or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise StudyDeclined(
+                f"Image {name} is {photometric or 'of unknown colour model'}; "
+                "only MONOCHROME2 CT images are supported"
+            )
+        if (ds.get("Rows"), ds.get("Columns")) != shape0:
+            raise StudyDeclined(
+                "Slices of the series have different matrix sizes "
+                f"({shape0[0]}x{shape0[1]} and {ds.get('Rows')}x{ds.get('Columns')})"
+            )
+        if np.max(np.abs(_floats(ds, "ImageOrientationPatient", 6, name) - iop0)) > (
+            _ORIENTATION_TOL
+        ):
+            raise StudyDeclined("Slices of the series have different orientations")
+        if np.max(np.abs(_floats(ds, "PixelSpacing", 2, name) - ps0)) > _PIXEL_SPACING_TOL:
+            raise StudyDeclined("Slices of the series have different pixel spacings")
+        tilt = ds.get("GantryDetectorTilt")
+        try:
+            tilt_deg = float(tilt) if tilt not in (None, "") else 0.0
+        except (TypeError, ValueError):
+            tilt_deg = 0.0
+        if abs(tilt_deg) > _TILT_TOL_DEG:
+            raise StudyDeclined(
+                f"The series is gantry-tilted ({tilt_deg:g} degrees); "
+                "gantry-tilted series are not supported"
+            )
+    frames = {_text(ds, "FrameOfReferenceUID") for ds in datasets}
+    if len(frames) > 1:
+        raise StudyDeclined("Slices of the series have different frames of reference")
+
+
+def _geometry(
+    datasets: Sequence[Dataset], names: Sequence[str]
+) -> tuple[npt.NDArray[np.intp], float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Sort slices along the normal; return (order, z spacing, z axis, sorted positions)."""
+    iop = _floats(datasets[0], "ImageOrientationPatient", 6, names[0])
+    row, col = iop[:3], iop[3:]
+    normal = np.cross(row, col)
+    norm = float(np.linalg.norm(normal))
+    if norm < 1e-3:
+        raise InvalidInput(f"{names[0]} has an invalid ImageOrientationPatient")
+    normal /= norm
+    if normal[2] < 0:  # make z point to the head (LPS +z = superior)
+        normal = -normal
+    positions = np.stack(
+        [_floats(ds, "ImagePositionPatient", 3, n) for ds, n in zip(datasets, names, strict=True)]
+    )
+    proj = positions @ normal
+    order = np.argsort(proj, kind="stable")
+    proj_sorted = proj[order]
+    pos_sorted = positions[order]
+    if len(order) == 1:
+        thickness = datasets[0].get("SliceThickness")
+        try:
+            dz = float(thickness) if thickness not in (None, "") else 1.0
+        except (TypeError, ValueError):
+            dz = 1.0
+        return order, dz if math.isfinite(dz) and dz > 0 else 1.0, normal, pos_sorted
+    diffs = np.diff(proj_sorted)
+    dup = np.flatnonzero(diffs < _DUPLICATE_TOL_MM)
+    if dup.size:
+        at = proj_sorted[dup[0]]
+        raise StudyDeclined(
+            f"The series has {dup.size + 1} or more slices at the same position ({at:.2f} mm): "
+            "duplicate or overlapping acquisitions"
+        )
+    # Positions must lie on one line along the normal; a sheared stack is a tilted gantry.
+    in_plane = pos_sorted - np.outer(proj_sorted, normal)
+    drift = float(np.max(np.linalg.norm(in_plane - in_plane[0], axis=1)))
+    spacing_rc = _floats(datasets[0], "PixelSpacing", 2, names[0])
+    if drift > 0.5 * float(np.min(spacing_rc)):
+        raise StudyDeclined(
+            f"Slice positions drift {drift:.1f} mm sideways along the stack (gantry tilt); "
+            "gantry-tilted series are not supported"
+        )
+    median = round(float(np.median(diffs)), 6)
+    gaps = np.flatnonzero(diffs > _GAP_FACTOR * median)
+    if gaps.size:
+        i = int(gaps[0])
+        raise StudyDeclined(
+            f"The series has missing slice(s) between positions {proj_sorted[i]:.2f} and "
+            f"{proj_sorted[i + 1]:.2f} mm (gap {diffs[i]:.2f} mm, usual spacing {median:.2f} mm)"
+        )
+    irregular = np.flatnonzero(np.abs(diffs - median) > _IRREGULAR_FRACTION * median)
+    if irregular.size:
+        i = int(irregular[0])
+        raise StudyDeclined(
+            f"The series has irregular slice spacing ({diffs[i]:.2f} mm between positions "
+            f"{proj_sorted[i]:.2f} and {proj_sorted[i + 1]:.2f} mm, usual {median:.2f} mm)"
+        )
+    return order, median, normal, pos_sorted
+
+
+def _to_hu(ds: Dataset, stored: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int16]:
+    """Stored values -> int16 HU: rescale, padding (on stored values), -1024 floor."""
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    hu: npt.NDArray[np.int32] | npt.NDArray[np.float64]
+    if slope == 1.0 and intercept.is_integer() and stored.dtype.itemsize <= 2:
+        # Exact in int32 and identical to the float64 path, about 3x faster.
+        hu = stored.astype(np.int32)
+        hu += int(intercept)
+    else:
+        hu = np.rint(stored.astype(np.float64) * slope + intercept)
+    pad = _stored_padding(ds, "PixelPaddingValue")
+    if pad is not None:
+        limit = _stored_padding(ds, "PixelPaddingRangeLimit")
+        if limit is None:
+            mask = stored == pad
+        else:
+            lo, hi = min(pad, limit), max(pad, limit)
+            mask = (stored >= lo) & (stored <= hi)
+        hu[mask] = AIR_HU
+    np.clip(hu, AIR_HU, np.iinfo(np.int16).max, out=hu)
+    return hu.astype(np.int16)
+
+
+def load_series(paths: Sequence[Path], *, max_workers: int | None = None) -> LoadedSeries:
+    """Load the files of one CT series into an HU volume.
+
+    Parameters
+    ----------
+    paths
+        The instances of one series (e.g. :attr:`~.select.SeriesChoice.paths`).
+    max_workers
+        Threads for reading and decoding; default ``min(16, cpu_count + 4)``.
+
+    Returns
+    -------
+    LoadedSeries
+
+    Raises
+    ------
+    InvalidInput
+        A file cannot be read or decoded, has no pixel data or no valid geometry.
+    StudyDeclined
+        The series is not a regular stack: mixed orientations, sizes or pixel spacings,
+        duplicate positions, missing slices, irregular spacing, gantry tilt,
+        non-MONOCHROME2 or multi-frame images, or several series mixed.
+    """
+    if not paths:
+        raise InvalidInput("No files to load")
+    workers = max_workers or min(16, (os.cpu_count() or 1) + 4)
+    files = [Path(p) for p in paths]
+    datasets = _pmap(_read, files, workers, "dcm-read")
+    names = [p.name for p in files]
+    series_uids = {_text(ds, "SeriesInstanceUID") for ds in datasets}
+    if len(series_uids) > 1:
+        raise StudyDeclined(f"The files hold {len(series_uids)} series; load one series at a time")
+    _check_uniform(datasets, names)
+    order, dz, z_axis, pos_sorted = _geometry(datasets, names)
+
+    first = datasets[0]
+    rows, cols = int(first.Rows), int(first.Columns)
+    hu = np.empty((len(files), rows, cols), dtype=np.int16)
+
+    def decode(k: int) -> None:
+        index = int(order[k])
+        ds, name = datasets[index], names[index]
+        try:
+            stored = ds.pixel_array
+        except Exception as exc:  # decoder plugins raise many types
+            raise InvalidInput(
+                f"Cannot decode the pixel data of {name} "
+                f"({ds.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')}): {exc}"
+            ) from exc
+        if stored.shape != (rows, cols):
+            raise InvalidInput(
+                f"Pixel data of {name} has shape {stored.shape}, expected ({rows}, {cols})"
+            )
+        hu[k] = _to_hu(ds, stored)
+        del ds.PixelData
+
+    _pmap(decode, list(range(len(files))), workers, "dcm-decode")
+
+    sorted_ds = tuple(datasets[int(i)] for i in order)
+    for ds in sorted_ds:
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None:
+            if not _text(ds, "SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
+                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            if not _text(ds, "SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
+                ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    iop = _floats(first, "ImageOrientationPatient", 6, names[0])
+    spacing_rc = _floats(first, "PixelSpacing", 2, names[0])
+    row_dir, col_dir = iop[:3], iop[3:]
+    direction = tuple(float(v) for v in np.column_stack([row_dir, col_dir, z_axis]).reshape(-1))
+    volume = Volume(
+        hu=hu,
+        spacing=(dz, float(spacing_rc[0]), float(spacing_rc[1])),
+        origin=(float(pos_sorted[0][0]), float(pos_sorted[0][1]), float(pos_sorted[0][2])),
+        direction=direction,
+    )
+    number = first.get("SeriesNumber")
+    try:
+        series_number = int(number) if number not in (None, "") else None
+    except (TypeError, ValueError):
+        series_number = None
+    loaded = LoadedSeries(
+        volume=volume,
+        datasets=sorted_ds,
+        study_instance_uid=_text(first, "StudyInstanceUID"),
+        series_instance_uid=_text(first, "SeriesInstanceUID"),
+        frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
+        series_number=series_number,
+        series_description=_text(first, "SeriesDescription"),
+        modality=_text(first, "Modality"),
+    )
+    if not loaded.series_instance_uid:
+        logger.warning("loaded series %s has no SeriesInstanceUID", series_number)
+    logger.info(
+        "loaded series %s (%s): %d slices %dx%d, spacing %.3f x %.3f x %.3f mm",
+        series_number,
+        loaded.series_instance_uid,
+        *volume.shape,
+        *volume.spacing,
+    )
+    return loaded

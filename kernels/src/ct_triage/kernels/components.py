@@ -1,0 +1,114 @@
+"""Connected components and per-label counts: the plain NumPy/SciPy reference.
+
+These are the hot post-processing ops of the lung and lesion pipeline
+(:mod:`ct_triage.models.lungs`, :mod:`ct_triage.models.postprocess`). Each function is the
+reference implementation an accelerated version must match voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FACE_CONNECTIVITY",
+    "FULL_CONNECTIVITY",
+    "INPLANE_CONNECTIVITY",
+    "keep_components",
+    "label",
+    "label_counts",
+    "remove_small_components",
+]
+
+#: 8-connectivity inside each axial slice, no connection across slices.
+INPLANE_CONNECTIVITY: npt.NDArray[np.bool_] = np.zeros((3, 3, 3), dtype=bool)
+INPLANE_CONNECTIVITY[1] = True
+#: 26-connectivity in 3-D.
+FULL_CONNECTIVITY: npt.NDArray[np.bool_] = np.ones((3, 3, 3), dtype=bool)
+#: 6-connectivity (faces only) in 3-D.
+FACE_CONNECTIVITY: npt.NDArray[np.bool_] = ndi.generate_binary_structure(3, 1)
+
+
+def label(
+    mask: npt.NDArray[np.bool_], structure: npt.NDArray[np.bool_] | None = None
+) -> tuple[npt.NDArray[np.int32], int]:
+    """Label the connected components of a binary mask.
+
+    Parameters
+    ----------
+    mask
+        Boolean array.
+    structure
+        Connectivity; defaults to :data:`FACE_CONNECTIVITY` for 3-D input (scipy's default).
+
+    Returns
+    -------
+    labels, n
+        ``int32`` label image (0 background, 1..n components) and the number of components.
+    """
+    lab, n = ndi.label(mask, structure=structure, output=np.int32)
+    return lab, int(n)
+
+
+def label_counts(labels: npt.NDArray[np.integer], n_labels: int) -> npt.NDArray[np.int64]:
+    """Voxel count of every label value ``0..n_labels`` (``np.bincount``, one pass).
+
+    Parameters
+    ----------
+    labels
+        Non-negative integer label image.
+    n_labels
+        The largest label value expected; the result has ``n_labels + 1`` entries.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64`` counts, index = label value (index 0 counts the background).
+    """
+    flat = labels.ravel()
+    if flat.size and int(flat.max()) > n_labels:
+        raise ValueError(f"label value {int(flat.max())} exceeds n_labels={n_labels}")
+    return np.bincount(flat.astype(np.intp, copy=False), minlength=n_labels + 1).astype(np.int64)
+
+
+def keep_components(
+    labels: npt.NDArray[np.int32], keep: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """Mask of the components whose entry in ``keep`` (indexed by label, 0 ignored) is true."""
+    lut = keep.astype(bool).copy()
+    lut[0] = False
+    result: npt.NDArray[np.bool_] = lut[labels]
+    return result
+
+
+def remove_small_components(
+    mask: npt.NDArray[np.bool_],
+    min_voxels: int,
+    structure: npt.NDArray[np.bool_] | None = None,
+) -> npt.NDArray[np.bool_]:
+    """Drop the connected components of ``mask`` with fewer than ``min_voxels`` voxels.
+
+    Parameters
+    ----------
+    mask
+        Boolean array.
+    min_voxels
+        Components strictly smaller than this are removed; ``<= 1`` keeps everything.
+    structure
+        Connectivity (see :func:`label`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean array of the same shape.
+    """
+    if min_voxels <= 1 or not mask.any():
+        return mask.astype(bool, copy=True)
+    lab, n = label(mask, structure)
+    counts = label_counts(lab, n)
+    return keep_components(lab, counts >= min_voxels)

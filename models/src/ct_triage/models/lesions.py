@@ -1,0 +1,222 @@
+"""Lesion segmentation (ground-glass opacity, consolidation) with the 2-D lesion network.
+
+For each axial slice that contains lung: window the HU, crop the square box around the lungs
+(one box for the whole volume, plus a margin that mimics a thorax crop), resample it to the
+network grid, run the network in batches, resample the class probabilities back onto the
+slice and take the arg-max. Predictions are *not* restricted to the lung mask here: dense
+subpleural consolidation lies outside a classical lung mask, and
+:func:`ct_triage.models.postprocess.combine` restricts lesions to a dilated lung region.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from ct_triage.models.errors import InferenceError, ModelError
+from ct_triage.models.identity import ModelIdentity
+from ct_triage.models.manifest import InputSpec, Manifest, load_manifest, verify_file
+from ct_triage.models.preprocess import CropBox, crop_resize, lung_box, uncrop_resize, window
+from ct_triage.models.runtime.base import Predictor
+from ct_triage.models.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+#: The directory of the shipped weights (``lesion_seg.onnx`` and ``manifest.json``).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+PredictFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
+
+
+def _context_stack(
+    windowed: npt.NDArray[np.float32], idx: int, channels: int
+) -> npt.NDArray[np.float32]:
+    """``channels`` adjacent slices centred on ``idx`` (edges repeated), shape ``(C, H, W)``."""
+    half = channels // 2
+    picks = np.clip(np.arange(idx - half, idx - half + channels), 0, windowed.shape[0] - 1)
+    return windowed[picks]
+
+
+def segment_slices(
+    hu: npt.NDArray[np.integer] | npt.NDArray[np.floating],
+    slice_indices: npt.NDArray[np.intp],
+    box: CropBox,
+    predict: PredictFn,
+    spec: InputSpec,
+    *,
+    batch_size: int = 16,
+) -> npt.NDArray[np.uint8]:
+    """Lesion labels for the chosen slices of a ``(z, y, x)`` HU array.
+
+    Parameters
+    ----------
+    hu
+        ``(z, y, x)`` Hounsfield units.
+    slice_indices
+        The z indices to segment; the others stay 0.
+    box
+        The in-plane crop box (source pixel units), the same for every slice.
+    predict
+        Maps ``(N, C, S, S)`` float32 inputs to ``(N, K, S, S)`` probabilities
+        (e.g. :meth:`OnnxPredictor.predict`, or a torch model during validation).
+    spec
+        The manifest's input description (window, size, channels).
+    batch_size
+        Slices per network call.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` ``(z, y, x)`` class labels.
+    """
+    if spec.height != spec.width:
+        raise ModelError(
+            f"only square network inputs are supported, got {spec.height}x{spec.width}"
+        )
+    z, h, w = hu.shape
+    labels = np.zeros((z, h, w), dtype=np.uint8)
+    if slice_indices.size == 0:
+        return labels
+    lo, hi = spec.hu_window
+    size = spec.height
+    half = spec.channels // 2
+    needed = np.unique(
+        np.clip(
+            (slice_indices[:, None] + np.arange(-half, spec.channels - half)[None, :]).ravel(),
+            0,
+            z - 1,
+        )
+    )
+    # Window and crop only the slices the network will see (plus their context).
+    grid = np.zeros((z, size, size), dtype=np.float32)
+    grid[needed] = crop_resize(window(hu[needed], lo, hi), box, size)
+    for start in range(0, slice_indices.size, batch_size):
+        chunk = slice_indices[start : start + batch_size]
+        batch = np.stack([_context_stack(grid, int(i), spec.channels) for i in chunk])
+        probs = predict(batch)
+        if probs.ndim != 4 or probs.shape[0] != chunk.size or probs.shape[2:] != (size, size):
+            raise InferenceError(
+                f"network returned shape {probs.shape} for an input batch of {batch.shape}"
+            )
+        back, (ys, xs) = uncrop_resize(probs, box, (h, w))
+        labels[chunk, ys, xs] = np.argmax(back, axis=1).astype(np.uint8)
+    return labels
+
+
+class LesionSegmenter:
+    """Segments ground-glass opacity (1) and consolidation (2) on a CT volume.
+
+    Parameters
+    ----------
+    predictor
+        The runtime that runs the network (ONNX Runtime, Triton, ...).
+    manifest
+        The model's validated manifest.
+    identity
+        Name, version, SHA-256 of the loaded file and the provider actually used.
+    batch_size
+        Slices per network call.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        manifest: Manifest,
+        identity: ModelIdentity,
+        *,
+        batch_size: int = 16,
+    ) -> None:
+        self.predictor = predictor
+        self.manifest = manifest
+        self.identity = identity
+        self.batch_size = batch_size
+
+    def __call__(self, volume: Volume, lungs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """Lesion classes on the volume grid: 0 none, 1 ground-glass opacity, 2 consolidation.
+
+        Only slices that contain lung (``lungs > 0``) are run; the crop box is the lung
+        bounding box of the whole volume plus the manifest's ``crop_margin_mm``.
+
+        Raises
+        ------
+        InferenceError
+            ``lungs`` does not match the volume, or the runtime fails.
+        """
+        if lungs.shape != volume.shape:
+            raise InferenceError(
+                f"lung mask shape {lungs.shape} does not match the volume {volume.shape}"
+            )
+        spec = self.manifest.input
+        spacing_yx = (float(volume.spacing[1]), float(volume.spacing[2]))
+        box = lung_box(lungs, spacing_yx, margin_mm=spec.crop_margin_mm)
+        if box is None:
+            logger.info("no lung in the volume: no lesion segmentation run")
+            return np.zeros(volume.shape, dtype=np.uint8)
+        slices = np.flatnonzero(lungs.any(axis=(1, 2))).astype(np.intp)
+        t0 = time.perf_counter()
+        labels = segment_slices(
+            volume.hu, slices, box, self.predictor.predict, spec, batch_size=self.batch_size
+        )
+        logger.info(
+            "lesion network ran on %d of %d slices in %.2f s (%s)",
+            slices.size,
+            volume.shape[0],
+            time.perf_counter() - t0,
+            self.identity.provider,
+        )
+        return labels
+
+
+def load_lesion_segmenter(
+    model_dir: Path | None = None,
+    *,
+    provider: str = "cpu",
+    threads: int | None = None,
+    strict: bool = False,
+) -> LesionSegmenter:
+    """Load the lesion model from a directory with ``manifest.json`` and the ONNX file.
+
+    Parameters
+    ----------
+    model_dir
+        The model directory; ``None`` means the shipped weights.
+    provider
+        ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` (see :class:`OnnxPredictor`).
+    threads
+        CPU intra-op threads (``None``: ONNX Runtime's default).
+    strict
+        Refuse to fall back to another execution provider.
+
+    Raises
+    ------
+    ModelError
+        Manifest missing or invalid, model file missing or not matching its SHA-256, or the
+        model's input shape disagrees with the manifest.
+    RuntimeUnavailable
+        Unknown provider (or, ``strict``, an unusable one).
+    """
+    from ct_triage.models.runtime.onnx import OnnxPredictor
+
+    directory = WEIGHTS_DIR if model_dir is None else Path(model_dir)
+    manifest = load_manifest(directory)
+    path = verify_file(manifest, directory)
+    predictor = OnnxPredictor(path, provider=provider, threads=threads, strict=strict)
+    declared = predictor.input_shape
+    expected = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    if len(declared) != 4 or tuple(declared[1:]) != expected:
+        raise ModelError(
+            f"model {path} takes input {declared}, but its manifest says (N, *{expected})"
+        )
+    identity = ModelIdentity(
+        name=manifest.name,
+        version=manifest.version,
+        sha256=manifest.sha256,
+        provider=predictor.provider,
+    )
+    logger.info("lesion model %s on %s", identity.algorithm_label, identity.provider)
+    return LesionSegmenter(predictor, manifest, identity)

@@ -1,0 +1,430 @@
+"""Classical lung segmentation (threshold + connected components) on a HU volume.
+
+The lungs are found without a network so that every study gets lung masks, lung volumes and a
+"does this series show lungs at all?" check, whatever the lesion model does:
+
+1. work on a grid of about 2 mm (integer block mean of the HU);
+2. *air* is ``HU < -380`` inside the body (largest 3-D tissue component, holes filled per
+   slice), so the air around the patient and under the table is gone;
+3. *gas*: bowel and stomach gas, the trachea and the main bronchi are pure air (about
+   -1000 HU over a centimetre), whereas lung parenchyma, even emphysematous, is interleaved
+   with vessels and septa. Air whose 9 mm box mean is below -970 HU, in pieces of at least
+   0.5 mL, is removed together with a 4 mm rim;
+4. the remaining air components are kept when large enough (>= 2 mL and >= 8 % of the largest)
+   and not mostly made of the rim of removed gas (colon with faeces);
+5. each component is given to the patient's right or left lung by its centroid; a component
+   straddling the midline (lungs touching at the anterior junction) is split by eroding it
+   until it falls apart and giving each voxel to the nearest core;
+6. each lung is closed (4 mm disk) and its holes filled slice by slice, so intrapulmonary
+   vessels are included, as in reference masks such as TotalSegmentator's;
+7. labels go back to the original grid by replication, with the boundary band re-decided on
+   the full-resolution HU.
+
+Dense lesions touching the pleura (consolidation, effusion-like opacities) are not air and are
+not found here; :func:`ct_triage.models.postprocess.combine` adds them from the lesion model.
+
+Labels follow :class:`~ct_triage.models.segmentation.LungLabel` (0 background, 1 right,
+2 left); column 0 is the patient's right unless :attr:`Volume.direction` says the x axis
+points to the patient's right, in which case sides are swapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage as ndi
+
+from ct_triage.kernels.components import (
+    FACE_CONNECTIVITY,
+    INPLANE_CONNECTIVITY,
+    keep_components,
+    label,
+    label_counts,
+)
+from ct_triage.models.errors import StudyDeclined
+from ct_triage.models.segmentation import LungLabel
+from ct_triage.models.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AIR_THRESHOLD_HU",
+    "MIN_LUNG_ML",
+    "MIN_LUNG_SLICE_FRACTION",
+    "check_contains_lungs",
+    "segment_lungs",
+]
+
+#: Voxels below this HU are air (lung parenchyma is about -900..-700 HU).
+AIR_THRESHOLD_HU: float = -380.0
+#: A 9 mm box mean below (air level + this) is pure gas (bowel, stomach, trachea), not lung.
+#: The air level is measured on the air around the patient (scanners read it at -1010..-980).
+_GAS_CORE_MARGIN_HU = 35.0
+_DEFAULT_AIR_HU = -1000.0
+_GAS_BOX_MM = 4.0
+_GAS_BOX_Z_MM = 2.0
+_GAS_CORE_MIN_ML = 0.2
+_GAS_MARGIN_MM = 4.0
+#: Drop a component when more than this fraction of its voxels touches removed gas.
+_GAS_CONTACT_MAX = 0.25
+_MIN_COMPONENT_ML = 2.0
+_MIN_COMPONENT_REL = 0.08
+#: A component with at least this fraction of its voxels on each side of the midline is two
+#: lungs touching at the anterior (or posterior) junction.
+_STRADDLE_FRACTION = 0.15
+_MAX_SPLIT_EROSIONS = 12
+_CLOSE_MM = 4.0
+_WORK_SPACING_XY_MM = 2.0
+_WORK_SPACING_Z_MM = 2.0
+
+#: Default of :func:`check_contains_lungs`: at least this much lung (mL) ...
+MIN_LUNG_ML: float = 20.0
+#: ... on at least this fraction of the slices (each with >= 1 cm2 of lung).
+MIN_LUNG_SLICE_FRACTION: float = 0.1
+_MIN_SLICE_AREA_MM2 = 100.0
+
+
+def segment_lungs(volume: Volume) -> npt.NDArray[np.uint8]:
+    """Segment the right and left lungs of a chest CT.
+
+    Parameters
+    ----------
+    volume
+        HU volume ``(z, y, x)`` (any size, any spacing; a few slices are fine).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of ``volume.shape`` with :class:`LungLabel` values (0 background,
+        1 right lung, 2 left lung). All zero when no lung is found.
+    """
+    hu = np.asarray(volume.hu)
+    factors = _work_factors(volume.spacing)
+    coarse = np.maximum(_block_mean(hu, factors), np.float32(-1024.0))
+    spacing = (
+        volume.spacing[0] * factors[0],
+        volume.spacing[1] * factors[1],
+        volume.spacing[2] * factors[2],
+    )
+    labels = _segment_coarse(coarse, spacing, flip_sides=_x_points_right(volume.direction))
+    if factors == (1, 1, 1):
+        return labels
+    return _upsample_labels(labels, factors, hu)
+
+
+def check_contains_lungs(
+    volume: Volume,
+    lungs: npt.NDArray[np.uint8],
+    *,
+    min_lung_ml: float = MIN_LUNG_ML,
+    min_slice_fraction: float = MIN_LUNG_SLICE_FRACTION,
+) -> None:
+    """Decline a series that shows too little lung to be analysed as a chest CT.
+
+    Parameters
+    ----------
+    volume
+        The analysed volume (for its spacing and slice count).
+    lungs
+        Output of :func:`segment_lungs` on ``volume``.
+    min_lung_ml
+        Minimum total lung volume in mL. The default (20 mL) declines an upper-abdomen series
+        with a sliver of lung base (a few mL) and accepts a 9 cm lung-base scan (~115 mL).
+    min_slice_fraction
+        Minimum fraction of the slices that contain at least 1 cm2 of lung.
+
+    Raises
+    ------
+    StudyDeclined
+        When either criterion fails (message: "... no lungs visible ...").
+    ValueError
+        When ``lungs`` does not match the volume or the limits are negative.
+    """
+    if lungs.shape != volume.shape:
+        raise ValueError(f"lungs {lungs.shape} do not match the volume {volume.shape}")
+    if min_lung_ml < 0 or not 0 <= min_slice_fraction <= 1:
+        raise ValueError("min_lung_ml must be >= 0 and min_slice_fraction in [0, 1]")
+    per_slice = np.count_nonzero(lungs, axis=(1, 2))
+    lung_ml = float(per_slice.sum()) * volume.voxel_volume_ml
+    area_mm2 = per_slice * (volume.spacing[1] * volume.spacing[2])
+    fraction = float(np.mean(area_mm2 >= _MIN_SLICE_AREA_MM2)) if per_slice.size else 0.0
+    logger.info("lung check: %.1f mL of lung on %.0f %% of the slices", lung_ml, 100 * fraction)
+    if lung_ml < min_lung_ml or fraction < min_slice_fraction:
+        raise StudyDeclined(
+            f"Series declined: no lungs visible (found {lung_ml:.1f} mL of lung on "
+            f"{100 * fraction:.0f} % of the slices; a chest CT needs at least "
+            f"{min_lung_ml:g} mL on {100 * min_slice_fraction:.0f} %)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# grid
+
+
+def _work_factors(spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+    fz = max(1, int(_WORK_SPACING_Z_MM / spacing[0] + 0.25))
+    fy = max(1, int(_WORK_SPACING_XY_MM / spacing[1] + 0.25))
+    fx = max(1, int(_WORK_SPACING_XY_MM / spacing[2] + 0.25))
+    return fz, fy, fx
+
+
+def _block_mean(
+    hu: npt.NDArray[np.int16] | npt.NDArray[np.float32], f: tuple[int, int, int]
+) -> npt.NDArray[np.float32]:
+    if f == (1, 1, 1):
+        return hu.astype(np.float32)
+    pads = [(0, (-n) % k) for n, k in zip(hu.shape, f, strict=True)]
+    padded = np.pad(hu, pads, mode="edge") if any(p[1] for p in pads) else hu
+    z, y, x = (s // k for s, k in zip(padded.shape, f, strict=True))
+    out = np.zeros((z, y, x), dtype=np.float32)
+    for i in range(f[0]):
+        for j in range(f[1]):
+            for k in range(f[2]):
+                out += padded[i :: f[0], j :: f[1], k :: f[2]]
+    out /= np.float32(f[0] * f[1] * f[2])
+    return out
+
+
+def _upsample_labels(
+    labels: npt.NDArray[np.uint8],
+    f: tuple[int, int, int],
+    hu: npt.NDArray[np.int16] | npt.NDArray[np.float32],
+) -> npt.NDArray[np.uint8]:
+    """Replicate coarse labels; in the one-voxel boundary band, re-threshold the fine HU."""
+    mask = labels > 0
+    band_c = ndi.binary_dilation(mask, INPLANE_CONNECTIVITY) & ~ndi.binary_erosion(
+        mask, INPLANE_CONNECTIVITY, border_value=1
+    )
+    grown = ndi.grey_dilation(labels, footprint=INPLANE_CONNECTIVITY)
+    grown = np.where(mask, labels, grown)
+    up = labels
+    for axis, k in enumerate(f):
+        if k > 1:
+            up = np.repeat(up, k, axis=axis)
+    up = np.ascontiguousarray(up[: hu.shape[0], : hu.shape[1], : hu.shape[2]])
+    coarse_idx = np.nonzero(band_c)
+    values = grown[coarse_idx]
+    offsets = np.indices(f).reshape(3, -1)
+    fine = [c[:, None] * k + o[None, :] for c, k, o in zip(coarse_idx, f, offsets, strict=True)]
+    valid = (fine[0] < hu.shape[0]) & (fine[1] < hu.shape[1]) & (fine[2] < hu.shape[2])
+    fz, fy, fx = (a[valid] for a in fine)
+    vals = np.broadcast_to(values[:, None], valid.shape)[valid]
+    up[fz, fy, fx] = np.where(hu[fz, fy, fx] < AIR_THRESHOLD_HU, vals, 0)
+    result: npt.NDArray[np.uint8] = up.astype(np.uint8, copy=False)
+    return result
+
+
+def _x_points_right(direction: tuple[float, ...]) -> bool:
+    # direction is row-major 3x3 whose columns are the LPS vectors of the x, y, z axes:
+    # element [0][0] is the L component of the x (column) axis.
+    return float(direction[0]) < 0
+
+
+def _odd(n: float) -> int:
+    k = max(1, round(n))
+    return k if k % 2 else k + 1
+
+
+# --------------------------------------------------------------------------------------------
+# segmentation on the working grid
+
+
+def _segment_coarse(
+    hu: npt.NDArray[np.float32], spacing: tuple[float, float, float], *, flip_sides: bool
+) -> npt.NDArray[np.uint8]:
+    vox_ml = float(np.prod(spacing)) / 1000.0
+    out = np.zeros(hu.shape, dtype=np.uint8)
+    air = hu < AIR_THRESHOLD_HU
+    body = _body_mask(~air)
+    if not body.any():
+        logger.info("lung segmentation: no body found")
+        return out
+    candidates = air & body
+
+    # pure gas (bowel, stomach, trachea, main bronchi) and its rim
+    box = (
+        _odd(_GAS_BOX_Z_MM / spacing[0]),
+        _odd(_GAS_BOX_MM / spacing[1]),
+        _odd(_GAS_BOX_MM / spacing[2]),
+    )
+    smooth = ndi.uniform_filter(hu, size=box, mode="nearest")
+    air_level = _air_level(hu, air & ~body)
+    core = (smooth < air_level + _GAS_CORE_MARGIN_HU) & candidates
+    core_lab, n_core = label(core, FACE_CONNECTIVITY)
+    gas = np.zeros_like(core)
+    if n_core:
+        core_counts = label_counts(core_lab, n_core)
+        gas = keep_components(core_lab, core_counts * vox_ml >= _GAS_CORE_MIN_ML)
+    if gas.any():
+        # the core is half a box inside the gas: grow it back, plus the partial-volume rim
+        margin = _GAS_MARGIN_MM + _GAS_BOX_MM / 2
+        r_xy = max(1, math.ceil(margin / min(spacing[1], spacing[2])))
+        r_z = math.floor((_GAS_MARGIN_MM + _GAS_BOX_Z_MM / 2) / spacing[0])
+        gas = ndi.binary_dilation(gas, INPLANE_CONNECTIVITY, iterations=r_xy, mask=candidates)
+        if r_z:
+            zs = np.zeros((3, 3, 3), dtype=bool)
+            zs[:, 1, 1] = True
+            gas = ndi.binary_dilation(gas, zs, iterations=r_z, mask=candidates)
+    lung_cand = candidates & ~gas
+    if gas.any():
+        lung_cand &= ~_gas_contact_pieces(lung_cand, gas)
+
+    lab, n = label(lung_cand, FACE_CONNECTIVITY)
+    if n == 0:
+        return out
+    counts = label_counts(lab, n)
+    touching = lung_cand & ndi.binary_dilation(gas, INPLANE_CONNECTIVITY) if gas.any() else None
+    contact = (
+        np.bincount(lab[touching], minlength=n + 1) if touching is not None else np.zeros(n + 1)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        contact_frac = np.where(counts > 0, contact / np.maximum(counts, 1), 0.0)
+    not_gas = contact_frac <= _GAS_CONTACT_MAX
+    not_gas[0] = False
+    if not not_gas.any():
+        return out
+    largest = int(counts[not_gas].max())
+    keep = (
+        not_gas & (counts * vox_ml >= _MIN_COMPONENT_ML) & (counts >= _MIN_COMPONENT_REL * largest)
+    )
+    keep[0] = False
+    if not keep.any():
+        logger.info(
+            "lung segmentation: no air component large enough (largest %.1f mL)", largest * vox_ml
+        )
+        return out
+
+    midline = float(np.nonzero(body)[2].mean())
+    right, left = (
+        (LungLabel.LEFT, LungLabel.RIGHT) if flip_sides else (LungLabel.RIGHT, LungLabel.LEFT)
+    )
+    objects = ndi.find_objects(lab)
+    for idx in np.flatnonzero(keep):
+        comp_slices = objects[idx - 1]
+        if comp_slices is None:
+            continue
+        sub = lab[comp_slices] == idx
+        xs = np.nonzero(sub)[2] + comp_slices[2].start
+        low = float(np.mean(xs < midline))
+        region = out[comp_slices]
+        if min(low, 1.0 - low) >= _STRADDLE_FRACTION:
+            split = _split_component(sub, xs_offset=comp_slices[2].start, midline=midline)
+            region[split == 1] = right
+            region[split == 2] = left
+        else:
+            region[sub] = right if low >= 0.5 else left
+
+    for lung in (right, left):
+        _close_and_fill(out, lung, spacing)
+    logger.info(
+        "lung segmentation: right %.0f mL, left %.0f mL (air %.0f HU, %d gas voxels removed)",
+        np.count_nonzero(out == LungLabel.RIGHT) * vox_ml,
+        np.count_nonzero(out == LungLabel.LEFT) * vox_ml,
+        air_level,
+        int(np.count_nonzero(gas)),
+    )
+    return out
+
+
+def _gas_contact_pieces(
+    cand: npt.NDArray[np.bool_], gas: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """In-plane pieces of ``cand`` that mostly border removed gas (bowel wall, faeces)."""
+    lab, n = label(cand, INPLANE_CONNECTIVITY)
+    if n == 0:
+        return np.zeros_like(cand)
+    counts = label_counts(lab, n)
+    rim = cand & ndi.binary_dilation(gas, INPLANE_CONNECTIVITY)
+    contact = np.bincount(lab[rim], minlength=n + 1)
+    frac = contact / np.maximum(counts, 1)
+    return keep_components(lab, frac > _GAS_CONTACT_MAX)
+
+
+def _air_level(hu: npt.NDArray[np.float32], outside: npt.NDArray[np.bool_]) -> float:
+    """Median HU of the air around the patient, ignoring clipped / padding voxels."""
+    values = hu[outside]
+    values = values[values > -1023.0]
+    if values.size < 1000:
+        return _DEFAULT_AIR_HU
+    return float(np.clip(np.median(values), -1020.0, -960.0))
+
+
+def _body_mask(tissue: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Largest 3-D tissue component with its holes (lungs, airways, bowel gas) filled per slice."""
+    lab, n = label(tissue, FACE_CONNECTIVITY)
+    if n == 0:
+        return np.zeros_like(tissue)
+    counts = label_counts(lab, n)
+    counts[0] = 0
+    body = lab == int(np.argmax(counts))
+    filled: npt.NDArray[np.bool_] = ndi.binary_fill_holes(body, INPLANE_CONNECTIVITY)
+    return filled
+
+
+def _split_component(
+    sub: npt.NDArray[np.bool_], *, xs_offset: int, midline: float
+) -> npt.NDArray[np.uint8]:
+    """Split a component holding both lungs: 1 = low x side, 2 = high x side."""
+    result = np.zeros(sub.shape, dtype=np.uint8)
+    total = int(sub.sum())
+    eroded = sub
+    seeds: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None
+    for _ in range(_MAX_SPLIT_EROSIONS):
+        eroded = ndi.binary_erosion(eroded, INPLANE_CONNECTIVITY)
+        lab, n = label(eroded, FACE_CONNECTIVITY)
+        if n < 2:
+            if n == 0:
+                break
+            continue
+        counts = label_counts(lab, n)
+        big = [i for i in range(1, n + 1) if counts[i] >= 0.05 * total]
+        if len(big) < 2:
+            continue
+        com_x = [float(np.nonzero(lab == i)[2].mean()) + xs_offset for i in big]
+        low = [i for i, cx in zip(big, com_x, strict=True) if cx < midline]
+        high = [i for i, cx in zip(big, com_x, strict=True) if cx >= midline]
+        if low and high:
+            seeds = (np.isin(lab, low), np.isin(lab, high))
+            break
+    if seeds is None:
+        logger.info("lung split: erosion did not separate the lungs, cutting at the midline")
+        xs = np.arange(sub.shape[2]) + xs_offset
+        result[sub & (xs < midline)[None, None, :]] = 1
+        result[sub & (xs >= midline)[None, None, :]] = 2
+        return result
+    seed_lab = np.zeros(sub.shape, dtype=np.uint8)
+    seed_lab[seeds[0]] = 1
+    seed_lab[seeds[1]] = 2
+    _, idx = ndi.distance_transform_edt(seed_lab == 0, return_indices=True)
+    nearest = seed_lab[tuple(idx)]
+    result[sub] = nearest[sub]
+    return result
+
+
+def _close_and_fill(
+    out: npt.NDArray[np.uint8], lung: int, spacing: tuple[float, float, float]
+) -> None:
+    """Close one lung with an in-plane disk and fill its holes per slice, in place."""
+    mask = out == lung
+    found = ndi.find_objects(mask.astype(np.uint8))
+    if not found or found[0] is None:
+        return
+    r = max(1, round(_CLOSE_MM / min(spacing[1], spacing[2])))
+    sl = found[0]
+    pad_sl = (
+        sl[0],
+        slice(max(0, sl[1].start - r), min(out.shape[1], sl[1].stop + r)),
+        slice(max(0, sl[2].start - r), min(out.shape[2], sl[2].stop + r)),
+    )
+    sub = mask[pad_sl]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (yy * spacing[1]) ** 2 + (xx * spacing[2]) ** 2 <= (r * min(spacing[1], spacing[2])) ** 2
+    structure = disk[None, :, :]
+    padded = np.pad(sub, ((0, 0), (r, r), (r, r)))
+    closed = ndi.binary_erosion(ndi.binary_dilation(padded, structure), structure)[:, r:-r, r:-r]
+    closed = ndi.binary_fill_holes(closed | sub, INPLANE_CONNECTIVITY)
+    region = out[pad_sl]
+    region[closed & (region == 0)] = lung

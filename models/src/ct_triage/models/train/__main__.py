@@ -1,0 +1,97 @@
+"""``python -m ct_triage.models.train --config {smoke,cpu,gpu} --out DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from ct_triage.models.lesions import WEIGHTS_DIR
+from ct_triage.models.manifest import TrainingInfo
+from ct_triage.models.train.config import CONFIGS, get_config
+from ct_triage.models.train.data import default_data_dir, medseg_split
+from ct_triage.models.train.export import write_model_dir
+from ct_triage.models.train.loop import evaluate_slices, input_spec, train
+
+logger = logging.getLogger("ct_triage.models.train")
+
+DATA_DESCRIPTION = (
+    "MedSeg COVID-19 CT segmentation slices (COVID-SemiSeg training split redistributed by "
+    "Inf-Net, github:DengPingFan/Inf-Net@fb3a03b5b2f70642fbf2a12cde9e5c41b5ebd28e), 2-D "
+    "lung-window JPEG slices with approximate HU, radiologist GGO/consolidation masks; "
+    "{n_train} slices for training, {n_val} held out for validation. Lesion-free examples: "
+    "real true-HU slices (TotalSegmentator example CT, Apache-2.0; dcmqi 3-slice CT, "
+    "BSD-3-Clause){phantom}."
+)
+LICENCE = (
+    "Weights trained on COVID-SemiSeg data: non-commercial research use only (inherited from "
+    "the training data). Not for primary diagnosis."
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ct_triage.models.train", description=__doc__)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    parser.add_argument("--out", type=Path, required=True, help="output model directory")
+    parser.add_argument("--data", type=Path, default=None, help="shared data dir")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument(
+        "--allow-shipped",
+        action="store_true",
+        help="allow --out to be the shipped weights directory",
+    )
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    out: Path = args.out
+    if out.resolve() == WEIGHTS_DIR.resolve() and not args.allow_shipped:
+        parser.error("refusing to overwrite the shipped weights without --allow-shipped")
+    cfg = get_config(args.config, steps=args.steps)
+    data_dir = args.data or default_data_dir()
+    result = train(cfg, data_dir, progress=not args.quiet)
+    spec = input_spec(cfg)
+    train_files, val_files = medseg_split(data_dir)
+    training = TrainingInfo(
+        data=DATA_DESCRIPTION.format(
+            n_train=len(train_files),
+            n_val=len(val_files),
+            phantom=(
+                f"; {cfg.phantom_volumes} synthetic phantom volumes (ct_triage.models.phantom)"
+                if cfg.phantom_volumes
+                else ""
+            ),
+        ),
+        licence=LICENCE,
+        validation_split=[f.name for f in val_files],
+        seed=cfg.seed,
+        config=cfg.describe(),
+        notes="metrics: mean per-slice Dice on the validation split, measured with the "
+        "exported ONNX model through the inference preprocessing (final weights, no selection)",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(result.net.state_dict(), out / "checkpoint.pt")
+    manifest = write_model_dir(
+        result.net, spec, out, version=args.version, training=training, metrics={}
+    )
+    # Re-measure with the exported model itself (what ships is what is scored).
+    from ct_triage.models.runtime.onnx import OnnxPredictor
+
+    predictor = OnnxPredictor(out / manifest.file, provider="cpu", threads=cfg.threads)
+    metrics = evaluate_slices(predictor.predict, result.validation, spec)
+    final = write_model_dir(
+        result.net, spec, out, version=args.version, training=training, metrics=metrics
+    )
+    (out / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
+    print(json.dumps({"out": str(out), "sha256": final.sha256, "metrics": final.metrics}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

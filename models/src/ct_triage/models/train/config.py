@@ -1,0 +1,58 @@
+"""Named training configurations (``--config smoke|cpu|gpu``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from ct_triage.models.nets import LesionNetConfig
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Everything that defines a training run (recorded in the manifest)."""
+
+    name: str
+    steps: int
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    size: int = 224
+    crop_margin_mm: float = 10.0
+    hu_window: tuple[float, float] = (-1024.0, 150.0)
+    medseg_share: float = 0.7
+    phantom_volumes: int = 0
+    eval_every: int = 250
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 2
+    net: LesionNetConfig = field(default_factory=LesionNetConfig)
+
+    def describe(self) -> str:
+        """One-line record of the run for the manifest."""
+        d = asdict(self)
+        return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    "smoke": TrainConfig(name="smoke", steps=2, batch_size=2, eval_every=2, warmup_steps=1),
+    "cpu": TrainConfig(name="cpu", steps=1000, batch_size=8, phantom_volumes=6),
+    "gpu": TrainConfig(
+        name="gpu",
+        steps=20000,
+        batch_size=32,
+        lr=3e-3,
+        phantom_volumes=40,
+        eval_every=1000,
+        device="cuda",
+        threads=8,
+    ),
+}
+
+
+def get_config(name: str, **overrides: object) -> TrainConfig:
+    """A named configuration, with optional field overrides (``None`` values ignored)."""
+    if name not in CONFIGS:
+        raise KeyError(f"unknown training config {name!r}; choose one of {sorted(CONFIGS)}")
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(CONFIGS[name], **clean)  # type: ignore[arg-type]

@@ -1,0 +1,230 @@
+"""The training loop: augmentation, Dice + cross-entropy loss, validation Dice."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as nnf
+from monai.losses.dice import DiceCELoss
+from torch import nn
+
+from ct_triage.models.lesions import PredictFn, segment_slices
+from ct_triage.models.manifest import InputSpec
+from ct_triage.models.metrics import class_dice, dice
+from ct_triage.models.nets import build_lesion_net
+from ct_triage.models.preprocess import whole_image_box
+from ct_triage.models.train.config import TrainConfig
+from ct_triage.models.train.data import (
+    MedsegSlice,
+    Sample,
+    healthy_samples,
+    load_medseg,
+    medseg_samples,
+    medseg_split,
+    phantom_samples,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def input_spec(cfg: TrainConfig) -> InputSpec:
+    """The manifest input description for a configuration."""
+    return InputSpec(
+        channels=cfg.net.in_channels,
+        height=cfg.size,
+        width=cfg.size,
+        hu_window=cfg.hu_window,
+        crop_margin_mm=cfg.crop_margin_mm,
+    )
+
+
+@dataclass
+class TrainResult:
+    """The trained network and what was measured on the way."""
+
+    net: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    validation: list[MedsegSlice] = field(default_factory=list)
+
+
+def augment(
+    hu: torch.Tensor, onehot: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CT augmentations on a batch: HU scale/shift, rotation, zoom, shift, left-right flip, noise.
+
+    ``hu`` is ``(B, 1, S, S)`` HU, ``onehot`` ``(B, K, S, S)``. Returns the windowed input in
+    ``[0, 1]`` and integer labels ``(B, 1, S, S)``.
+    """
+    b = hu.shape[0]
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen)
+
+    # HU calibration jitter around healthy lung (-850 HU), as MedSeg HU are approximate.
+    a, sh = u(0.9, 1.1), u(-50.0, 50.0)
+    hu = (hu + 850.0) * a.view(b, 1, 1, 1) - 850.0 + sh.view(b, 1, 1, 1)
+    lo, hi = cfg.hu_window
+    x = (hu.clamp(lo, hi) - lo) / (hi - lo)
+    theta_r = u(-15.0, 15.0) * math.pi / 180.0
+    zoom = torch.exp(u(math.log(0.8), math.log(1.25)))
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(theta_r) / zoom, torch.sin(theta_r) / zoom
+    mat = torch.zeros(b, 2, 3)
+    mat[:, 0, 0], mat[:, 0, 1], mat[:, 0, 2] = cos * flip, -sin, u(-0.1, 0.1)
+    mat[:, 1, 0], mat[:, 1, 1], mat[:, 1, 2] = sin * flip, cos, u(-0.1, 0.1)
+    grid = nnf.affine_grid(mat, list(x.shape), align_corners=False)
+    x = nnf.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    oh = nnf.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = oh.argmax(dim=1, keepdim=True)
+    sigma = u(0.0, 0.03).view(b, 1, 1, 1)
+    x = x + sigma * torch.randn(x.shape, generator=gen)
+    return x.float(), y
+
+
+def torch_predictor(net: nn.Module, device: torch.device) -> PredictFn:
+    """A ``predict(batch) -> probabilities`` function around a torch network (eval mode)."""
+
+    def predict(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        with torch.no_grad():
+            t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            return torch.softmax(net(t), dim=1).cpu().numpy().astype(np.float32)
+
+    return predict
+
+
+def evaluate_slices(
+    predict: PredictFn, slices: list[MedsegSlice], spec: InputSpec
+) -> dict[str, float]:
+    """Mean per-slice Dice on full-resolution MedSeg slices through the inference path.
+
+    ``lesion_dice``: Dice of (pred > 0) vs (truth > 0); ``ggo_dice`` / ``consolidation_dice``:
+    Dice of each class (1.0 when truth and prediction are both empty).
+    """
+    les, ggo, con = [], [], []
+    for s in slices:
+        pred = segment_slices(
+            s.hu[None],
+            np.array([0], dtype=np.intp),
+            whole_image_box(s.hu.shape),
+            predict,
+            spec,
+        )[0]
+        les.append(dice(s.lesion_class > 0, pred > 0))
+        ggo.append(class_dice(s.lesion_class, pred, 1))
+        con.append(class_dice(s.lesion_class, pred, 2))
+    return {
+        "lesion_dice": float(np.mean(les)),
+        "ggo_dice": float(np.mean(ggo)),
+        "consolidation_dice": float(np.mean(con)),
+    }
+
+
+def healthy_false_positive(predict: PredictFn, samples: list[Sample], spec: InputSpec) -> float:
+    """Fraction of pixels called lesion on lesion-free samples (network grid)."""
+    if not samples:
+        return float("nan")
+    lo, hi = spec.hu_window
+    x = np.stack([(np.clip(s.hu, lo, hi) - lo) / (hi - lo) for s in samples])[:, None]
+    probs = predict(x.astype(np.float32))
+    return float((probs.argmax(axis=1) > 0).mean())
+
+
+def train(cfg: TrainConfig, data_dir: Path, *, progress: bool = True) -> TrainResult:
+    """Train the lesion network with ``cfg`` on the data under ``data_dir``."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    spec = input_spec(cfg)
+    train_files, val_files = medseg_split(data_dir)
+    t0 = time.perf_counter()
+    medseg = medseg_samples(train_files, cfg.size)
+    extra = healthy_samples(data_dir, cfg.size, cfg.crop_margin_mm)
+    extra += phantom_samples(cfg.phantom_volumes, cfg.size, cfg.crop_margin_mm)
+    val = [load_medseg(f) for f in val_files]
+    logger.info(
+        "data: %d MedSeg train, %d validation, %d healthy/phantom slices (%.1f s)",
+        len(medseg),
+        len(val),
+        len(extra),
+        time.perf_counter() - t0,
+    )
+    healthy_eval = [s for s in extra if s.kind == "healthy"]
+
+    net = build_lesion_net(cfg.net).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    ms_hu = torch.from_numpy(np.stack([s.hu for s in medseg]))[:, None]
+    ms_oh = torch.from_numpy(np.stack([s.onehot for s in medseg]))
+    if extra:
+        ex_hu = torch.from_numpy(np.stack([s.hu for s in extra]))[:, None]
+        ex_oh = torch.from_numpy(np.stack([s.onehot for s in extra]))
+    result = TrainResult(net=net, validation=val)
+    run_loss, t_start = 0.0, time.perf_counter()
+    for step in range(cfg.steps):
+        net.train()
+        n_ms = cfg.batch_size if not extra else int(rng.binomial(cfg.batch_size, cfg.medseg_share))
+        i_ms = torch.from_numpy(rng.integers(0, len(medseg), n_ms))
+        hu, oh = ms_hu[i_ms], ms_oh[i_ms]
+        if extra and n_ms < cfg.batch_size:
+            i_ex = torch.from_numpy(rng.integers(0, len(extra), cfg.batch_size - n_ms))
+            hu, oh = torch.cat([hu, ex_hu[i_ex]]), torch.cat([oh, ex_oh[i_ex]])
+        x, y = augment(hu, oh, cfg, gen)
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run_loss += float(loss.detach())
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.eval_every == 0 or last:
+            net.eval()
+            predict = torch_predictor(net, device)
+            metrics = evaluate_slices(predict, val, spec)
+            metrics["healthy_fp_fraction"] = healthy_false_positive(predict, healthy_eval, spec)
+            n = (step % cfg.eval_every) + 1
+            metrics.update(step=float(step + 1), loss=run_loss / n)
+            result.history.append(metrics)
+            run_loss = 0.0
+            elapsed = time.perf_counter() - t_start
+            msg = (
+                f"step {step + 1}/{cfg.steps} loss {metrics['loss']:.4f} "
+                f"val lesion Dice {metrics['lesion_dice']:.4f} GGO {metrics['ggo_dice']:.4f} "
+                f"consolidation {metrics['consolidation_dice']:.4f} "
+                f"healthy FP {metrics['healthy_fp_fraction']:.5f} "
+                f"lr {sched.get_last_lr()[0]:.2e} [{elapsed:.0f} s]"
+            )
+            logger.info("%s", msg)
+            if progress:
+                print(msg, file=sys.stderr, flush=True)
+        elif progress and (step + 1) % 25 == 0:
+            elapsed = time.perf_counter() - t_start
+            print(
+                f"\rstep {step + 1}/{cfg.steps} loss {run_loss / ((step % cfg.eval_every) + 1):.4f}"
+                f" [{elapsed:.0f} s, eta {elapsed / (step + 1) * (cfg.steps - step - 1):.0f} s]",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+    net.eval()
+    return result

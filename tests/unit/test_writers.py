@@ -1,0 +1,523 @@
+"""Result writers: DICOM SEG, Comprehensive 3D SR (TID 1500), SC overlay, preview PNG.
+
+Everything is read back with highdicom / pydicom and, where ``dciodvfy`` is installed,
+checked against the IOD definitions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import pytest
+from dicom_factory import SeriesSpec, make_slice
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from ct_triage.dicom_bridge.writers import codes
+from ct_triage.dicom_bridge.writers.overlay import (
+    OverlayRequest,
+    banner_height,
+    write_overlay_series,
+    write_preview_png,
+)
+from ct_triage.dicom_bridge.writers.seg import (
+    SEGMENTS,
+    SegRequest,
+    segment_masks,
+    segments_overlap,
+    write_seg,
+)
+from ct_triage.dicom_bridge.writers.sr import SrRequest, round_measurement, write_sr
+from ct_triage.kernels import overlay as kov
+from ct_triage.models.identity import DISCLAIMER, DISCLAIMER_SHORT, ModelIdentity
+from ct_triage.models.quantify import (
+    LesionVolumes,
+    Quantification,
+    Sided,
+    TriageCategory,
+    Zone,
+)
+from ct_triage.models.segmentation import Segmentation
+
+N_SLICES, ROWS, COLS = 20, 64, 64
+MODEL = ModelIdentity("ct-triage-lesion-unet2d", "1.2.3", "ab" * 32, "CPUExecutionProvider")
+DCIODVFY = shutil.which("dciodvfy") or (
+    "/usr/bin/dciodvfy" if Path("/usr/bin/dciodvfy").exists() else None
+)
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+def make_source(n: int = N_SLICES, rows: int = ROWS, cols: int = COLS) -> tuple[Dataset, ...]:
+    """CT headers without Pixel Data, in volume z order (increasing z position)."""
+    spec = SeriesSpec(
+        n_slices=n,
+        rows=rows,
+        columns=cols,
+        with_pixels=False,
+        spacing_mm=2.5,
+        extra=(
+            ("PatientBirthDate", "19700101"),
+            ("PatientSex", "O"),
+            ("StudyDate", "20240102"),
+            ("StudyTime", "101500"),
+            ("StudyID", "1"),
+            ("AccessionNumber", "ACC1"),
+            ("ReferringPhysicianName", ""),
+            ("PositionReferenceIndicator", ""),
+        ),
+    )
+    study, series, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
+    return tuple(
+        make_slice(
+            spec, i, study_uid=study, series_uid=series, frame_of_reference_uid=frame_of_reference
+        )
+        for i in range(n)
+    )
+
+
+def make_segmentation(n: int = N_SLICES) -> Segmentation:
+    """Right lung on columns 4-29, left on 34-59 (slices 2-17); GGO on 5-7, consolidation 9-10."""
+    lungs = np.zeros((n, ROWS, COLS), np.uint8)
+    lungs[2:18, 10:54, 4:30] = 1
+    lungs[2:18, 10:54, 34:60] = 2
+    lesions = np.zeros_like(lungs)
+    lesions[5:8, 20:30, 8:20] = 1
+    lesions[9:11, 30:40, 40:50] = 2
+    return Segmentation(lungs=lungs, lesions=lesions, spacing=(2.5, 0.75, 0.75))
+
+
+def make_hu(seg: Segmentation) -> npt.NDArray[np.int16]:
+    hu = np.full(seg.lungs.shape, 40, np.int16)
+    hu[seg.lungs > 0] = -850
+    hu[seg.lesions == 1] = -500
+    hu[seg.lesions == 2] = 20
+    return hu
+
+
+def make_quantification() -> Quantification:
+    zones = tuple(
+        Zone(lung, zone, 100.0 + i, 1.23456 * i, 1.0 / 3.0 * i)
+        for i, (lung, zone) in enumerate(
+            (lung, zone) for lung in ("right", "left") for zone in ("upper", "middle", "lower")
+        )
+    )
+    return Quantification(
+        lung_volume_ml=Sided(left=1234.5678, right=1456.789, total=2691.3568),
+        lesion_volume_ml=LesionVolumes(total=12.3456, ggo=10.005, consolidation=2.3406),
+        percent_involvement=Sided(left=0.1234, right=0.75449, total=0.4587),
+        zones=zones,
+        severity_score=3,
+        severity_regions={"right_upper": 1, "right_middle": 1, "left_upper": 1},
+        triage=TriageCategory.MILD,
+    )
+
+
+@pytest.fixture(scope="module")
+def source() -> tuple[Dataset, ...]:
+    return make_source()
+
+
+@pytest.fixture(scope="module")
+def segmentation() -> Segmentation:
+    return make_segmentation()
+
+
+@pytest.fixture(scope="module")
+def seg_ds(source: tuple[Dataset, ...], segmentation: Segmentation) -> Dataset:
+    return write_seg(SegRequest(source=source, segmentation=segmentation, model=MODEL))
+
+
+def _save(ds: Dataset, path: Path) -> Path:
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def _dciodvfy(path: Path) -> list[str]:
+    if DCIODVFY is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    proc = subprocess.run(
+        [DCIODVFY, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    return (proc.stdout + proc.stderr).splitlines()
+
+
+# --- kernels.overlay ----------------------------------------------------------------------
+
+
+def test_window_to_uint8_maps_the_lung_window() -> None:
+    out = kov.window_to_uint8(np.array([-2000, -1350, -600, 150, 3000], np.int16))
+    assert out.dtype == np.uint8
+    assert out.tolist() == [0, 0, 128, 255, 255]
+
+
+def test_outline_is_the_inner_one_pixel_boundary() -> None:
+    mask = np.zeros((7, 7), bool)
+    mask[1:6, 1:6] = True
+    edge = kov.outline(mask)
+    assert edge.sum() == 16
+    assert not edge[2:5, 2:5].any()
+    assert kov.outline(np.ones((3, 3), bool)).sum() == 8  # the image border counts as outside
+
+
+def test_burn_outlines_colours_lesions_and_blends_lungs() -> None:
+    gray = np.full((10, 10), 100, np.uint8)
+    lungs = np.zeros((10, 10), np.uint8)
+    lungs[1:9, 1:9] = 1
+    lesions = np.zeros_like(lungs)
+    lesions[3:5, 3:5] = 1
+    lesions[6:8, 6:8] = 2
+    rgb = kov.burn_outlines(gray, lungs, lesions)
+    assert rgb.shape == (10, 10, 3)
+    assert tuple(rgb[3, 3]) == kov.GGO_COLOR
+    assert tuple(rgb[6, 6]) == kov.CONSOLIDATION_COLOR
+    lung_px = tuple(int(v) for v in rgb[1, 4])
+    assert lung_px != (100, 100, 100)
+    assert lung_px not in (kov.GGO_COLOR, kov.CONSOLIDATION_COLOR)
+    assert tuple(rgb[0, 0]) == (100, 100, 100)
+
+
+def test_key_slices(segmentation: Segmentation) -> None:
+    assert kov.key_slices(segmentation.lungs, segmentation.lesions, 24) == [5, 6, 7, 9, 10]
+    few = kov.key_slices(segmentation.lungs, segmentation.lesions, 2)
+    assert len(few) == 2
+    no_lesion = kov.key_slices(segmentation.lungs, np.zeros_like(segmentation.lesions), 24)
+    assert 1 <= len(no_lesion) <= 5
+    assert all(2 <= k < 18 for k in no_lesion)
+
+
+def test_preview_montage_shape(segmentation: Segmentation) -> None:
+    hu = make_hu(segmentation)
+    img = kov.preview_montage(
+        hu, segmentation.lungs, segmentation.lesions, segmentation.spacing, tile_height=64
+    )
+    assert img.dtype == np.uint8
+    assert img.ndim == 3
+    assert img.shape[0] == 64
+    assert img.shape[2] == 3
+    # GGO outline colour appears in the montage.
+    assert (img == np.asarray(kov.GGO_COLOR, np.uint8)).all(axis=-1).any()
+
+
+# --- SEG ----------------------------------------------------------------------------------
+
+
+def test_seg_request_validates_shapes(source: tuple[Dataset, ...]) -> None:
+    seg = make_segmentation(n=N_SLICES - 1)
+    with pytest.raises(ValueError, match="slices"):
+        SegRequest(source=source, segmentation=seg, model=MODEL)
+    small = make_source(rows=32)
+    with pytest.raises(ValueError, match="32x64"):
+        SegRequest(source=small, segmentation=make_segmentation(), model=MODEL)
+
+
+def test_segments_overlap_matches_highdicom_definition(segmentation: Segmentation) -> None:
+    masks = segment_masks(segmentation)
+    assert masks.shape == (*segmentation.lungs.shape, 4)
+    assert segments_overlap(masks)  # lungs include the lesions
+    assert not segments_overlap(masks[..., :2])
+    assert (masks.sum(axis=-1) > 1).any() == segments_overlap(masks)
+
+
+def test_seg_round_trip(
+    tmp_path: Path, source: tuple[Dataset, ...], segmentation: Segmentation, seg_ds: Dataset
+) -> None:
+    path = _save(seg_ds, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(path)
+
+    assert seg.Modality == "SEG"
+    assert seg.SegmentationType == "BINARY"
+    assert seg.SegmentsOverlap == "YES"
+    assert seg.StudyInstanceUID == source[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == source[0].FrameOfReferenceUID
+    assert seg.SeriesInstanceUID != source[0].SeriesInstanceUID
+    assert seg.SeriesNumber == 9001
+    assert "AI" in seg.SeriesDescription
+    assert DISCLAIMER_SHORT in seg.SeriesDescription
+    assert len(seg.SeriesDescription) <= 64
+    assert seg.ImageComments == DISCLAIMER
+    assert seg.PatientID == source[0].PatientID
+    (ref_series,) = seg.ReferencedSeriesSequence
+    assert ref_series.SeriesInstanceUID == source[0].SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in ref_series.ReferencedInstanceSequence} == {
+        s.SOPInstanceUID for s in source
+    }
+
+    assert seg.segment_numbers == [1, 2, 3, 4]
+    for spec in SEGMENTS:
+        desc = seg.get_segment_description(spec.number)
+        assert desc.segment_label == spec.label
+        assert desc.segmented_property_type == spec.property_type
+        assert desc.segmented_property_category == spec.category
+        assert desc.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+        assert desc.algorithm_identification is not None
+        algo = desc.algorithm_identification[0]
+        assert algo.AlgorithmName == MODEL.name
+        assert algo.AlgorithmVersion == MODEL.version
+    assert seg.get_segment_description(1).segmented_property_type.value == "3341006"
+    assert seg.get_segment_description(2).segmented_property_type.value == "44029006"
+
+    # Every frame sits on its source slice (UID and plane position) and omits empty frames.
+    by_uid = {s.SOPInstanceUID: k for k, s in enumerate(source)}
+    masks = segment_masks(segmentation)
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        (derivation,) = frame.DerivationImageSequence
+        ref_uid = derivation.SourceImageSequence[0].ReferencedSOPInstanceUID
+        k = by_uid[ref_uid]
+        position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        assert position == pytest.approx([float(v) for v in source[k].ImagePositionPatient])
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        assert masks[k, :, :, number - 1].any()
+    assert int(seg.NumberOfFrames) == int(masks.any(axis=(1, 2)).sum())
+
+    pixels = seg.get_pixels_by_source_instance(
+        [s.SOPInstanceUID for s in source], assert_missing_frames_are_empty=True
+    )
+    np.testing.assert_array_equal(pixels.astype(bool), masks)
+
+
+def test_seg_from_headers_without_type2_attributes(segmentation: Segmentation) -> None:
+    source = make_source()
+    stripped = []
+    for ds in source:
+        ds = Dataset(ds)
+        for kw in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyID", "AccessionNumber"):
+            if kw in ds:
+                del ds[kw]
+        stripped.append(ds)
+    seg = write_seg(SegRequest(source=tuple(stripped), segmentation=segmentation, model=MODEL))
+    assert seg.PatientBirthDate in ("", None)
+    assert "PatientBirthDate" not in stripped[0]  # the caller's headers are untouched
+
+
+def test_seg_with_empty_segments(source: tuple[Dataset, ...]) -> None:
+    empty = Segmentation(
+        lungs=make_segmentation().lungs,
+        lesions=np.zeros((N_SLICES, ROWS, COLS), np.uint8),
+        spacing=(2.5, 0.75, 0.75),
+    )
+    seg = write_seg(SegRequest(source=source, segmentation=empty, model=MODEL))
+    assert len(seg.SegmentSequence) == 4
+    assert seg.SegmentsOverlap == "NO"
+
+
+def test_seg_dciodvfy(tmp_path: Path, seg_ds: Dataset) -> None:
+    lines = _dciodvfy(_save(seg_ds, tmp_path / "seg.dcm"))
+    assert not [ln for ln in lines if ln.startswith("Error")], lines
+
+
+# --- SR -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sr_ds(source: tuple[Dataset, ...], seg_ds: Dataset) -> Dataset:
+    return write_sr(
+        SrRequest(source=source, seg=seg_ds, quantification=make_quantification(), model=MODEL)
+    )
+
+
+def test_round_measurement() -> None:
+    assert round_measurement(1.23456) == 1.23
+    assert round_measurement(-0.001) == 0.0
+    assert str(round_measurement(-0.001)) == "0.0"
+    assert round_measurement(7) == 7.0
+
+
+Row = tuple[float, str, list[str]]
+
+
+def _values(group: object, name: Code) -> list[Row]:
+    """(value, unit, ["site/laterality", ...]) of each measurement ``name`` in ``group``."""
+    out: list[Row] = []
+    for m in group.get_measurements(name=name):  # type: ignore[attr-defined]
+        sites = [
+            f"{s.value.value}/{s.laterality.value if s.laterality else ''}" for s in m.finding_sites
+        ]
+        out.append((float(m.value), m.unit.value, sites))
+    return out
+
+
+def test_sr_round_trip(
+    tmp_path: Path, source: tuple[Dataset, ...], seg_ds: Dataset, sr_ds: Dataset
+) -> None:
+    q = make_quantification()
+    sr = hd.sr.srread(_save(sr_ds, tmp_path / "sr.dcm"))
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    assert sr.StudyInstanceUID == source[0].StudyInstanceUID
+    assert sr.CompletionFlag == "COMPLETE"
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert DISCLAIMER_SHORT in sr.SeriesDescription
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99CTTRIAGE"
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for i in series.ReferencedSOPSequence
+    }
+    assert seg_ds.SOPInstanceUID in evidence
+    assert source[0].SOPInstanceUID in evidence
+
+    report = sr.content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    (observer,) = report.get_observer_contexts()
+    attrs = observer.observer_identifying_attributes
+    assert isinstance(attrs, hd.sr.DeviceObserverIdentifyingAttributes)
+    assert attrs.name == MODEL.name
+    assert attrs.manufacturer_name == "chest-ct-triage"
+
+    groups = report.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 4
+    by_segment = {}
+    for group in groups:
+        ref = group.referenced_segment
+        assert ref is not None
+        assert ref[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == seg_ds.SOPInstanceUID
+        number = int(ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber)
+        by_segment[number] = group
+    assert sorted(by_segment) == [1, 2, 3, 4]
+
+    r = round_measurement
+    right, left, ggo, cons = (by_segment[i] for i in (1, 2, 3, 4))
+    assert _values(right, codes.VOLUME) == [(r(q.lung_volume_ml.right), "ml", [])]
+    assert _values(left, codes.VOLUME) == [(r(q.lung_volume_ml.left), "ml", [])]
+    assert _values(ggo, codes.VOLUME) == [(r(q.lesion_volume_ml.ggo), "ml", [])]
+    assert _values(cons, codes.VOLUME) == [(r(q.lesion_volume_ml.consolidation), "ml", [])]
+    for side, group, lat in (("right", right, "24028007"), ("left", left, "7771000")):
+        percents = _values(group, codes.PERCENT_INVOLVEMENT)
+        total = q.percent_involvement.right if side == "right" else q.percent_involvement.left
+        expected: list[Row] = [(r(total), "%", [])] + [
+            (r(z.percent_involvement), "%", [f"{codes.ZONES[z.zone].value}/{lat}"])
+            for z in q.zones
+            if z.lung == side
+        ]
+        assert percents == expected
+
+    (whole,) = report.get_image_measurement_groups()
+    assert _values(whole, codes.VOLUME) == [(r(q.lung_volume_ml.total), "ml", [])]
+    assert _values(whole, codes.LESION_VOLUME) == [(r(q.lesion_volume_ml.total), "ml", [])]
+    assert _values(whole, codes.PERCENT_INVOLVEMENT) == [(r(q.percent_involvement.total), "%", [])]
+    assert _values(whole, codes.SEVERITY_SCORE) == [(3.0, "{score}", [])]
+    (triage,) = whole.get_qualitative_evaluations(name=codes.TRIAGE_CATEGORY)
+    assert triage.value == codes.TRIAGE_VALUES[TriageCategory.MILD]
+
+    texts = [item.TextValue for item in _walk(sr_ds.ContentSequence) if item.ValueType == "TEXT"]
+    assert DISCLAIMER in texts
+
+
+def _walk(items: pydicom.Sequence) -> list[Dataset]:
+    out: list[Dataset] = []
+    for item in items:
+        out.append(item)
+        if "ContentSequence" in item:
+            out.extend(_walk(item.ContentSequence))
+    return out
+
+
+def test_sr_rejects_non_finite(source: tuple[Dataset, ...], seg_ds: Dataset) -> None:
+    q = make_quantification()
+    bad = replace(q, percent_involvement=Sided(left=float("nan"), right=0.0, total=0.0))
+    with pytest.raises(ValueError, match="not finite"):
+        SrRequest(source=source, seg=seg_ds, quantification=bad, model=MODEL)
+
+
+def test_sr_dciodvfy(tmp_path: Path, sr_ds: Dataset) -> None:
+    lines = _dciodvfy(_save(sr_ds, tmp_path / "sr.dcm"))
+    assert not [ln for ln in lines if ln.startswith("Error")], lines
+
+
+# --- overlay ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def overlay(source: tuple[Dataset, ...], segmentation: Segmentation) -> list[Dataset]:
+    req = OverlayRequest(
+        source=source, hu=make_hu(segmentation), segmentation=segmentation, model=MODEL
+    )
+    return write_overlay_series(req)
+
+
+def test_overlay_key_slices_reference_their_source(
+    tmp_path: Path,
+    source: tuple[Dataset, ...],
+    segmentation: Segmentation,
+    overlay: list[Dataset],
+) -> None:
+    keys = kov.key_slices(segmentation.lungs, segmentation.lesions, 24)
+    assert len(overlay) == len(keys)
+    assert len({ds.SeriesInstanceUID for ds in overlay}) == 1
+    assert overlay[0].SeriesInstanceUID != source[0].SeriesInstanceUID
+    for n, (k, ds) in enumerate(zip(keys, overlay, strict=True), start=1):
+        ds = pydicom.dcmread(_save(ds, tmp_path / f"ov{n}.dcm"))
+        src = source[k]
+        assert ds.InstanceNumber == n
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert ds.SourceImageSequence[0].ReferencedSOPClassUID == src.SOPClassUID
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+        assert ds.BurnedInAnnotation == "YES"
+        assert ds.RecognizableVisualFeatures == "NO"
+        assert ds.ConversionType == "WSD"
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+        assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx(
+            [float(v) for v in src.ImagePositionPatient]
+        )
+        assert ds.PatientID == src.PatientID
+        assert DISCLAIMER_SHORT in ds.SeriesDescription
+        assert ds.pixel_array.shape == (ROWS, COLS, 3)
+
+
+def test_overlay_banner_and_outlines(segmentation: Segmentation, overlay: list[Dataset]) -> None:
+    k = kov.key_slices(segmentation.lungs, segmentation.lesions, 24)[0]
+    plain = kov.render_slice(
+        make_hu(segmentation)[k], segmentation.lungs[k], segmentation.lesions[k]
+    )
+    burned = overlay[0].pixel_array
+    band = banner_height(ROWS, COLS)
+    assert band < ROWS
+    # The banner rows changed (text drawn), everything below is the plain rendering.
+    assert (burned[:band] != plain[:band]).any()
+    assert (burned[:band] > 160).all(axis=-1).any()  # light text on the dark band
+    np.testing.assert_array_equal(burned[band:], plain[band:])
+    assert (burned == np.asarray(kov.GGO_COLOR, np.uint8)).all(axis=-1).any()
+
+
+def test_overlay_all_and_no_lesion(source: tuple[Dataset, ...], segmentation: Segmentation) -> None:
+    hu = make_hu(segmentation)
+    all_ = write_overlay_series(
+        OverlayRequest(source=source, hu=hu, segmentation=segmentation, model=MODEL, slices="all")
+    )
+    assert len(all_) == N_SLICES
+    clean = Segmentation(segmentation.lungs, np.zeros_like(segmentation.lesions), (2.5, 0.75, 0.75))
+    few = write_overlay_series(
+        OverlayRequest(source=source, hu=hu, segmentation=clean, model=MODEL)
+    )
+    assert 1 <= len(few) <= 5
+
+
+def test_overlay_dciodvfy(tmp_path: Path, overlay: list[Dataset]) -> None:
+    lines = _dciodvfy(_save(overlay[0], tmp_path / "ov.dcm"))
+    assert not [ln for ln in lines if ln.startswith("Error")], lines
+
+
+# --- preview ------------------------------------------------------------------------------
+
+
+def test_preview_png(tmp_path: Path, segmentation: Segmentation) -> None:
+    path = tmp_path / "preview.png"
+    write_preview_png(make_hu(segmentation), segmentation, path, title_lines=["Triage: MILD"])
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        assert img.mode == "RGB"
+        assert img.width >= 480
+        assert img.height > 64
