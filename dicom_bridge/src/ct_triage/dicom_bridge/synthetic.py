@@ -36,7 +36,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 
 from ct_triage.models.errors import TriageError
 from ct_triage.models.identity import PRODUCT_NAME, PRODUCT_VERSION
@@ -76,12 +76,18 @@ class PixelEncoding:
     intercept: int
     padding: int | None
 
-    def stored(self, hu: npt.NDArray[np.int16], outside: npt.NDArray[np.bool_]) -> npt.NDArray[np.int16] | npt.NDArray[np.uint16]:
+    def stored(
+        self, hu: npt.NDArray[np.int16], outside: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.int16] | npt.NDArray[np.uint16]:
         """Stored pixel values of one slice of HU (``outside``: outside the FOV)."""
         values = hu.astype(np.int32) - self.intercept
         if self.padding is not None:
             values[outside] = self.padding
-        lo, hi = (-(1 << (self.bits_stored - 1)), (1 << (self.bits_stored - 1)) - 1) if self.signed else (0, (1 << self.bits_stored) - 1)
+        lo, hi = (
+            (-(1 << (self.bits_stored - 1)), (1 << (self.bits_stored - 1)) - 1)
+            if self.signed
+            else (0, (1 << self.bits_stored) - 1)
+        )
         if values.min() < lo or values.max() > hi:
             raise TriageError(f"HU out of range for the {self.name} pixel encoding")
         if self.signed:
@@ -110,12 +116,14 @@ def encoding_for(seed: int, quirk: str | None = None) -> PixelEncoding:
     try:
         return QUIRKS[quirk]
     except KeyError:
-        raise TriageError(f"unknown phantom pixel encoding {quirk!r}; one of {sorted(QUIRKS)}") from None
+        raise TriageError(
+            f"unknown phantom pixel encoding {quirk!r}; one of {sorted(QUIRKS)}"
+        ) from None
 
 
-def _uuid_uid(*parts: str) -> str:
+def _uuid_uid(*parts: str) -> UID:
     """A deterministic ``2.25.`` UID from a name-based (SHA-1) UUID of ``parts`` (PS3.5 B.2)."""
-    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, '|'.join(parts)).int}"
+    return UID(f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, '|'.join(parts)).int}")
 
 
 def _ds(value: float) -> str:
@@ -134,7 +142,9 @@ def _fov_outside(rows: int, cols: int) -> npt.NDArray[np.bool_]:
     return out
 
 
-def write_phantom_series(phantom: Phantom, out_dir: Path, *, quirk: str | None = None) -> list[Path]:
+def write_phantom_series(
+    phantom: Phantom, out_dir: Path, *, quirk: str | None = None
+) -> list[Path]:
     """Write ``phantom`` as one CT Image Storage file per slice under ``out_dir``.
 
     Parameters
@@ -162,7 +172,7 @@ def write_phantom_series(phantom: Phantom, out_dir: Path, *, quirk: str | None =
     outside = _fov_outside(rows, cols)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def uid(*parts: str) -> str:
+    def uid(*parts: str) -> UID:
         return _uuid_uid(f"ct-triage-phantom-{spec.seed}", repr(spec), *parts)
 
     study_uid = uid("study")

@@ -73,7 +73,9 @@ def label_counts(labels: npt.NDArray[np.integer], n_labels: int) -> npt.NDArray[
     flat = labels.ravel()
     if flat.size and int(flat.max()) > n_labels:
         raise ValueError(f"label value {int(flat.max())} exceeds n_labels={n_labels}")
-    return np.bincount(flat.astype(np.intp, copy=False), minlength=n_labels + 1).astype(np.int64)
+    if flat.dtype == np.uint64:
+        flat = flat.astype(np.intp)
+    return np.bincount(flat, minlength=n_labels + 1).astype(np.int64, copy=False)
 
 
 def keep_components(

@@ -6,12 +6,14 @@ The lungs are found without a network so that every study gets lung masks, lung 
 1. work on a grid of about 2 mm (integer block mean of the HU);
 2. *air* is ``HU < -380`` inside the body (largest 3-D tissue component, holes filled per
    slice), so the air around the patient and under the table is gone;
-3. *gas*: bowel and stomach gas, the trachea and the main bronchi are pure air (about
-   -1000 HU over a centimetre), whereas lung parenchyma, even emphysematous, is interleaved
-   with vessels and septa. Air whose 9 mm box mean is below -970 HU, in pieces of at least
-   0.5 mL, is removed together with a 4 mm rim;
-4. the remaining air components are kept when large enough (>= 2 mL and >= 8 % of the largest)
-   and not mostly made of the rim of removed gas (colon with faeces);
+3. *gas*: bowel and stomach gas, the trachea and the main bronchi are pure air, whereas lung
+   parenchyma (about -900..-700 HU) is interleaved with vessels and septa. Air whose 4 mm box
+   mean is within 35 HU of the air level (measured on the air around the patient, since
+   scanners read air anywhere from -1010 to -980 HU), in pieces of at least 0.2 mL, is
+   removed together with a rim of half a box + 4 mm; in-plane pieces that mostly border the
+   removed gas (colon wall, faeces) go too;
+4. the remaining 3-D air components are kept when large enough (>= 2 mL and >= 8 % of the
+   largest);
 5. each component is given to the patient's right or left lung by its centroid; a component
    straddling the midline (lungs touching at the anterior junction) is split by eroding it
    until it falls apart and giving each voxel to the nearest core;
@@ -101,7 +103,7 @@ def segment_lungs(volume: Volume) -> npt.NDArray[np.uint8]:
         ``uint8`` array of ``volume.shape`` with :class:`LungLabel` values (0 background,
         1 right lung, 2 left lung). All zero when no lung is found.
     """
-    hu = np.asarray(volume.hu)
+    hu = volume.hu
     factors = _work_factors(volume.spacing)
     coarse = np.maximum(_block_mean(hu, factors), np.float32(-1024.0))
     spacing = (

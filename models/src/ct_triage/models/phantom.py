@@ -357,9 +357,7 @@ def _draw_anatomy(spec: PhantomSpec) -> _Anatomy:
     )
 
 
-def _ell(
-    X: F32, Y: F32, cx: Any, cy: Any, rx: Any, ry: Any
-) -> Bool:
+def _ell(X: F32, Y: F32, cx: Any, cy: Any, rx: Any, ry: Any) -> Bool:
     """Inside an axis-aligned ellipse (parameters may broadcast along z)."""
     rx = np.maximum(rx, 1e-3)
     ry = np.maximum(ry, 1e-3)
@@ -409,15 +407,17 @@ def _dome_t(an: _Anatomy, X: F32, Y: F32) -> F32:
     """Height (in template units t) of the diaphragm under each in-plane point."""
     v = Y / an.B_c
     post = 0.05 * np.clip(v, 0.0, 1.0)
-    right = an.t_dome_r - 0.16 * (((X + 0.45 * an.A_c) / (0.6 * an.A_c)) ** 2 + ((v + 0.1) / 0.8) ** 2)
-    left = an.t_dome_l - 0.16 * (((X - 0.45 * an.A_c) / (0.6 * an.A_c)) ** 2 + ((v + 0.1) / 0.8) ** 2)
+    right = an.t_dome_r - 0.16 * (
+        ((X + 0.45 * an.A_c) / (0.6 * an.A_c)) ** 2 + ((v + 0.1) / 0.8) ** 2
+    )
+    left = an.t_dome_l - 0.16 * (
+        ((X - 0.45 * an.A_c) / (0.6 * an.A_c)) ** 2 + ((v + 0.1) / 0.8) ** 2
+    )
     out: F32 = (np.maximum(right, left) - post).astype(np.float32)
     return out
 
 
-def _compose_chunk(
-    an: _Anatomy, X: F32, Y: F32, t: F32, Z: F32, dome: F32
-) -> tuple[F32, U8]:
+def _compose_chunk(an: _Anatomy, X: F32, Y: F32, t: F32, Z: F32, dome: F32) -> tuple[F32, U8]:
     """Base anatomy (no vessels, airways or lesions) for the slices with template heights ``t``.
 
     Returns the HU array and the lung labels of the chunk.
@@ -438,7 +438,7 @@ def _compose_chunk(
     put(body, -100.0)
     put(_ell2(X, Y, A_m, B_m, B_mp), 40.0)
     for side in (-1.0, 1.0):  # paraspinal muscles
-        put(_ell(X, Y, side * 32.0, B_c + 30.0, 30.0, 24.0) & (Y > B_c) & body, 48.0)
+        put(_ell(X, Y, side * 32.0, B_c + 30.0, 30.0, 24.0) & (B_c < Y) & body, 48.0)
     # rib ring: intercostal muscle, ribs (cortex + marrow) and costal cartilage
     ring = _ell(X, Y, 0.0, 0.0, A_r, B_r) & ~_ell(X, Y, 0.0, 0.0, A_c, B_c)
     theta = np.arctan2(Y / (an.B_c + an.rib_t), X / (an.A_c + an.rib_t))  # elliptic angle
@@ -468,8 +468,8 @@ def _compose_chunk(
     put(cavity, -85.0)  # mediastinal / extrapleural fat
     below = t < dome
     abdomen = cavity & below
-    put(abdomen & (X < 0.3 * an.A_c), 58.0)  # liver
-    put(abdomen & (X >= 0.3 * an.A_c), 42.0)  # spleen / stomach wall
+    put(abdomen & (0.3 * an.A_c > X), 58.0)  # liver
+    put(abdomen & (0.3 * an.A_c <= X), 42.0)  # spleen / stomach wall
 
     # mediastinal structures (geometry), drawn after the lungs are cut out
     x_h, y_h = an.heart_dx, -0.2 * an.B_c
@@ -502,25 +502,38 @@ def _compose_chunk(
     add(heart, 48.0, t_hc - t_hh, t_htop)
     add2d(lambda m: _ell(X, Y, 0.0, an.y_vb, an.r_vb + m, an.r_vb + m), 230.0)
     add2d(lambda m: _ell(X, Y, x_ad, y_ad, 12.0 + m, 12.0 + m), an.blood_hu, hi=an.t_arch)
-    add2d(lambda m: _ell(X, Y, x_aa, y_aa, 15.0 + m, 15.0 + m), an.blood_hu, t_htop - 0.08, an.t_arch)
+    add2d(
+        lambda m: _ell(X, Y, x_aa, y_aa, 15.0 + m, 15.0 + m), an.blood_hu, t_htop - 0.08, an.t_arch
+    )
     mid = (26.0, an.y_tr - 14.0)
     add2d(
-        lambda m: _tube2d(X, Y, (x_aa, y_aa), mid, 13.0 + m) | _tube2d(X, Y, mid, (x_ad, y_ad), 13.0 + m),
+        lambda m: (
+            _tube2d(X, Y, (x_aa, y_aa), mid, 13.0 + m) | _tube2d(X, Y, mid, (x_ad, y_ad), 13.0 + m)
+        ),
         an.blood_hu,
         an.t_arch - 0.025,
         an.t_arch + 0.025,
     )
     add2d(lambda m: _ell(X, Y, x_pt, y_pt, 13.0 + m, 13.0 + m), an.blood_hu, t_htop - 0.06, t_pa)
     add2d(
-        lambda m: _tube2d(X, Y, (x_pt, y_pt), (hil_l[0], hil_l[1]), 10.0 + m)
-        | _tube2d(X, Y, (x_pt, y_pt), (hil_r[0], hil_r[1]), 10.0 + m),
+        lambda m: (
+            _tube2d(X, Y, (x_pt, y_pt), (hil_l[0], hil_l[1]), 10.0 + m)
+            | _tube2d(X, Y, (x_pt, y_pt), (hil_r[0], hil_r[1]), 10.0 + m)
+        ),
         an.blood_hu,
         t_pa - 0.02,
         t_pa + 0.02,
     )
-    add2d(lambda m: _ell(X, Y, -24.0, -0.15 * an.B_c, 10.0 + m, 10.0 + m), an.blood_hu, t_htop - 0.04, 0.86)
+    add2d(
+        lambda m: _ell(X, Y, -24.0, -0.15 * an.B_c, 10.0 + m, 10.0 + m),
+        an.blood_hu,
+        t_htop - 0.04,
+        0.86,
+    )
     for bx, by in ((-9.0, an.y_tr - 16.0), (6.0, an.y_tr - 19.0), (17.0, an.y_tr - 6.0)):
-        add2d(lambda m, bx=bx, by=by: _ell(X, Y, bx, by, 6.5 + m, 6.5 + m), an.blood_hu, lo=an.t_arch)
+        add2d(
+            lambda m, bx=bx, by=by: _ell(X, Y, bx, by, 6.5 + m, 6.5 + m), an.blood_hu, lo=an.t_arch
+        )
     add2d(lambda m: _ell(X, Y, 5.0, an.y_oes, 9.0 + m, 6.0 + m), 38.0)
     add2d(lambda m: _ell(X, Y, 0.0, an.y_tr, 11.0 + m, 11.0 + m), 35.0, lo=an.t_carina)
 
@@ -535,7 +548,7 @@ def _compose_chunk(
         lungs_zone[ks] &= ~widened
     labels = np.zeros(shape, np.uint8)
     for side, label in ((-1.0, LungLabel.RIGHT), (1.0, LungLabel.LEFT)):
-        half = (X < -hw) if side < 0 else (X > hw)
+        half = (-hw > X) if side < 0 else (hw < X)
         apex = _ell(X, Y, side * 0.45 * A_c, 0.15 * B_c, 0.62 * A_c * sc, 0.9 * B_c * sc)
         np.copyto(labels, np.uint8(label), where=lungs_zone & half & apex)
     lung = labels > 0
@@ -545,7 +558,9 @@ def _compose_chunk(
     # draw the mediastinal structures
     for ks, region, _, value in structures:
         np.copyto(hu[ks], np.float32(value), where=region)
-    heart_in = _ell(X, Y, x_h - 4.0, y_h - 3.0, 0.72 * heart_rx, 0.72 * heart_ry) & (r_h > 0) & ~below
+    heart_in = (
+        _ell(X, Y, x_h - 4.0, y_h - 3.0, 0.72 * heart_rx, 0.72 * heart_ry) & (r_h > 0) & ~below
+    )
     put(heart_in, an.blood_hu)
     vb = _ell(X, Y, 0.0, an.y_vb, an.r_vb, an.r_vb)
     disc = np.mod(Z + an.vert_phase, 27.0) < 5.0
@@ -555,10 +570,10 @@ def _compose_chunk(
     y_c = an.y_vb + an.r_vb + 8.0
     ax = np.abs(X)
     post = (
-        (_ell(X, Y, 0.0, y_c, 14.0, 14.0) & (Y > y_c - 4.0))
-        | ((ax < 4.0) & (Y > y_c + 10.0) & (Y < y_c + 32.0))
+        (_ell(X, Y, 0.0, y_c, 14.0, 14.0) & (y_c - 4.0 < Y))
+        | ((ax < 4.0) & (y_c + 10.0 < Y) & (y_c + 32.0 > Y))
         | ((np.abs(Y - y_c + 2.0) < 5.0) & (ax > 10.0) & (ax < 34.0))
-        | ((ax > 8.0) & (ax < 14.0) & (Y > an.y_vb + an.r_vb - 4.0) & (Y < y_c))
+        | ((ax > 8.0) & (ax < 14.0) & (an.y_vb + an.r_vb - 4.0 < Y) & (y_c > Y))
     )
     put(post & body, 550.0)
     put(_ell(X, Y, 0.0, y_c, 8.0, 8.0), 25.0)
@@ -605,7 +620,7 @@ def _grow(
         c = sub.mean(axis=0)
         q = p + (0.5 if first else 1.0) * (c - p)
         r = r_root * (n / n_total) ** (1.0 / 3.0)
-        out.append(_Seg(tuple(p), tuple(q), r_parent, r))  # type: ignore[arg-type]
+        out.append(_Seg(tuple(p), tuple(q), r_parent, r))
         q_aw = q
         if airway is not None and n >= aw_min_n:
             d = q - p
@@ -614,7 +629,7 @@ def _grow(
                 perp = np.cross(d, [0.0, 1.0, 0.0])
             perp /= np.linalg.norm(perp)
             q_aw = q + perp * (1.9 * r + 0.8)
-            airway.append(_Seg(tuple(p_aw), tuple(q_aw), 0.85 * r_parent, 0.85 * r))  # type: ignore[arg-type]
+            airway.append(_Seg(tuple(p_aw), tuple(q_aw), 0.85 * r_parent, 0.85 * r))
         if n <= 3 or r < 0.7:
             continue
         centred = sub - c
@@ -666,7 +681,9 @@ def _raster_tube(
     box += occ.astype(np.float32) * (np.float32(value) - box)
 
 
-def _lung_points(labels: U8, label: int, n: int, spacing: tuple[float, float, float], rng: np.random.Generator) -> F64:
+def _lung_points(
+    labels: U8, label: int, n: int, spacing: tuple[float, float, float], rng: np.random.Generator
+) -> F64:
     """``n`` random points (mm, z/y/x) inside one lung, jittered within their voxel."""
     idx = np.flatnonzero(labels[:, ::2, ::2] == label)
     if len(idx) == 0:
@@ -706,13 +723,15 @@ def _bbox(
     zz = (np.arange(i0[0], i1[0], dtype=np.float32) * np.float32(sp[0]))[:, None, None]
     yy = (np.arange(i0[1], i1[1], dtype=np.float32) * np.float32(sp[1]))[None, :, None]
     xx = (np.arange(i0[2], i1[2], dtype=np.float32) * np.float32(sp[2]))[None, None, :]
-    sl = (slice(int(i0[0]), int(i1[0])), slice(int(i0[1]), int(i1[1])), slice(int(i0[2]), int(i1[2])))
+    sl = (
+        slice(int(i0[0]), int(i1[0])),
+        slice(int(i0[1]), int(i1[1])),
+        slice(int(i0[2]), int(i1[2])),
+    )
     return sl, zz, yy, xx
 
 
-def _lesion_fields(
-    les: _Lesion, zz: F32, yy: F32, xx: F32
-) -> tuple[F32, F32]:
+def _lesion_fields(les: _Lesion, zz: F32, yy: F32, xx: F32) -> tuple[F32, F32]:
     """Implicit functions (>0 inside) of the GGO region and the consolidation core."""
     q = (
         ((zz - les.centre[0]) / les.radii[0]) ** 2
@@ -739,7 +758,11 @@ def _make_lesion(
 ) -> _Lesion:
     r_lo, r_hi = {"mild": (8.0, 22.0), "moderate": (16.0, 40.0), "severe": (25.0, 55.0)}[severity]
     R = float(rng.uniform(r_lo, r_hi)) * scale
-    radii = (R * float(rng.uniform(1.0, 1.5)), R * float(rng.uniform(0.7, 1.2)), R * float(rng.uniform(0.7, 1.2)))
+    radii = (
+        R * float(rng.uniform(1.0, 1.5)),
+        R * float(rng.uniform(0.7, 1.2)),
+        R * float(rng.uniform(0.7, 1.2)),
+    )
     waves = tuple(
         (
             *(float(k) for k in rng.uniform(2 * np.pi / 40.0, 2 * np.pi / 10.0, 3)),
@@ -758,7 +781,7 @@ def _make_lesion(
             d /= np.linalg.norm(d)
             length = float(rng.uniform(0.5, 0.9)) * core * min(radii)
             start = centre - d * 0.3 * length
-            bronchi.append(_Seg(tuple(start), tuple(start + d * length), 1.4, 0.7))  # type: ignore[arg-type]
+            bronchi.append(_Seg(tuple(start), tuple(start + d * length), 1.4, 0.7))
     return _Lesion(
         centre=(float(centre[0]), float(centre[1]), float(centre[2])),
         radii=radii,
@@ -839,7 +862,11 @@ def _plan_lesions(spec: PhantomSpec, labels: U8) -> list[_Lesion]:
 
 
 def _raster_lesions(
-    hu: F32, lesion_class: U8, labels: U8, lesions: list[_Lesion], spacing: tuple[float, float, float]
+    hu: F32,
+    lesion_class: U8,
+    labels: U8,
+    lesions: list[_Lesion],
+    spacing: tuple[float, float, float],
 ) -> None:
     """Write lesion truth and blend lesion HU (densities combine by maximum)."""
     for les in lesions:
@@ -951,11 +978,11 @@ def generate(spec: PhantomSpec) -> Phantom:
         hx, hy, ht = an.hilum(side)
         root = to_array(hx, hy, ht)
         bronchus_end = root + np.array([0.0, 8.0, 0.0])
-        airways.append(_Seg(tuple(carina), tuple(bronchus_end), 7.0, 6.0))  # type: ignore[arg-type]
+        airways.append(_Seg(tuple(carina), tuple(bronchus_end), 7.0, 6.0))
         branch: list[_Seg] = []
         _grow(root, pts, 6.5, rng, arteries, airway=branch)
         if branch:  # re-root the bronchial tree on the main bronchus
-            branch[0] = _Seg(tuple(bronchus_end), branch[0].b, 6.0, branch[0].rb)  # type: ignore[arg-type]
+            branch[0] = _Seg(tuple(bronchus_end), branch[0].b, 6.0, branch[0].rb)
         airways.extend(branch)
         vpts = _lung_points(labels, int(label), 700, spacing, rng)
         _grow(to_array(side * 14.0, -0.1 * an.B_c, an.t_dome_l + 0.2), vpts, 6.0, rng, veins)
@@ -988,7 +1015,6 @@ def generate(spec: PhantomSpec) -> Phantom:
 
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
         list(pool.map(finish, range(0, nz, _CHUNK)))
-    del hu
     t4 = time.perf_counter()
 
     lung_mask = (labels > 0).astype(np.uint8)

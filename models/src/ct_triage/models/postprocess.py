@@ -83,41 +83,45 @@ def combine(
             f"lesion classes must be in 0..{max(LesionLabel)}, got {int(lesion_classes.max())}"
         )
     spacing = volume.spacing
-    out_lungs = np.ascontiguousarray(lungs, dtype=np.uint8).copy()
-    lesions = np.ascontiguousarray(lesion_classes, dtype=np.uint8).copy()
-    in_lung = out_lungs > 0
-    if not in_lung.any():
-        if lesions.any():
-            logger.warning("combine: no lungs, %d lesion voxels dropped", np.count_nonzero(lesions))
-        lesions[:] = 0
-        return Segmentation(out_lungs, lesions, spacing)
+    out_lungs = np.array(lungs, dtype=np.uint8, copy=True)
+    out_lesions = np.zeros(shape, dtype=np.uint8)
+    present = lesion_classes > 0
+    if not present.any():
+        return Segmentation(out_lungs, out_lesions, spacing)
+    if not out_lungs.any():
+        logger.warning("combine: no lungs, %d lesion voxels dropped", int(present.sum()))
+        return Segmentation(out_lungs, out_lesions, spacing)
 
+    # everything below happens in the lesions' bounding box grown by the margin: the nearest
+    # lung voxel of any lesion voxel within margin_mm of the lungs lies inside it
+    box = _bbox(present, margin_mm, spacing)
+    lesions = np.array(lesion_classes[box], dtype=np.uint8, copy=True)
+    sub_lungs = out_lungs[box]  # a view: written in place below
+    in_lung = sub_lungs > 0
     outside = (lesions > 0) & ~in_lung
     nearest_label: npt.NDArray[np.uint8] | None = None
-    crop: tuple[slice, ...] | None = None
     if outside.any():
-        crop = _bbox(outside, margin_mm, spacing)
-        dist, idx = ndi.distance_transform_edt(
-            ~in_lung[crop], sampling=spacing, return_indices=True
-        )
-        sub_out = outside[crop]
-        far = sub_out & (dist > margin_mm)
-        lesions[crop][far] = 0
-        nearest_label = out_lungs[crop][tuple(idx)]
+        dist, idx = ndi.distance_transform_edt(~in_lung, sampling=spacing, return_indices=True)
+        far = outside & (dist > margin_mm)
+        lesions[far] = 0
+        nearest_label = sub_lungs[tuple(idx)]
         logger.debug("combine: %d lesion voxels beyond %.1f mm dropped", int(far.sum()), margin_mm)
 
     lesions = _remove_small(lesions, min_lesion_ml, volume.voxel_volume_ml)
 
-    if crop is not None and nearest_label is not None:
-        add = (lesions[crop] > 0) & ~in_lung[crop]
-        out_lungs[crop][add] = nearest_label[add]
-    lesions[out_lungs == 0] = 0  # guaranteed subset, whatever happened above
+    added = 0
+    if nearest_label is not None:
+        add = (lesions > 0) & ~in_lung
+        sub_lungs[add] = nearest_label[add]
+        added = int(add.sum())
+    lesions[sub_lungs == 0] = 0  # guaranteed subset, whatever happened above
+    out_lesions[box] = lesions
     logger.info(
         "combine: %d lesion voxels kept (%d added to the lungs)",
         int(np.count_nonzero(lesions)),
-        int(np.count_nonzero(out_lungs)) - int(np.count_nonzero(in_lung)),
+        added,
     )
-    return Segmentation(out_lungs, lesions, spacing)
+    return Segmentation(out_lungs, out_lesions, spacing)
 
 
 def _bbox(
