@@ -27,10 +27,10 @@ from ct_triage.dicom_bridge.writers.overlay import (
 from ct_triage.dicom_bridge.writers.seg import SegRequest, write_seg
 from ct_triage.dicom_bridge.writers.sr import SrRequest, round_measurement, write_sr
 from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
-from ct_triage.models.lesions import LesionSegmenter
-from ct_triage.models.lungs import check_contains_lungs, segment_lungs
-from ct_triage.models.postprocess import combine
+from ct_triage.models.analysis import LesionModel, segment
+from ct_triage.models.errors import InvalidInput
 from ct_triage.models.quantify import Quantification, TriageThresholds, quantify
+from ct_triage.models.segmentation import Segmentation
 from ct_triage.server.outputs import REPORT_NAME, atomic_output_dir
 from ct_triage.server.timing import StageTimer
 
@@ -81,6 +81,11 @@ def build_report(
 ) -> dict[str, Any]:
     """Assemble ``report.json`` (see DESIGN.md, "Contracts")."""
     q = _round_tree(quant.to_dict())
+    verdicts = [
+        {"series": v.label, "series_instance_uid": v.series_instance_uid,
+         "images": v.n_instances, "taken": v.taken, "reason": v.reason}
+        for v in choice.reasons
+    ]
     return {
         "schema_version": SCHEMA_VERSION,
         "disclaimer": DISCLAIMER,
@@ -90,7 +95,7 @@ def build_report(
         "frame_of_reference_uid": series.frame_of_reference_uid,
         "series_number": series.series_number,
         "series_description": series.series_description,
-        "series_selection": [v.as_dict() for v in choice.verdicts],
+        "series_selection": verdicts,
         "volume": {
             "shape_zyx": list(series.volume.shape),
             "spacing_mm_zyx": [round(s, 4) for s in series.volume.spacing],
@@ -122,3 +127,112 @@ def build_report(
             "preview": "preview.png",
         },
     }
+
+
+def _reject_unreadable(found: inputs.DiscoveredInput) -> None:
+    """A study with unreadable DICOM files is not analysed: a lost slice could go unseen."""
+    if found.unreadable:
+        first = found.unreadable[0]
+        more = f" (and {len(found.unreadable) - 1} more)" if len(found.unreadable) > 1 else ""
+        raise InvalidInput(
+            f"{len(found.unreadable)} DICOM file(s) could not be read, e.g. "
+            f"{first.path.name}: {first.reason}{more}; resend the study"
+        )
+
+
+def analyze_study(
+    input_path: Path,
+    out_dir: Path,
+    lesion_model: LesionModel,
+    options: AnalysisOptions,
+    *,
+    model: ModelIdentity | None = None,
+) -> AnalysisResult:
+    """Analyse one study: DICOM folder or zip in; SEG, SR, overlay, preview and report out.
+
+    Parameters
+    ----------
+    input_path
+        Folder of DICOM files (any depth), a zip of them, or a single file.
+    out_dir
+        Result folder. It receives complete results or is left as it was.
+    lesion_model
+        The lesion segmenter (see :func:`ct_triage.models.lesions.load_lesion_segmenter`).
+    options
+        Selection rules, triage thresholds, overlay mode.
+    model
+        Identity written into the outputs; defaults to ``lesion_model.identity``.
+
+    Raises
+    ------
+    StudyDeclined
+        The input is not a usable chest CT (reason in the message); nothing is written.
+    TriageError
+        Any other failure; nothing is written.
+    """
+    identity: ModelIdentity = model if model is not None else lesion_model.identity  # type: ignore[attr-defined]
+    timer = StageTimer()
+    with tempfile.TemporaryDirectory(prefix="ct-triage-in-") as work:
+        with timer.stage("discover"):
+            found = inputs.discover(input_path, work_dir=Path(work))
+            _reject_unreadable(found)
+        with timer.stage("select"):
+            choice = select.select_series(found.headers, options.rules)
+        for verdict in choice.reasons:
+            logger.info("selection: %s", verdict)
+        with timer.stage("load"):
+            series = load_series(choice.paths)
+    logger.info(
+        "loaded series %s: %d slices, spacing %s mm",
+        series.series_instance_uid, series.volume.shape[0],
+        tuple(round(s, 3) for s in series.volume.spacing),
+    )
+    segmentation: Segmentation = segment(series.volume, lesion_model, stage=timer.stage)
+    with timer.stage("quantify"):
+        quant = quantify(segmentation, options.thresholds)
+    source = series.datasets
+    with atomic_output_dir(out_dir) as staging:
+        with timer.stage("write_seg"):
+            seg = write_seg(SegRequest(source=source, segmentation=segmentation, model=identity))
+            seg.save_as(staging / "seg.dcm", enforce_file_format=True)
+        with timer.stage("write_sr"):
+            sr = write_sr(
+                SrRequest(source=source, seg=seg, quantification=quant, model=identity)
+            )
+            sr.save_as(staging / "sr.dcm", enforce_file_format=True)
+        with timer.stage("write_overlay"):
+            overlay = write_overlay_series(
+                OverlayRequest(
+                    source=source,
+                    hu=series.volume.hu,
+                    segmentation=segmentation,
+                    model=identity,
+                    slices="all" if options.overlay_slices == "all" else "key",
+                )
+            )
+            (staging / "overlay").mkdir()
+            for i, ds in enumerate(overlay, start=1):
+                ds.save_as(staging / "overlay" / f"SC{i:06d}.dcm", enforce_file_format=True)
+        with timer.stage("write_preview"):
+            pct = quant.percent_involvement
+            write_preview_png(
+                series.volume.hu,
+                segmentation,
+                staging / "preview.png",
+                title_lines=[
+                    f"{identity.algorithm_label} - triage {quant.triage.value.upper()}, "
+                    f"severity {quant.severity_score}/25",
+                    f"Lung involved: right {pct.right:.1f} %, left {pct.left:.1f} %, "
+                    f"total {pct.total:.1f} %",
+                ],
+            )
+        report = build_report(
+            series=series, choice=choice, model=identity, quant=quant,
+            seg=seg, sr=sr, overlay=overlay, timings=timer.rounded(),
+        )
+        (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    logger.info(
+        "analysis done: triage %s, severity %d, %.2f s",
+        quant.triage.value, quant.severity_score, report["timings_s"]["total"],
+    )
+    return AnalysisResult(out_dir=out_dir.resolve(), report=report)
