@@ -46,5 +46,6 @@ class Segmentation:
     def __post_init__(self) -> None:
         if self.lungs.shape != self.lesions.shape or self.lungs.ndim != 3:
             raise ValueError(
-                f"lungs {self.lungs.shape} and lesions {self.lesions.shape} must be the same 3-D shape"
+                f"lungs {self.lungs.shape} and lesions {self.lesions.shape} "
+                "must be the same 3-D shape"
             )

@@ -71,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("out", help="output folder (DICOM under OUT/dicom, truth in OUT/truth.npz)")
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--slices", type=int, default=None, help="number of slices (60-400)")
-    ph.add_argument(
-        "--severity", choices=["none", "mild", "moderate", "severe"], default=None
-    )
+    ph.add_argument("--severity", choices=["none", "mild", "moderate", "severe"], default=None)
     ph.set_defaults(func=_cmd_phantom)
 
     a = sub.add_parser("analyze", help="analyse a study: folder of DICOM files or a zip")
@@ -95,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"ct-triage: configuration error: {exc}", file=sys.stderr)
         return 1
-    configure_logging(level=logging.DEBUG if args.verbose else logging.INFO, fmt=settings.log_format)
+    configure_logging(
+        level=logging.DEBUG if args.verbose else logging.INFO, fmt=settings.log_format
+    )
     job = uuid.uuid4().hex[:12]
     with job_context(job):
         try:

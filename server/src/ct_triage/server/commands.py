@@ -30,12 +30,12 @@ def load_model(settings: Settings):  # type: ignore[no-untyped-def]
     """Load the lesion model named by the settings (validated against its manifest)."""
     from ct_triage.models.lesions import load_lesion_segmenter
 
-    return load_lesion_segmenter(
-        settings.model_dir, provider=settings.provider
-    )
+    return load_lesion_segmenter(settings.model_dir, provider=settings.provider)
 
 
-def phantom(out: Path, *, seed: int, n_slices: int | None = None, severity: str | None = None) -> None:
+def phantom(
+    out: Path, *, seed: int, n_slices: int | None = None, severity: str | None = None
+) -> None:
     """Write a synthetic chest CT (``OUT/dicom``) and its exact truth (``OUT/truth.npz``)."""
     from ct_triage.dicom_bridge.synthetic import write_phantom_series
     from ct_triage.models.phantom import generate, save_truth, spec_from_seed

@@ -26,9 +26,9 @@ from ct_triage.dicom_bridge.writers.overlay import (
 )
 from ct_triage.dicom_bridge.writers.seg import SegRequest, write_seg
 from ct_triage.dicom_bridge.writers.sr import SrRequest, round_measurement, write_sr
-from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
 from ct_triage.models.analysis import LesionModel, segment
 from ct_triage.models.errors import InvalidInput
+from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
 from ct_triage.models.quantify import Quantification, TriageThresholds, quantify
 from ct_triage.models.segmentation import Segmentation
 from ct_triage.server.outputs import REPORT_NAME, atomic_output_dir
@@ -42,7 +42,7 @@ SCHEMA_VERSION = "1.0"
 
 @dataclass(frozen=True, slots=True)
 class AnalysisOptions:
-    """What a caller may vary per analysis (built from :class:`~ct_triage.server.settings.Settings`)."""
+    """What a caller may vary per analysis (built from the process settings)."""
 
     rules: select.SelectionRules
     thresholds: TriageThresholds
@@ -82,8 +82,13 @@ def build_report(
     """Assemble ``report.json`` (see DESIGN.md, "Contracts")."""
     q = _round_tree(quant.to_dict())
     verdicts = [
-        {"series": v.label, "series_instance_uid": v.series_instance_uid,
-         "images": v.n_instances, "taken": v.taken, "reason": v.reason}
+        {
+            "series": v.label,
+            "series_instance_uid": v.series_instance_uid,
+            "images": v.n_instances,
+            "taken": v.taken,
+            "reason": v.reason,
+        }
         for v in choice.reasons
     ]
     return {
@@ -115,10 +120,16 @@ def build_report(
         "triage": q["triage"],
         "timings_s": timings,
         "outputs": {
-            "seg": {"file": "seg.dcm", "sop_instance_uid": str(seg.SOPInstanceUID),
-                    "series_instance_uid": str(seg.SeriesInstanceUID)},
-            "sr": {"file": "sr.dcm", "sop_instance_uid": str(sr.SOPInstanceUID),
-                   "series_instance_uid": str(sr.SeriesInstanceUID)},
+            "seg": {
+                "file": "seg.dcm",
+                "sop_instance_uid": str(seg.SOPInstanceUID),
+                "series_instance_uid": str(seg.SeriesInstanceUID),
+            },
+            "sr": {
+                "file": "sr.dcm",
+                "sop_instance_uid": str(sr.SOPInstanceUID),
+                "series_instance_uid": str(sr.SeriesInstanceUID),
+            },
             "overlay": {
                 "folder": "overlay",
                 "series_instance_uid": str(overlay[0].SeriesInstanceUID) if overlay else None,
@@ -184,7 +195,8 @@ def analyze_study(
             series = load_series(choice.paths)
     logger.info(
         "loaded series %s: %d slices, spacing %s mm",
-        series.series_instance_uid, series.volume.shape[0],
+        series.series_instance_uid,
+        series.volume.shape[0],
         tuple(round(s, 3) for s in series.volume.spacing),
     )
     segmentation: Segmentation = segment(series.volume, lesion_model, stage=timer.stage)
@@ -196,9 +208,7 @@ def analyze_study(
             seg = write_seg(SegRequest(source=source, segmentation=segmentation, model=identity))
             seg.save_as(staging / "seg.dcm", enforce_file_format=True)
         with timer.stage("write_sr"):
-            sr = write_sr(
-                SrRequest(source=source, seg=seg, quantification=quant, model=identity)
-            )
+            sr = write_sr(SrRequest(source=source, seg=seg, quantification=quant, model=identity))
             sr.save_as(staging / "sr.dcm", enforce_file_format=True)
         with timer.stage("write_overlay"):
             overlay = write_overlay_series(
@@ -227,12 +237,20 @@ def analyze_study(
                 ],
             )
         report = build_report(
-            series=series, choice=choice, model=identity, quant=quant,
-            seg=seg, sr=sr, overlay=overlay, timings=timer.rounded(),
+            series=series,
+            choice=choice,
+            model=identity,
+            quant=quant,
+            seg=seg,
+            sr=sr,
+            overlay=overlay,
+            timings=timer.rounded(),
         )
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     logger.info(
         "analysis done: triage %s, severity %d, %.2f s",
-        quant.triage.value, quant.severity_score, report["timings_s"]["total"],
+        quant.triage.value,
+        quant.severity_score,
+        report["timings_s"]["total"],
     )
     return AnalysisResult(out_dir=out_dir.resolve(), report=report)
