@@ -32,6 +32,18 @@ def _fsync_tree(root: Path) -> None:
                 os.close(fd)
 
 
+def check_output_dir(out: Path) -> None:
+    """Refuse an output path that is a file, or a non-empty folder that is not a result."""
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"output path {out} exists and is not a folder")
+        if any(out.iterdir()) and not (out / REPORT_NAME).is_file():
+            raise OutputError(
+                f"output folder {out} is not empty and holds no previous {REPORT_NAME}; "
+                "choose an empty or new folder"
+            )
+
+
 @contextmanager
 def atomic_output_dir(out: Path) -> Iterator[Path]:
     """Yield a staging folder beside ``out``; on success it replaces ``out`` atomically.
@@ -41,14 +53,7 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
     staging folder is removed and ``out`` is left as it was.
     """
     out = out.resolve()
-    if out.exists():
-        if not out.is_dir():
-            raise OutputError(f"output path {out} exists and is not a folder")
-        if any(out.iterdir()) and not (out / REPORT_NAME).is_file():
-            raise OutputError(
-                f"output folder {out} is not empty and holds no previous {REPORT_NAME}; "
-                "choose an empty or new folder"
-            )
+    check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

@@ -31,7 +31,7 @@ from ct_triage.models.errors import InvalidInput
 from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
 from ct_triage.models.quantify import Quantification, TriageThresholds, quantify
 from ct_triage.models.segmentation import Segmentation
-from ct_triage.server.outputs import REPORT_NAME, atomic_output_dir
+from ct_triage.server.outputs import REPORT_NAME, atomic_output_dir, check_output_dir
 from ct_triage.server.timing import StageTimer
 
 logger = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ def analyze_study(
         Any other failure; nothing is written.
     """
     identity: ModelIdentity = model if model is not None else lesion_model.identity  # type: ignore[attr-defined]
+    check_output_dir(out_dir)  # fail before any work, not after it
     timer = StageTimer()
     with tempfile.TemporaryDirectory(prefix="ct-triage-in-") as work:
         with timer.stage("discover"):
