@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from orthanc import OrthancServer, orthanc_available  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,3 +28,17 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} is absent (set CT_TRIAGE_SHARED_DATA)")
     return path
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    """A running Orthanc on free loopback ports (skips when Orthanc is not installed)."""
+    reason = orthanc_available()
+    if reason:
+        pytest.skip(reason)
+    server = OrthancServer(root=tmp_path / "orthanc")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
