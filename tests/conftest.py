@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from orthanc import OrthancServer, orthanc_available  # noqa: E402
+from orthanc import OrthancServer, orthanc_available
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
