@@ -18,8 +18,8 @@ from ct_triage.models.volume import Volume
 #: Mean lesion Dice of the shipped model over the 10 validation slices is in the manifest;
 #: single slices vary, so the floor for the one slice scored here is its measured Dice minus
 #: a margin (see the report of the shipped model).
-SLICE_NAME = "medseg_infnet_train_033.npz"
-SLICE_DICE_FLOOR = 0.60
+SLICE_NAME = "medseg_infnet_train_042.npz"
+SLICE_DICE_FLOOR = 0.75  # measured 0.883 with lesion_seg.onnx 0.1.0
 
 
 @pytest.fixture(scope="module")
