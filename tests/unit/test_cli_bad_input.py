@@ -37,10 +37,17 @@ def _mixed_orientation(root: Path) -> Path:
     return root / "in"
 
 
-def _corrupt_file(root: Path) -> Path:
+def _truncated_header(root: Path) -> Path:
     paths = write_series(root / "in", BASE)
     data = paths[3].read_bytes()
-    paths[3].write_bytes(data[: len(data) // 3])  # truncated inside the pixel data or header
+    paths[3].write_bytes(data[: len(data) // 3])  # cut inside the header
+    return root / "in"
+
+
+def _truncated_pixels(root: Path) -> Path:
+    paths = write_series(root / "in", BASE)
+    data = paths[3].read_bytes()
+    paths[3].write_bytes(data[:-100])  # cut inside the pixel data
     return root / "in"
 
 
@@ -89,7 +96,8 @@ CASES: dict[str, tuple[Builder, str]] = {
     "missing_slice": (_series(replace(BASE, missing=(6,))), "missing slice"),
     "gantry_tilt": (_series(replace(BASE, tilt_deg=15.0)), "tilt"),
     "no_pixel_data": (_series(replace(BASE, with_pixels=False)), "pixel data"),
-    "truncated_file": (_corrupt_file, "could not be read"),
+    "truncated_header": (_truncated_header, "truncated"),
+    "truncated_pixels": (_truncated_pixels, "truncated"),
     "corrupt_header": (_garbage_dicom, ""),
     "empty_folder": (_empty, "No DICOM files"),
     "zip_slip": (_zip_slip, "outside"),

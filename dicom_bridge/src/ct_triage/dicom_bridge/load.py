@@ -155,7 +155,9 @@ def _check_uniform(datasets: Sequence[Dataset], names: Sequence[str]) -> None:
     shape0 = (first.get("Rows"), first.get("Columns"))
     for ds, name in zip(datasets, names, strict=True):
         if "PixelData" not in ds:
-            raise InvalidInput(f"DICOM file {name} has no pixel data")
+            raise InvalidInput(
+                f"DICOM file {name} has no pixel data (a header-only or truncated file)"
+            )
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise StudyDeclined("Multi-frame (enhanced) CT images are not supported")
         photometric = _text(ds, "PhotometricInterpretation").upper()
@@ -321,9 +323,11 @@ def load_series(paths: Sequence[Path], *, max_workers: int | None = None) -> Loa
         try:
             stored = ds.pixel_array
         except Exception as exc:  # decoder plugins raise many types
+            tsyntax = ds.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
+            detail = str(exc).split(" - ")[0].strip()
             raise InvalidInput(
-                f"Cannot decode the pixel data of {name} "
-                f"({ds.file_meta.get('TransferSyntaxUID', 'unknown transfer syntax')}): {exc}"
+                f"Pixel data of {name} is truncated or corrupt and cannot be decoded "
+                f"({tsyntax}): {detail}"
             ) from exc
         if stored.shape != (rows, cols):
             raise InvalidInput(

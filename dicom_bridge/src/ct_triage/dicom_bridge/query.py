@@ -403,7 +403,7 @@ class DimseClient:
                 ae.add_requested_context(abstract)
             else:
                 ae.add_requested_context(abstract, list(syntaxes))
-        roles = [build_role(uid, scp_role=True) for uid in scp_roles]
+        roles: list[Any] = [build_role(uid, scp_role=True) for uid in scp_roles]
         tls_args = (node.tls, node.host) if node.tls is not None else None
         what = f"{purpose} association" if purpose else "association"
         LOGGER.debug("requesting %s %s -> %s", what, self.calling_aet, node)
@@ -459,9 +459,7 @@ class DimseClient:
     def _probe(self, node: PacsNode) -> str:
         """Say why a TCP connect fails (pynetdicom only logs it)."""
         try:
-            with socket.create_connection(
-                (node.host, node.port), timeout=self.connect_timeout_s
-            ):
+            with socket.create_connection((node.host, node.port), timeout=self.connect_timeout_s):
                 return "connection failed (TLS handshake or transient network error)"
         except ConnectionRefusedError:
             return "connection refused (nothing listening on that port?)"
@@ -484,6 +482,7 @@ class DimseClient:
         out: list[Dataset] = []
         with self.associate(node, [(model, None)], purpose="C-FIND") as assoc:
             final: int | None = None
+            comment = ""
             for status, identifier in assoc.send_c_find(query, model):
                 code = _status_of(status)
                 if code is None:
@@ -496,8 +495,8 @@ class DimseClient:
                         out.append(identifier)
                     continue
                 final = code
-            if final != STATUS_SUCCESS:
                 comment = str(status.get("ErrorComment", "") or "")
+            if final != STATUS_SUCCESS:
                 raise PacsError(
                     f"C-FIND at level {query.QueryRetrieveLevel} to {node} ended with status "
                     f"{_hex(final)}{': ' + comment if comment else ''}"
@@ -569,9 +568,7 @@ class DimseClient:
         q.SeriesDescription = ""
         q.NumberOfSeriesRelatedInstances = ""
         matches = [SeriesMatch.from_dataset(ds, study_uid) for ds in self._find(node, q)]
-        LOGGER.info(
-            "C-FIND SERIES on %s for study %s: %d series", node, study_uid, len(matches)
-        )
+        LOGGER.info("C-FIND SERIES on %s for study %s: %d series", node, study_uid, len(matches))
         return matches
 
     # -- C-MOVE / C-GET ------------------------------------------------------------------
