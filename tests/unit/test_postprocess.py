@@ -50,12 +50,25 @@ def test_far_lesion_voxels_are_dropped() -> None:
     volume, lungs = _case()
     lesions = np.zeros_like(lungs)
     lesions[8:12, 52:60, 20:30] = LesionLabel.GGO  # 3..10 mm below the right lung (y 49)
-    seg = combine(volume, lungs, lesions, margin_mm=5.0)
+    seg = combine(volume, lungs, lesions, margin_mm=5.0, min_lung_fraction=0.0)
     kept_rows = np.flatnonzero(seg.lesions.any(axis=(0, 2)))
     assert kept_rows.min() == 52  # within 5 mm of row 49
     assert kept_rows.max() == 54
     assert (seg.lungs[8:12, 52:55, 20:30] == LungLabel.RIGHT).all()
     assert not seg.lungs[:, 55:].any()
+
+
+def test_components_outside_the_lungs_are_removed() -> None:
+    """A blob entirely outside the lungs (e.g. in the mediastinum) is not a lung lesion."""
+    volume, lungs = _case()
+    lesions = np.zeros_like(lungs)
+    lesions[8:12, 50:53, 20:30] = LesionLabel.CONSOLIDATION  # just below the lung, all outside
+    lesions[8:12, 46:52, 40:50] = LesionLabel.CONSOLIDATION  # straddles the lung edge (row 49)
+    seg = combine(volume, lungs, lesions, margin_mm=10.0)
+    assert not seg.lesions[8:12, 50:53, 20:30].any()
+    assert (seg.lesions[8:12, 46:52, 40:50] == LesionLabel.CONSOLIDATION).all()
+    kept = combine(volume, lungs, lesions, margin_mm=10.0, min_lung_fraction=0.0)
+    assert kept.lesions[8:12, 50:53, 20:30].all()
 
 
 def test_small_components_are_removed() -> None:

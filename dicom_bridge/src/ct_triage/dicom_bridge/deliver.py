@@ -30,6 +30,7 @@ from typing import Final, Protocol
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.association import Association
 
 from ct_triage.dicom_bridge.dicomweb import DicomWebClient, DicomWebNode
 from ct_triage.dicom_bridge.query import (
@@ -142,8 +143,11 @@ class CStoreDestination:
         contexts: dict[str, list[str]] = {}
         for ds in datasets:
             syntaxes = contexts.setdefault(str(ds.SOPClassUID), [])
-            for ts in (ds.file_meta.TransferSyntaxUID, ExplicitVRLittleEndian,
-                       ImplicitVRLittleEndian):
+            for ts in (
+                ds.file_meta.TransferSyntaxUID,
+                ExplicitVRLittleEndian,
+                ImplicitVRLittleEndian,
+            ):
                 if str(ts) not in syntaxes:
                     syntaxes.append(str(ts))
         outcomes: list[InstanceOutcome] = []
@@ -155,14 +159,20 @@ class CStoreDestination:
                 for path, uid, ds in zip(files, uids, datasets, strict=True):
                     if not assoc.is_established:
                         outcomes.append(
-                            InstanceOutcome(path, uid, InstanceState.NOT_SENT,
-                                            reason=f"association to {self.node} was lost")
+                            InstanceOutcome(
+                                path,
+                                uid,
+                                InstanceState.NOT_SENT,
+                                reason=f"association to {self.node} was lost",
+                            )
                         )
                         continue
                     if str(ds.SOPClassUID) not in accepted:
                         outcomes.append(
                             InstanceOutcome(
-                                path, uid, InstanceState.REJECTED,
+                                path,
+                                uid,
+                                InstanceState.REJECTED,
                                 reason=f"{self.node} does not accept SOP class {ds.SOPClassUID}",
                             )
                         )
@@ -176,12 +186,14 @@ class CStoreDestination:
             outcomes += [InstanceOutcome(p, u, state, reason=str(exc)) for p, u in rest]
         return SendResult(tuple(outcomes))
 
-    def _store_one(self, assoc: object, path: Path, uid: str, ds: Dataset) -> InstanceOutcome:
-        status_ds = assoc.send_c_store(ds)  # type: ignore[attr-defined]
+    def _store_one(self, assoc: Association, path: Path, uid: str, ds: Dataset) -> InstanceOutcome:
+        status_ds = assoc.send_c_store(ds)
         status = status_ds.get("Status")
         if status is None:
             return InstanceOutcome(
-                path, uid, InstanceState.NOT_SENT,
+                path,
+                uid,
+                InstanceState.NOT_SENT,
                 reason=f"no C-STORE response from {self.node} (timeout or abort)",
             )
         code = int(status)
@@ -189,7 +201,10 @@ class CStoreDestination:
             return InstanceOutcome(path, uid, InstanceState.STORED, status=code)
         comment = str(status_ds.get("ErrorComment", "") or "")
         return InstanceOutcome(
-            path, uid, InstanceState.REJECTED, status=code,
+            path,
+            uid,
+            InstanceState.REJECTED,
+            status=code,
             reason=f"{self.node} rejected the instance with C-STORE status 0x{code:04X}"
             + (f" ({comment})" if comment else ""),
         )
@@ -228,7 +243,9 @@ class StowDestination:
             else:
                 outcomes.append(
                     InstanceOutcome(
-                        path, o.sop_instance_uid, InstanceState.REJECTED,
+                        path,
+                        o.sop_instance_uid,
+                        InstanceState.REJECTED,
                         status=o.failure_reason,
                         reason=f"{self.node.url} rejected the instance (HTTP "
                         f"{result.http_status}; {o.detail or 'no reason given'})",
@@ -371,8 +388,11 @@ class Outbox:
         if not files:
             raise ValueError("nothing to deliver")
         uids = [
-            str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-                .SOPInstanceUID)
+            str(
+                pydicom.dcmread(
+                    p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+                ).SOPInstanceUID
+            )
             for p in files
         ]
         names = [p.name for p in files]
@@ -417,7 +437,10 @@ class Outbox:
                     raise
                 LOGGER.info(
                     "outbox: queued delivery %s of job %s to %s (%d instance(s))",
-                    delivery_id, job_ref, dest, len(files),
+                    delivery_id,
+                    job_ref,
+                    dest,
+                    len(files),
                 )
                 ids.append(delivery_id)
         return ids
@@ -508,7 +531,13 @@ class Outbox:
                 LOGGER.warning(
                     "outbox: delivery %s of job %s to %s failed (attempt %d/%d), retry in %.1f s:"
                     " %s",
-                    delivery_id, job_ref, dest_name, attempts, self.max_attempts, delay, reason,
+                    delivery_id,
+                    job_ref,
+                    dest_name,
+                    attempts,
+                    self.max_attempts,
+                    delay,
+                    reason,
                 )
 
     def _done(self, db: sqlite3.Connection, delivery_id: str, now: float) -> None:
@@ -538,9 +567,15 @@ class Outbox:
             ).fetchall()
         return [
             Delivery(
-                id=r[0], job_ref=r[1], destination=r[2], state=DeliveryState(r[3]),
-                attempts=int(r[4]), next_attempt_at=float(r[5]), last_error=r[6],
-                n_files=int(r[7]), n_stored=int(r[8]),
+                id=r[0],
+                job_ref=r[1],
+                destination=r[2],
+                state=DeliveryState(r[3]),
+                attempts=int(r[4]),
+                next_attempt_at=float(r[5]),
+                last_error=r[6],
+                n_files=int(r[7]),
+                n_stored=int(r[8]),
             )
             for r in rows
         ]

@@ -407,15 +407,20 @@ class DimseClient:
         tls_args = (node.tls, node.host) if node.tls is not None else None
         what = f"{purpose} association" if purpose else "association"
         LOGGER.debug("requesting %s %s -> %s", what, self.calling_aet, node)
+        connected: list[bool] = []
         assoc = ae.associate(
             node.host,
             node.port,
             ae_title=node.ae_title,
             ext_neg=roles or None,
-            evt_handlers=list(handlers) or None,
+            evt_handlers=[*handlers, (evt.EVT_CONN_OPEN, lambda _e: connected.append(True))],
             tls_args=tls_args,
         )
         if not assoc.is_established:
+            if not connected:
+                raise PacsUnreachable(
+                    f"could not open a TCP connection to DICOM node {node}: {self._probe(node)}"
+                )
             raise self._association_error(assoc, node, what)
         try:
             yield assoc
@@ -443,17 +448,15 @@ class DimseClient:
                 transient=transient,
             )
         if assoc.is_aborted:
-            if assoc.acceptor.primitive is not None and not assoc.accepted_contexts:
+            rsp = assoc.acceptor.primitive
+            if rsp is not None and rsp.result == 0x00 and not assoc.accepted_contexts:
                 return AssociationRejected(
                     f"{what} from {self.calling_aet} to {node} accepted none of the proposed "
                     "presentation contexts (SOP class / transfer syntax not supported)"
                 )
-            return PacsUnreachable(
-                f"{what} from {self.calling_aet} to {node} was aborted or got no answer "
-                f"within {self.acse_timeout_s:g} s"
-            )
         return PacsUnreachable(
-            f"could not open a TCP connection to DICOM node {node}: {self._probe(node)}"
+            f"{what} from {self.calling_aet} to {node} was aborted or got no answer "
+            f"within {self.acse_timeout_s:g} s"
         )
 
     def _probe(self, node: PacsNode) -> str:
@@ -679,6 +682,8 @@ class _RetrieveState:
         if code == STATUS_PENDING:
             return
         self.final = code
+        # Remaining is optional in a final response (PS3.4 C.4.2.3.1): nothing is left.
+        self.remaining = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
         self.comment = str(status.get("ErrorComment", "") or "")
         if identifier is not None and "FailedSOPInstanceUIDList" in identifier:
             self.failed_uids = _multi(identifier.FailedSOPInstanceUIDList)

@@ -108,6 +108,48 @@ def segment_slices(
     return labels
 
 
+def segment_volume(
+    volume: Volume,
+    lungs: npt.NDArray[np.integer],
+    predict: PredictFn,
+    spec: InputSpec,
+    *,
+    batch_size: int = 16,
+) -> tuple[npt.NDArray[np.uint8], int]:
+    """Lesion classes of a volume: the inference path shared by the segmenter and training.
+
+    The crop box is the lung bounding box of the whole volume plus ``spec.crop_margin_mm``;
+    only slices that contain lung (``lungs > 0``) are run.
+
+    Parameters
+    ----------
+    volume
+        The HU volume.
+    lungs
+        Lung labels on the volume grid (any non-zero value is lung).
+    predict
+        Maps ``(N, C, S, S)`` inputs to ``(N, K, S, S)`` probabilities.
+    spec
+        The manifest's input description.
+    batch_size
+        Slices per network call.
+
+    Returns
+    -------
+    (numpy.ndarray, int)
+        ``uint8`` ``(z, y, x)`` classes (0 none, 1 GGO, 2 consolidation) and the number of
+        slices the network ran on.
+    """
+    spacing_yx = (float(volume.spacing[1]), float(volume.spacing[2]))
+    box = lung_box(lungs, spacing_yx, margin_mm=spec.crop_margin_mm)
+    if box is None:
+        logger.info("no lung in the volume: no lesion segmentation run")
+        return np.zeros(volume.shape, dtype=np.uint8), 0
+    slices = np.flatnonzero(lungs.any(axis=(1, 2))).astype(np.intp)
+    labels = segment_slices(volume.hu, slices, box, predict, spec, batch_size=batch_size)
+    return labels, int(slices.size)
+
+
 class LesionSegmenter:
     """Segments ground-glass opacity (1) and consolidation (2) on a CT volume.
 
@@ -151,24 +193,18 @@ class LesionSegmenter:
             raise InferenceError(
                 f"lung mask shape {lungs.shape} does not match the volume {volume.shape}"
             )
-        spec = self.manifest.input
-        spacing_yx = (float(volume.spacing[1]), float(volume.spacing[2]))
-        box = lung_box(lungs, spacing_yx, margin_mm=spec.crop_margin_mm)
-        if box is None:
-            logger.info("no lung in the volume: no lesion segmentation run")
-            return np.zeros(volume.shape, dtype=np.uint8)
-        slices = np.flatnonzero(lungs.any(axis=(1, 2))).astype(np.intp)
         t0 = time.perf_counter()
-        labels = segment_slices(
-            volume.hu, slices, box, self.predictor.predict, spec, batch_size=self.batch_size
+        labels, n_run = segment_volume(
+            volume, lungs, self.predictor.predict, self.manifest.input, batch_size=self.batch_size
         )
-        logger.info(
-            "lesion network ran on %d of %d slices in %.2f s (%s)",
-            slices.size,
-            volume.shape[0],
-            time.perf_counter() - t0,
-            self.identity.provider,
-        )
+        if n_run:
+            logger.info(
+                "lesion network ran on %d of %d slices in %.2f s (%s)",
+                n_run,
+                volume.shape[0],
+                time.perf_counter() - t0,
+                self.identity.provider,
+            )
         return labels
 
 

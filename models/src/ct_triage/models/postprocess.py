@@ -8,7 +8,10 @@
    air, so the threshold-based lungs miss it, but it always borders aerated lung;
 2. lesion components (3-D, 26-connected, both classes together) smaller than
    ``min_lesion_ml`` (default 0.05 mL, about a 4.6 mm cube: speckle, not a finding) are
-   removed;
+   removed, and so are components with less than ``min_lung_fraction`` (default 10 %) of
+   their voxels inside the classical lungs: a real lesion always has aerated or ground-glass
+   lung around or within it, while a false positive in the mediastinum (oesophagus, hilar
+   vessels) lies entirely outside the lungs even when it is within the margin;
 3. the kept lesion voxels outside the lungs are added to the lung of the nearest lung voxel
    (Euclidean distance in mm), so that lung volumes include the lesions.
 """
@@ -27,12 +30,14 @@ from ct_triage.models.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LESION_MARGIN_MM", "MIN_LESION_ML", "combine"]
+__all__ = ["LESION_MARGIN_MM", "MIN_LESION_ML", "MIN_LUNG_FRACTION", "combine"]
 
 #: Lesion voxels farther than this from the classical lungs are discarded.
 LESION_MARGIN_MM: float = 10.0
 #: Lesion components smaller than this (mL) are discarded.
 MIN_LESION_ML: float = 0.05
+#: Lesion components with a smaller fraction of their voxels inside the lungs are discarded.
+MIN_LUNG_FRACTION: float = 0.10
 
 
 def combine(
@@ -42,6 +47,7 @@ def combine(
     *,
     margin_mm: float = LESION_MARGIN_MM,
     min_lesion_ml: float = MIN_LESION_ML,
+    min_lung_fraction: float = MIN_LUNG_FRACTION,
 ) -> Segmentation:
     """Merge the classical lung labels and the model's lesion classes.
 
@@ -57,6 +63,9 @@ def combine(
         Lesion voxels within this distance of the lungs are kept (see the module docstring).
     min_lesion_ml
         Lesion components below this volume are removed; 0 keeps everything.
+    min_lung_fraction
+        Lesion components with less than this fraction of their voxels inside the classical
+        lungs are removed; 0 keeps them.
 
     Returns
     -------
@@ -74,8 +83,8 @@ def combine(
         raise ValueError(
             f"lungs {lungs.shape} and lesions {lesion_classes.shape} must match the volume {shape}"
         )
-    if margin_mm < 0 or min_lesion_ml < 0:
-        raise ValueError("margin_mm and min_lesion_ml must be >= 0")
+    if margin_mm < 0 or min_lesion_ml < 0 or not 0 <= min_lung_fraction <= 1:
+        raise ValueError("margin_mm, min_lesion_ml must be >= 0 and min_lung_fraction in [0, 1]")
     if lungs.size and int(lungs.max()) > max(LungLabel):
         raise ValueError(f"lung labels must be in 0..{max(LungLabel)}, got {int(lungs.max())}")
     if lesion_classes.size and int(lesion_classes.max()) > max(LesionLabel):
@@ -107,7 +116,9 @@ def combine(
         nearest_label = sub_lungs[tuple(idx)]
         logger.debug("combine: %d lesion voxels beyond %.1f mm dropped", int(far.sum()), margin_mm)
 
-    lesions = _remove_small(lesions, min_lesion_ml, volume.voxel_volume_ml)
+    lesions = _filter_components(
+        lesions, in_lung, min_lesion_ml, volume.voxel_volume_ml, min_lung_fraction
+    )
 
     added = 0
     if nearest_label is not None:
@@ -137,17 +148,30 @@ def _bbox(
     return tuple(result)
 
 
-def _remove_small(
-    lesions: npt.NDArray[np.uint8], min_ml: float, voxel_ml: float
+def _filter_components(
+    lesions: npt.NDArray[np.uint8],
+    in_lung: npt.NDArray[np.bool_],
+    min_ml: float,
+    voxel_ml: float,
+    min_lung_fraction: float,
 ) -> npt.NDArray[np.uint8]:
-    if min_ml <= 0 or not lesions.any():
+    """Remove lesion components that are too small or lie (almost) entirely outside the lungs."""
+    if (min_ml <= 0 and min_lung_fraction <= 0) or not lesions.any():
         return lesions
     lab, n = label(lesions > 0, FULL_CONNECTIVITY)
     counts = label_counts(lab, n)
-    keep = counts * voxel_ml >= min_ml
+    inside = np.bincount(lab.ravel(), weights=in_lung.ravel(), minlength=n + 1)
+    fraction = inside / np.maximum(counts, 1)
+    keep = (counts * voxel_ml >= min_ml) & (fraction >= min_lung_fraction)
+    keep[0] = False
     kept = keep_components(lab, keep)
     removed = int(np.count_nonzero(~keep[1:]))
     if removed:
-        logger.debug("combine: %d lesion components below %.3f mL removed", removed, min_ml)
+        logger.debug(
+            "combine: %d lesion components removed (< %.3f mL or < %.0f %% inside the lungs)",
+            removed,
+            min_ml,
+            100 * min_lung_fraction,
+        )
     result: npt.NDArray[np.uint8] = np.where(kept, lesions, np.uint8(0)).astype(np.uint8)
     return result

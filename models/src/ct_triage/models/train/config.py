@@ -20,8 +20,18 @@ class TrainConfig:
     size: int = 224
     crop_margin_mm: float = 10.0
     hu_window: tuple[float, float] = (-1024.0, 150.0)
-    medseg_share: float = 0.7
+    #: Expected share of each batch drawn from the MedSeg slices and the real healthy slices;
+    #: the rest are phantom slices (or, without phantoms, healthy slices).
+    medseg_share: float = 0.45
+    healthy_share: float = 0.1
     phantom_volumes: int = 0
+    phantom_per_volume: int = 32
+    #: Held-out phantoms (seed -> severity) scored during training for checkpoint selection;
+    #: disjoint from the training seeds (>= 1000) and from the report seeds of ``measure``.
+    selection_phantoms: tuple[tuple[int, str], ...] = ()
+    selection_phantom_slices: int = 60
+    #: Checkpoint score: MedSeg validation lesion Dice - weight x phantom |POI error| (pp).
+    poi_weight: float = 0.01
     eval_every: int = 250
     seed: int = 0
     device: str = "cpu"
@@ -34,15 +44,25 @@ class TrainConfig:
         return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
+SELECTION_PHANTOMS = ((21, "mild"), (22, "moderate"), (23, "severe"), (24, "moderate"))
+
 CONFIGS: dict[str, TrainConfig] = {
     "smoke": TrainConfig(name="smoke", steps=2, batch_size=2, eval_every=2, warmup_steps=1),
-    "cpu": TrainConfig(name="cpu", steps=1000, batch_size=8, phantom_volumes=6),
+    "cpu": TrainConfig(
+        name="cpu",
+        steps=4000,
+        batch_size=8,
+        phantom_volumes=32,
+        selection_phantoms=SELECTION_PHANTOMS,
+        eval_every=500,
+    ),
     "gpu": TrainConfig(
         name="gpu",
         steps=20000,
         batch_size=32,
         lr=3e-3,
-        phantom_volumes=40,
+        phantom_volumes=96,
+        selection_phantoms=SELECTION_PHANTOMS,
         eval_every=1000,
         device="cuda",
         threads=8,

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ct_triage.models.preprocess import CropBox, crop_resize, lung_box, whole_image_box
+from ct_triage.models.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class Sample:
     """One cached 2-D training sample on the network grid."""
 
     hu: npt.NDArray[np.float32]  # (S, S) HU, -1024 outside the source image
-    onehot: npt.NDArray[np.float32]  # (K, S, S) soft one-hot labels (zeros outside)
+    #: (K, S, S) soft one-hot labels (zeros outside); float16 for the many phantom slices
+    onehot: npt.NDArray[np.float32] | npt.NDArray[np.float16]
     source: str
     kind: str  # "medseg" | "healthy" | "phantom"
 
@@ -142,39 +144,110 @@ def healthy_samples(data_dir: Path, size: int, margin_mm: float) -> list[Sample]
     return out
 
 
-def phantom_samples(
-    n_volumes: int, size: int, margin_mm: float, *, seed0: int = 1000, per_volume: int = 12
-) -> list[Sample]:
-    """Slices of the project's synthetic phantom (exact truth), if the module exists.
+#: Severities of the training phantoms, cycled by volume index.
+PHANTOM_SEVERITIES = ("none", "mild", "moderate", "severe")
+#: Bumped whenever the cached phantom slices would change (generator or preprocessing).
+_PHANTOM_CACHE_VERSION = 2
 
-    Lesion-bearing slices and healthy slices are both kept, so the network learns true-HU
-    CT and healthy lung. Returns ``[]`` when :mod:`ct_triage.models.phantom` is absent.
+
+def _phantom_volume_samples(
+    seed: int, severity: str, size: int, margin_mm: float, per_volume: int
+) -> list[Sample]:
+    from ct_triage.models import phantom
+
+    case = phantom.generate(phantom.spec_from_seed(seed, severity=severity))
+    hu = np.asarray(case.volume.hu)
+    sp = case.volume.spacing
+    lungs = np.asarray(case.lung_labels)
+    lesions = np.asarray(case.lesion_class)
+    box = lung_box(lungs, (float(sp[1]), float(sp[2])), margin_mm=margin_mm)
+    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
+    if box is None or zs.size == 0:
+        return []
+    rng = np.random.default_rng([seed, 7])
+    pick = np.sort(rng.choice(zs, size=min(per_volume, zs.size), replace=False))
+    out = []
+    for z in pick:
+        g, oh = _cache(hu[z], lesions[z], box, size)
+        out.append(Sample(g, oh.astype(np.float16), f"phantom{seed}[{z}]", "phantom"))
+    return out
+
+
+def phantom_samples(
+    n_volumes: int,
+    size: int,
+    margin_mm: float,
+    *,
+    seed0: int = 1000,
+    per_volume: int = 32,
+    cache_dir: Path | None = None,
+) -> list[Sample]:
+    """Slices of the project's synthetic phantom (exact truth, true HU).
+
+    Volume ``k`` is ``spec_from_seed(seed0 + k)`` with the severity
+    ``PHANTOM_SEVERITIES[k % 4]`` (spacings and field of view vary with the seed); up to
+    ``per_volume`` lung-bearing slices of each are kept, so the network learns true-HU CT,
+    healthy lung and the fading edges of the phantom lesions. Training seeds start at
+    ``seed0`` (1000) and never meet the validation seeds (below 100). With ``cache_dir`` the
+    cached slices of each volume are stored there and reused (``.npz``; a phantom takes a few
+    seconds to generate). A generator failure stops the phantom part, never the training.
     """
     if n_volumes <= 0:
         return []
-    try:
-        from ct_triage.models import phantom  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        logger.warning("ct_triage.models.phantom is not available: training without phantoms")
-        return []
     out: list[Sample] = []
-    rng = np.random.default_rng(seed0)
     for k in range(n_volumes):
-        try:
-            case = phantom.generate(phantom.spec_from_seed(seed0 + k))
-        except Exception as exc:  # a colleague's generator: never let it stop a training run
-            logger.warning("phantom %d failed (%s): training without further phantoms", k, exc)
-            break
-        hu = np.asarray(case.volume.hu)
-        sp = case.volume.spacing
-        lungs = np.asarray(case.lung_labels)
-        lesions = np.asarray(case.lesion_class)
-        box = lung_box(lungs, (float(sp[1]), float(sp[2])), margin_mm=margin_mm)
-        zs = np.flatnonzero(lungs.any(axis=(1, 2)))
-        if box is None or zs.size == 0:
+        seed, severity = seed0 + k, PHANTOM_SEVERITIES[k % len(PHANTOM_SEVERITIES)]
+        key = f"v{_PHANTOM_CACHE_VERSION}_{seed}_{severity}_{size}_{margin_mm:g}_{per_volume}"
+        path = cache_dir / f"phantom_{key}.npz" if cache_dir is not None else None
+        if path is not None and path.is_file():
+            with np.load(path) as d:
+                out += [
+                    Sample(h, o, str(n), "phantom")
+                    for h, o, n in zip(d["hu"], d["onehot"], d["names"], strict=True)
+                ]
             continue
-        pick = rng.choice(zs, size=min(per_volume, zs.size), replace=False)
-        for z in pick:
-            g, oh = _cache(hu[z], lesions[z], box, size)
-            out.append(Sample(g, oh, f"phantom{seed0 + k}[{z}]", "phantom"))
+        try:
+            samples = _phantom_volume_samples(seed, severity, size, margin_mm, per_volume)
+        except Exception as exc:  # a colleague's generator: never let it stop a training run
+            logger.warning("phantom %d failed (%s): training without further phantoms", seed, exc)
+            break
+        if path is not None and samples:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                path,
+                hu=np.stack([s.hu for s in samples]),
+                onehot=np.stack([s.onehot for s in samples]),
+                names=np.array([s.source for s in samples]),
+            )
+        out += samples
+        logger.info("phantom %d (%s): %d slices", seed, severity, len(samples))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PhantomCase:
+    """A held-out phantom volume for the percent-involvement check (never trained on)."""
+
+    name: str
+    volume: Volume
+    lungs: npt.NDArray[np.uint8]  # classical lungs (what ``analyze`` computes)
+    true_percent: float  # phantom truth, lesion voxels / lung voxels x 100
+
+
+def phantom_cases(seeds: dict[int, str], n_slices: int | None) -> list[PhantomCase]:
+    """Generate held-out phantoms (seed -> severity) and their classical lung labels."""
+    from ct_triage.models import phantom
+    from ct_triage.models.lungs import segment_lungs
+
+    out = []
+    for seed, severity in seeds.items():
+        ph = phantom.generate(phantom.spec_from_seed(seed, n_slices=n_slices, severity=severity))
+        out.append(
+            PhantomCase(
+                name=f"phantom{seed}-{severity}",
+                volume=ph.volume,
+                lungs=segment_lungs(ph.volume),
+                true_percent=phantom.percent_involvement(ph)["total"],
+            )
+        )
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -16,7 +17,7 @@ import torch.nn.functional as nnf
 from monai.losses.dice import DiceCELoss
 from torch import nn
 
-from ct_triage.models.lesions import PredictFn, segment_slices
+from ct_triage.models.lesions import PredictFn, segment_slices, segment_volume
 from ct_triage.models.manifest import InputSpec
 from ct_triage.models.metrics import class_dice, dice
 from ct_triage.models.nets import build_lesion_net
@@ -24,11 +25,13 @@ from ct_triage.models.preprocess import whole_image_box
 from ct_triage.models.train.config import TrainConfig
 from ct_triage.models.train.data import (
     MedsegSlice,
+    PhantomCase,
     Sample,
     healthy_samples,
     load_medseg,
     medseg_samples,
     medseg_split,
+    phantom_cases,
     phantom_samples,
 )
 
@@ -53,23 +56,34 @@ class TrainResult:
     net: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     validation: list[MedsegSlice] = field(default_factory=list)
+    best_step: int = 0
 
 
 def augment(
-    hu: torch.Tensor, onehot: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
+    hu: torch.Tensor,
+    onehot: torch.Tensor,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    approx_hu: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CT augmentations on a batch: HU scale/shift, rotation, zoom, shift, left-right flip, noise.
 
-    ``hu`` is ``(B, 1, S, S)`` HU, ``onehot`` ``(B, K, S, S)``. Returns the windowed input in
+    ``hu`` is ``(B, 1, S, S)`` HU, ``onehot`` ``(B, K, S, S)``; ``approx_hu`` (``(B,)`` bool)
+    marks samples whose HU are only approximate (MedSeg): they get a wide calibration jitter
+    (x0.9-1.1, +-50 HU), true-HU samples a scanner-like one (x0.97-1.03, +-15 HU) that keeps
+    the faint lesion edges of the phantoms meaningful. Returns the windowed input in
     ``[0, 1]`` and integer labels ``(B, 1, S, S)``.
     """
     b = hu.shape[0]
+    onehot = onehot.float()
 
     def u(lo: float, hi: float) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(b, generator=gen)
 
-    # HU calibration jitter around healthy lung (-850 HU), as MedSeg HU are approximate.
-    a, sh = u(0.9, 1.1), u(-50.0, 50.0)
+    # HU calibration jitter around healthy lung (-850 HU).
+    wide = torch.ones(b, dtype=torch.bool) if approx_hu is None else approx_hu
+    a = torch.where(wide, u(0.9, 1.1), u(0.97, 1.03))
+    sh = torch.where(wide, u(-50.0, 50.0), u(-15.0, 15.0))
     hu = (hu + 850.0) * a.view(b, 1, 1, 1) - 850.0 + sh.view(b, 1, 1, 1)
     lo, hi = cfg.hu_window
     x = (hu.clamp(lo, hi) - lo) / (hi - lo)
@@ -137,8 +151,48 @@ def healthy_false_positive(predict: PredictFn, samples: list[Sample], spec: Inpu
     return float((probs.argmax(axis=1) > 0).mean())
 
 
-def train(cfg: TrainConfig, data_dir: Path, *, progress: bool = True) -> TrainResult:
-    """Train the lesion network with ``cfg`` on the data under ``data_dir``."""
+def evaluate_phantoms(
+    predict: PredictFn, cases: list[PhantomCase], spec: InputSpec
+) -> dict[str, float]:
+    """Percent-involvement error on held-out phantoms through the ``analyze`` compute path.
+
+    Lesion network (:func:`~ct_triage.models.lesions.segment_volume`), then
+    :func:`~ct_triage.models.postprocess.combine` and
+    :func:`~ct_triage.models.quantify.quantify`, exactly as
+    :func:`ct_triage.models.analysis.segment` does (the classical lungs are computed once per
+    case, they do not depend on the network). Returns ``phantom_poi_abs_error_pp`` (mean)
+    and ``phantom_poi_max_abs_error_pp``; empty without cases.
+    """
+    from ct_triage.models.postprocess import combine
+    from ct_triage.models.quantify import quantify
+
+    if not cases:
+        return {}
+    errors = []
+    for c in cases:
+        labels, _ = segment_volume(c.volume, c.lungs, predict, spec)
+        q = quantify(combine(c.volume, c.lungs, labels))
+        errors.append(abs(q.percent_involvement.total - c.true_percent))
+    return {
+        "phantom_poi_abs_error_pp": float(np.mean(errors)),
+        "phantom_poi_max_abs_error_pp": float(np.max(errors)),
+    }
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: Path,
+    *,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+) -> TrainResult:
+    """Train the lesion network with ``cfg`` on the data under ``data_dir``.
+
+    Every ``eval_every`` steps the network is scored on the MedSeg validation slices and the
+    selection phantoms; the returned network holds the weights of the best score
+    (``lesion_dice - poi_weight x phantom_poi_abs_error_pp``). ``cache_dir`` keeps the cached
+    phantom slices between runs.
+    """
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     if cfg.device == "cpu":
@@ -148,17 +202,38 @@ def train(cfg: TrainConfig, data_dir: Path, *, progress: bool = True) -> TrainRe
     train_files, val_files = medseg_split(data_dir)
     t0 = time.perf_counter()
     medseg = medseg_samples(train_files, cfg.size)
-    extra = healthy_samples(data_dir, cfg.size, cfg.crop_margin_mm)
-    extra += phantom_samples(cfg.phantom_volumes, cfg.size, cfg.crop_margin_mm)
+    healthy = healthy_samples(data_dir, cfg.size, cfg.crop_margin_mm)
+    phantoms = phantom_samples(
+        cfg.phantom_volumes,
+        cfg.size,
+        cfg.crop_margin_mm,
+        per_volume=cfg.phantom_per_volume,
+        cache_dir=cache_dir,
+    )
     val = [load_medseg(f) for f in val_files]
+    selection = phantom_cases(dict(cfg.selection_phantoms), cfg.selection_phantom_slices)
     logger.info(
-        "data: %d MedSeg train, %d validation, %d healthy/phantom slices (%.1f s)",
+        "data: %d MedSeg train, %d validation, %d healthy, %d phantom slices, "
+        "%d selection phantoms (%.1f s)",
         len(medseg),
         len(val),
-        len(extra),
+        len(healthy),
+        len(phantoms),
+        len(selection),
         time.perf_counter() - t0,
     )
-    healthy_eval = [s for s in extra if s.kind == "healthy"]
+    pools = [p for p in (medseg, healthy, phantoms) if p]
+    shares = np.array(
+        [
+            cfg.medseg_share,
+            cfg.healthy_share if phantoms else 1.0 - cfg.medseg_share,
+            1.0 - cfg.medseg_share - cfg.healthy_share,
+        ]
+    )[[bool(medseg), bool(healthy), bool(phantoms)]]
+    shares = shares / shares.sum()
+    pool_hu = [torch.from_numpy(np.stack([s.hu for s in p]))[:, None] for p in pools]
+    pool_oh = [torch.from_numpy(np.stack([s.onehot for s in p])) for p in pools]
+    pool_approx = [p[0].kind == "medseg" for p in pools]
 
     net = build_lesion_net(cfg.net).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -173,22 +248,20 @@ def train(cfg: TrainConfig, data_dir: Path, *, progress: bool = True) -> TrainRe
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    ms_hu = torch.from_numpy(np.stack([s.hu for s in medseg]))[:, None]
-    ms_oh = torch.from_numpy(np.stack([s.onehot for s in medseg]))
-    if extra:
-        ex_hu = torch.from_numpy(np.stack([s.hu for s in extra]))[:, None]
-        ex_oh = torch.from_numpy(np.stack([s.onehot for s in extra]))
     result = TrainResult(net=net, validation=val)
+    best_score, best_state = -math.inf, copy.deepcopy(net.state_dict())
     run_loss, t_start = 0.0, time.perf_counter()
     for step in range(cfg.steps):
         net.train()
-        n_ms = cfg.batch_size if not extra else int(rng.binomial(cfg.batch_size, cfg.medseg_share))
-        i_ms = torch.from_numpy(rng.integers(0, len(medseg), n_ms))
-        hu, oh = ms_hu[i_ms], ms_oh[i_ms]
-        if extra and n_ms < cfg.batch_size:
-            i_ex = torch.from_numpy(rng.integers(0, len(extra), cfg.batch_size - n_ms))
-            hu, oh = torch.cat([hu, ex_hu[i_ex]]), torch.cat([oh, ex_oh[i_ex]])
-        x, y = augment(hu, oh, cfg, gen)
+        counts = rng.multinomial(cfg.batch_size, shares)
+        his, ohs, approx = [], [], []
+        for k, n in enumerate(counts):
+            if n:
+                idx = torch.from_numpy(rng.integers(0, pool_hu[k].shape[0], int(n)))
+                his.append(pool_hu[k][idx])
+                ohs.append(pool_oh[k][idx].float())
+                approx += [pool_approx[k]] * int(n)
+        x, y = augment(torch.cat(his), torch.cat(ohs), cfg, gen, torch.tensor(approx))
         x, y = x.to(device), y.to(device)
         loss = loss_fn(net(x), y)
         opt.zero_grad(set_to_none=True)
@@ -201,7 +274,12 @@ def train(cfg: TrainConfig, data_dir: Path, *, progress: bool = True) -> TrainRe
             net.eval()
             predict = torch_predictor(net, device)
             metrics = evaluate_slices(predict, val, spec)
-            metrics["healthy_fp_fraction"] = healthy_false_positive(predict, healthy_eval, spec)
+            metrics["healthy_fp_fraction"] = healthy_false_positive(predict, healthy, spec)
+            metrics.update(evaluate_phantoms(predict, selection, spec))
+            poi = metrics.get("phantom_poi_abs_error_pp", 0.0)
+            metrics["score"] = metrics["lesion_dice"] - cfg.poi_weight * poi
+            if metrics["score"] > best_score:
+                best_score, best_state = metrics["score"], copy.deepcopy(net.state_dict())
             n = (step % cfg.eval_every) + 1
             metrics.update(step=float(step + 1), loss=run_loss / n)
             result.history.append(metrics)
@@ -212,6 +290,7 @@ def train(cfg: TrainConfig, data_dir: Path, *, progress: bool = True) -> TrainRe
                 f"val lesion Dice {metrics['lesion_dice']:.4f} GGO {metrics['ggo_dice']:.4f} "
                 f"consolidation {metrics['consolidation_dice']:.4f} "
                 f"healthy FP {metrics['healthy_fp_fraction']:.5f} "
+                f"phantom POI err {poi:.2f} pp score {metrics['score']:.4f} "
                 f"lr {sched.get_last_lr()[0]:.2e} [{elapsed:.0f} s]"
             )
             logger.info("%s", msg)
@@ -226,5 +305,8 @@ def train(cfg: TrainConfig, data_dir: Path, *, progress: bool = True) -> TrainRe
                 file=sys.stderr,
                 flush=True,
             )
+    net.load_state_dict(best_state)
+    result.best_step = int(max(result.history, key=lambda m: m["score"])["step"])
+    logger.info("selected the weights of step %d (score %.4f)", result.best_step, best_score)
     net.eval()
     return result

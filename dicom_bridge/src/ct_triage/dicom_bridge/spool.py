@@ -1,0 +1,821 @@
+"""The durable receive spool: instances on disk first, then series completion.
+
+What the Storage SCP acknowledges with Success (PS3.4 B.2.3, status ``0x0000``) is on disk
+first: :meth:`Spool.store` writes each instance to a temporary file, ``fsync``\\ s it, renames
+it into place with :func:`os.replace`, ``fsync``\\ s the folder and only then records it in
+a SQLite index (WAL journal, ``synchronous=FULL``) in one transaction. Layout under
+``root``::
+
+    spool.db                                         the index (series, instances, counts)
+    spool.lock                                       held (POSIX lock) by the owning process
+    tmp/                                             partial writes, same file system
+    instances/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm
+
+Files keep the peer's encoding: the Part 10 bytes (PS3.10 section 7) with the transfer
+syntax and File Meta Information the instance arrived in.
+
+A series is *complete* once nothing arrived for ``quiet_period_s`` and, when the expected
+number of instances is known (NumberOfSeriesRelatedInstances from C-FIND, PS3.4 C.6.1.1.5),
+at least that many are present; if they never all arrive, the series completes anyway
+``incomplete_after_s`` after the last arrival, with the shortfall recorded. A series then
+goes through ``due -> claim -> mark_done | mark_failed``; an instance arriving after a
+series completed (a *late* instance, or a changed re-send) bumps its ``generation`` and
+makes it due again, and the caller's new result supersedes ``previous_result_ref``.
+
+Our own outputs coming back from the PACS (SEG, Comprehensive 3D SR, Secondary Capture with
+Manufacturer ``chest-ct-triage``) are acknowledged but never spooled, so results never loop
+back into analysis; other non-image objects of those classes are ignored the same way.
+
+The spool survives a crash: on start-up :meth:`Spool.recover` reconciles the index with the
+files, and a series claimed but never marked done becomes due again. One process owns a
+spool folder at a time (a POSIX lock on ``spool.lock``); threads of that process may share
+one :class:`Spool`.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import fcntl
+import hashlib
+import io
+import logging
+import os
+import re
+import sqlite3
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
+
+from ct_triage.models.errors import InvalidInput, TriageError
+from ct_triage.models.identity import PRODUCT_NAME
+
+__all__ = [
+    "IGNORED_SOP_CLASSES",
+    "InstanceHeader",
+    "ReadySeries",
+    "SeriesState",
+    "Spool",
+    "StoreAction",
+    "StoreOutcome",
+    "read_instance_header",
+]
+
+logger = logging.getLogger(__name__)
+
+#: A DICOM UID as we accept it in file names (PS3.5 section 9.1: digits and dots, <= 64).
+_UID_RE = re.compile(r"^[0-9.]{1,64}$")
+
+#: SOP Classes of the objects we write (PS3.4 B.5): acknowledged, never analysed.
+IGNORED_SOP_CLASSES: frozenset[str] = frozenset(
+    {str(SegmentationStorage), str(Comprehensive3DSRStorage), str(SecondaryCaptureImageStorage)}
+)
+
+_PREAMBLE_AND_PREFIX = 132
+_STRIPES = 64
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid          TEXT PRIMARY KEY,
+    study_uid           TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    generation          INTEGER NOT NULL DEFAULT 1,
+    first_received      REAL NOT NULL,
+    last_received       REAL NOT NULL,
+    claimed_generation  INTEGER,
+    result_ref          TEXT,
+    fail_reason         TEXT,
+    calling_ae          TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid    TEXT PRIMARY KEY,
+    series_uid          TEXT NOT NULL REFERENCES series(series_uid),
+    sop_class_uid       TEXT NOT NULL,
+    transfer_syntax     TEXT NOT NULL DEFAULT '',
+    size                INTEGER NOT NULL,
+    sha256              TEXT NOT NULL,
+    received            REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_series ON instances(series_uid);
+CREATE TABLE IF NOT EXISTS expected_counts (
+    series_uid          TEXT PRIMARY KEY,
+    expected            INTEGER NOT NULL
+);
+"""
+
+
+class SeriesState(enum.StrEnum):
+    """Where a series stands in the spool."""
+
+    #: Instances arriving (or arrived; complete once quiet, see :meth:`Spool.due`).
+    RECEIVING = "receiving"
+    #: A worker claimed the current generation and is analysing it.
+    CLAIMED = "claimed"
+    #: The current generation was analysed; ``result_ref`` names the result.
+    DONE = "done"
+    #: The current generation failed; only a late instance makes it due again.
+    FAILED = "failed"
+
+
+class StoreAction(enum.StrEnum):
+    """What :meth:`Spool.store` did with one instance."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REPLACED = "replaced"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """The attributes of a received instance the spool needs (no patient data).
+
+    Parameters
+    ----------
+    sop_class_uid, sop_instance_uid, study_uid, series_uid
+        From the data set (PS3.3 C.12.1 SOP Common, C.7.2.1, C.7.3.1).
+    transfer_syntax
+        From the File Meta Information (PS3.10 7.1), ``""`` if absent.
+    manufacturer
+        Manufacturer (0008,0070), ``""`` if absent.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    manufacturer: str
+
+    @property
+    def is_own_output(self) -> bool:
+        """``True`` for a SEG / SR / SC that chest-ct-triage itself wrote."""
+        return self.sop_class_uid in IGNORED_SOP_CLASSES and self.manufacturer == PRODUCT_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    """The result of :meth:`Spool.store`.
+
+    Parameters
+    ----------
+    action
+        Stored anew, duplicate (identical re-send, nothing changed), replaced (changed
+        content) or ignored (our own output or another non-image object; not written).
+    sop_instance_uid, series_uid, study_uid
+        The instance.
+    generation
+        The series generation after this store; ``None`` when ignored.
+    late
+        ``True`` when this instance re-opened a completed series (generation bumped).
+    path
+        The file, ``None`` when ignored.
+    """
+
+    action: StoreAction
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    generation: int | None
+    late: bool
+    path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadySeries:
+    """A series that is complete and can be analysed.
+
+    Parameters
+    ----------
+    study_uid, series_uid
+        The series.
+    folder
+        Folder holding its instances (only complete ``.dcm`` files).
+    instance_count
+        Instances present.
+    generation
+        Pass it back to :meth:`Spool.mark_done` / :meth:`Spool.mark_failed`.
+    expected_count
+        Expected instances (from C-FIND), ``None`` when unknown.
+    missing_count
+        ``expected_count - instance_count`` when it completed without all of them, else 0.
+    previous_result_ref
+        The result of an earlier generation that the new result supersedes, or ``None``.
+    last_received
+        Wall-clock time (``time.time()``) of the last arrival.
+    """
+
+    study_uid: str
+    series_uid: str
+    folder: Path
+    instance_count: int
+    generation: int
+    expected_count: int | None
+    missing_count: int
+    previous_result_ref: str | None
+    last_received: float
+
+
+def _meta_end(data: bytes) -> int:
+    """Offset where the data set starts after the File Meta Information (0 if unknown)."""
+    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+        return 0
+    if data[136:138] == b"UL":
+        (length,) = struct.unpack_from("<I", data, 140)
+        return _PREAMBLE_AND_PREFIX + 12 + int(length)
+    return 0
+
+
+def read_instance_header(data: bytes) -> InstanceHeader:
+    """Decode the header of a Part 10 encoded instance (PS3.10 section 7).
+
+    Parameters
+    ----------
+    data
+        The instance with preamble, ``DICM`` prefix and File Meta Information, as
+        pynetdicom's ``event.encoded_dataset()`` returns it.
+
+    Returns
+    -------
+    InstanceHeader
+
+    Raises
+    ------
+    InvalidInput
+        The header does not decode, or a required UID is missing or not a valid UID.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        header = InstanceHeader(
+            sop_class_uid=str(ds.get("SOPClassUID", "") or ""),
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+            study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+            series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+            transfer_syntax=str(meta.get("TransferSyntaxUID", "") or "") if meta else "",
+            manufacturer=str(ds.get("Manufacturer", "") or ""),
+        )
+    except Exception as exc:  # pydicom raises many types on a corrupt header
+        raise InvalidInput(f"data set header does not decode ({type(exc).__name__})") from exc
+    for name in ("sop_class_uid", "sop_instance_uid", "study_uid", "series_uid"):
+        value = getattr(header, name)
+        if not _UID_RE.fullmatch(value):
+            raise InvalidInput(f"{name} is missing or not a valid DICOM UID")
+    return header
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(path: Path) -> None:
+    """Create ``path`` and missing parents, fsyncing each parent that gained an entry."""
+    if path.is_dir():
+        return
+    _ensure_dir(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    _fsync_dir(path.parent)
+
+
+class Spool:
+    """The durable receive spool (see the module docstring).
+
+    Parameters
+    ----------
+    root
+        Spool folder (created if missing).
+    quiet_period_s
+        A series is complete when nothing arrived for this long.
+    incomplete_after_s
+        With a known expected count, complete anyway after this long without arrivals;
+        default ``10 * quiet_period_s``.
+
+    Raises
+    ------
+    TriageError
+        Another process holds the spool, or the index cannot be opened.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        quiet_period_s: float = 10.0,
+        incomplete_after_s: float | None = None,
+    ) -> None:
+        if quiet_period_s < 0:
+            raise ValueError("quiet_period_s must be >= 0")
+        self.root = root
+        self.quiet_period_s = quiet_period_s
+        self.incomplete_after_s = (
+            incomplete_after_s if incomplete_after_s is not None else 10.0 * quiet_period_s
+        )
+        self.instances_dir = root / "instances"
+        self._tmp_dir = root / "tmp"
+        for folder in (root, self.instances_dir, self._tmp_dir):
+            _ensure_dir(folder)
+        self._lock_fd = os.open(root / "spool.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise TriageError(f"spool {root} is in use by another process") from exc
+        self._db_lock = threading.RLock()
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        try:
+            self._db = sqlite3.connect(
+                root / "spool.db", check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            os.close(self._lock_fd)
+            raise TriageError(f"spool index {root / 'spool.db'} cannot be opened: {exc}") from exc
+        self._closed = False
+        self.recover()
+
+    # -- life cycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the index and release the spool lock (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._db_lock:
+            self._db.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction under the in-process lock."""
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def series_folder(self, study_uid: str, series_uid: str) -> Path:
+        """Folder of one series' instances."""
+        return self.instances_dir / study_uid / series_uid
+
+    # -- receive -----------------------------------------------------------------------------
+    def store(
+        self,
+        data: bytes | Dataset,
+        *,
+        calling_ae: str = "",
+        header: InstanceHeader | None = None,
+        now: float | None = None,
+    ) -> StoreOutcome:
+        """Make one instance durable, then record it (PS3.4 B.2.2 "the SCP shall store").
+
+        Parameters
+        ----------
+        data
+            Part 10 bytes (``event.encoded_dataset()``), or a data set with ``file_meta``
+            (encoded here).
+        calling_ae
+            The peer's AE title (recorded, and logged; never patient data).
+        header
+            Already decoded header of ``data`` (saves decoding it twice).
+        now
+            Receive time (``time.time()`` by default); for tests.
+
+        Returns
+        -------
+        StoreOutcome
+
+        Raises
+        ------
+        InvalidInput
+            The header does not decode, a UID is not a valid UID, or the series UID is
+            already used by another study.
+        OSError
+            The instance could not be made durable (disk full, I/O error, index not
+            writable); it was not recorded and must not be acknowledged with Success.
+        """
+        raw = self._encode(data) if isinstance(data, Dataset) else data
+        hdr = header or read_instance_header(raw)
+        if hdr.sop_class_uid in IGNORED_SOP_CLASSES:
+            if hdr.is_own_output:
+                logger.info("ignored own output %s (from %s)", hdr.sop_instance_uid, calling_ae)
+            else:
+                logger.info(
+                    "ignored non-image object %s of class %s (from %s)",
+                    hdr.sop_instance_uid,
+                    hdr.sop_class_uid,
+                    calling_ae,
+                )
+            return StoreOutcome(
+                StoreAction.IGNORED,
+                hdr.sop_instance_uid,
+                hdr.series_uid,
+                hdr.study_uid,
+                None,
+                False,
+                None,
+            )
+        digest = hashlib.sha256(memoryview(raw)[_meta_end(raw) :]).hexdigest()
+        t = time.time() if now is None else now
+        stripe = self._stripes[hash(hdr.sop_instance_uid) % _STRIPES]
+        with stripe:
+            existing = self._instance_row(hdr.sop_instance_uid)
+            if existing is not None and existing[1] != hdr.series_uid:
+                raise InvalidInput(
+                    f"SOP Instance {hdr.sop_instance_uid} was received before in another series"
+                )
+            series_row = self._series_row(hdr.series_uid)
+            if series_row is not None and series_row[0] != hdr.study_uid:
+                raise InvalidInput(f"series {hdr.series_uid} already belongs to another study")
+            folder = self.series_folder(hdr.study_uid, hdr.series_uid)
+            path = folder / f"{hdr.sop_instance_uid}.dcm"
+            if existing is not None and existing[0] == digest and path.is_file():
+                logger.debug("duplicate %s ignored", hdr.sop_instance_uid)
+                gen = int(series_row[2]) if series_row is not None else None
+                return StoreOutcome(
+                    StoreAction.DUPLICATE,
+                    hdr.sop_instance_uid,
+                    hdr.series_uid,
+                    hdr.study_uid,
+                    gen,
+                    False,
+                    path,
+                )
+            self._write_durably(folder, path, raw)
+            try:
+                generation, late = self._record(hdr, digest, len(raw), calling_ae, t)
+            except sqlite3.Error as exc:
+                if existing is None:
+                    path.unlink(missing_ok=True)
+                raise OSError(errno.EIO, f"spool index not writable: {exc}") from exc
+        action = StoreAction.REPLACED if existing is not None else StoreAction.STORED
+        if late:
+            logger.info(
+                "late instance %s re-opens series %s (generation %d)",
+                hdr.sop_instance_uid,
+                hdr.series_uid,
+                generation,
+            )
+        return StoreOutcome(
+            action,
+            hdr.sop_instance_uid,
+            hdr.series_uid,
+            hdr.study_uid,
+            generation,
+            late,
+            path,
+        )
+
+    @staticmethod
+    def _encode(ds: Dataset) -> bytes:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    def _instance_row(self, sop_uid: str) -> tuple[str, str] | None:
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT sha256, series_uid FROM instances WHERE sop_instance_uid = ?", (sop_uid,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def _series_row(self, series_uid: str) -> tuple[str, str, int] | None:
+        with self._db_lock:
+            row = self._db.execute(
+                "SELECT study_uid, state, generation FROM series WHERE series_uid = ?",
+                (series_uid,),
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
+
+    def _write_durably(self, folder: Path, path: Path, raw: bytes) -> None:
+        """temp file + fsync + rename + fsync of the folder (PS3.4 B.2.2 durability)."""
+        _ensure_dir(folder)
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp_dir, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+
+    def _record(
+        self, hdr: InstanceHeader, digest: str, size: int, calling_ae: str, t: float
+    ) -> tuple[int, bool]:
+        """Insert/replace the instance row and update its series; return (generation, late)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state, generation FROM series WHERE series_uid = ?", (hdr.series_uid,)
+            ).fetchone()
+            late = False
+            if row is None:
+                generation = 1
+                db.execute(
+                    "INSERT INTO series (series_uid, study_uid, state, generation, "
+                    "first_received, last_received, calling_ae) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                    (hdr.series_uid, hdr.study_uid, SeriesState.RECEIVING, t, t, calling_ae),
+                )
+            else:
+                state, generation = str(row[0]), int(row[1])
+                if state != SeriesState.RECEIVING:
+                    # A claimed, done or failed series gets a new generation; a complete but
+                    # unclaimed one just waits for a new quiet period.
+                    late = True
+                    generation += 1
+                db.execute(
+                    "UPDATE series SET state = ?, generation = ?, last_received = ?, "
+                    "claimed_generation = NULL, fail_reason = NULL WHERE series_uid = ?",
+                    (SeriesState.RECEIVING, generation, t, hdr.series_uid),
+                )
+            db.execute(
+                "INSERT OR REPLACE INTO instances (sop_instance_uid, series_uid, sop_class_uid, "
+                "transfer_syntax, size, sha256, received) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    hdr.sop_instance_uid,
+                    hdr.series_uid,
+                    hdr.sop_class_uid,
+                    hdr.transfer_syntax,
+                    size,
+                    digest,
+                    t,
+                ),
+            )
+        return generation, late
+
+    # -- completion --------------------------------------------------------------------------
+    def set_expected_count(self, series_uid: str, expected: int) -> None:
+        """Record how many instances a series should have (C-FIND NumberOfSeriesRelatedInstances).
+
+        May be called before any instance of the series arrived.
+        """
+        if expected < 0:
+            raise ValueError("expected must be >= 0")
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO expected_counts (series_uid, expected) VALUES (?, ?)",
+                (series_uid, int(expected)),
+            )
+
+    def _counts(self, db: sqlite3.Connection, series_uid: str) -> tuple[int, int | None]:
+        count = int(
+            db.execute(
+                "SELECT COUNT(*) FROM instances WHERE series_uid = ?", (series_uid,)
+            ).fetchone()[0]
+        )
+        row = db.execute(
+            "SELECT expected FROM expected_counts WHERE series_uid = ?", (series_uid,)
+        ).fetchone()
+        return count, (None if row is None else int(row[0]))
+
+    def _is_complete_locked(self, db: sqlite3.Connection, series_uid: str, now: float) -> bool:
+        row = db.execute(
+            "SELECT last_received FROM series WHERE series_uid = ?", (series_uid,)
+        ).fetchone()
+        if row is None:
+            return False
+        idle = now - float(row[0])
+        if idle < self.quiet_period_s:
+            return False
+        count, expected = self._counts(db, series_uid)
+        return expected is None or count >= expected or idle >= self.incomplete_after_s
+
+    def _ready(self, db: sqlite3.Connection, series_uid: str) -> ReadySeries:
+        study_uid, generation, last_received, result_ref = db.execute(
+            "SELECT study_uid, generation, last_received, result_ref FROM series "
+            "WHERE series_uid = ?",
+            (series_uid,),
+        ).fetchone()
+        count, expected = self._counts(db, series_uid)
+        missing = max(0, expected - count) if expected is not None else 0
+        return ReadySeries(
+            study_uid=str(study_uid),
+            series_uid=series_uid,
+            folder=self.series_folder(str(study_uid), series_uid),
+            instance_count=count,
+            generation=int(generation),
+            expected_count=expected,
+            missing_count=missing,
+            previous_result_ref=None if result_ref is None else str(result_ref),
+            last_received=float(last_received),
+        )
+
+    def due(self, now: float | None = None) -> list[ReadySeries]:
+        """Series that are complete and not claimed, oldest last arrival first.
+
+        Parameters
+        ----------
+        now
+            Wall-clock time (``time.time()`` by default).
+        """
+        t = time.time() if now is None else now
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT series_uid FROM series WHERE state = ? AND last_received <= ? "
+                "ORDER BY last_received",
+                (SeriesState.RECEIVING, t - self.quiet_period_s),
+            ).fetchall()
+            return [
+                self._ready(self._db, str(r[0]))
+                for r in rows
+                if self._is_complete_locked(self._db, str(r[0]), t)
+            ]
+
+    def claim(self, series_uid: str, now: float | None = None) -> ReadySeries:
+        """Claim a due series for analysis (atomic: one claimant wins).
+
+        Returns
+        -------
+        ReadySeries
+            With the generation to pass to :meth:`mark_done` / :meth:`mark_failed`.
+
+        Raises
+        ------
+        TriageError
+            The series is unknown, not complete yet, or already claimed.
+        """
+        t = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state FROM series WHERE series_uid = ?", (series_uid,)
+            ).fetchone()
+            if row is None:
+                raise TriageError(f"series {series_uid} is not in the spool")
+            if str(row[0]) != SeriesState.RECEIVING or not self._is_complete_locked(
+                db, series_uid, t
+            ):
+                raise TriageError(f"series {series_uid} is not due (state {row[0]})")
+            ready = self._ready(db, series_uid)
+            db.execute(
+                "UPDATE series SET state = ?, claimed_generation = ? WHERE series_uid = ?",
+                (SeriesState.CLAIMED, ready.generation, series_uid),
+            )
+        if ready.missing_count:
+            logger.warning(
+                "series %s completed with %d of %d expected instances",
+                series_uid,
+                ready.instance_count,
+                ready.expected_count,
+            )
+        logger.info(
+            "claimed series %s generation %d (%d instances)",
+            series_uid,
+            ready.generation,
+            ready.instance_count,
+        )
+        return ready
+
+    def mark_done(self, series_uid: str, generation: int, result_ref: str) -> None:
+        """Record the result of one generation.
+
+        The newest result is kept as the reference that a later generation supersedes
+        (:attr:`ReadySeries.previous_result_ref`), even when a late instance already
+        re-opened the series; only the current generation moves the series to ``done``.
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT state, generation FROM series WHERE series_uid = ?", (series_uid,)
+            ).fetchone()
+            if row is None:
+                raise TriageError(f"series {series_uid} is not in the spool")
+            current = int(row[1]) == generation and str(row[0]) == SeriesState.CLAIMED
+            if current:
+                db.execute(
+                    "UPDATE series SET state = ?, result_ref = ? WHERE series_uid = ?",
+                    (SeriesState.DONE, result_ref, series_uid),
+                )
+            else:
+                db.execute(
+                    "UPDATE series SET result_ref = ? WHERE series_uid = ?",
+                    (result_ref, series_uid),
+                )
+        if not current:
+            logger.info(
+                "series %s generation %d done but superseded (now generation %d)",
+                series_uid,
+                generation,
+                int(row[1]),
+            )
+
+    def mark_failed(self, series_uid: str, generation: int, reason: str) -> None:
+        """Record that the analysis of one generation failed (ignored for a stale one)."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE series SET state = ?, fail_reason = ? "
+                "WHERE series_uid = ? AND generation = ? AND state = ?",
+                (SeriesState.FAILED, reason, series_uid, generation, SeriesState.CLAIMED),
+            )
+        if cur.rowcount == 0:
+            logger.info("stale failure of series %s generation %d ignored", series_uid, generation)
+
+    def state(self, series_uid: str) -> SeriesState | None:
+        """Current state of a series, ``None`` when unknown."""
+        row = self._series_row(series_uid)
+        return None if row is None else SeriesState(row[1])
+
+    def instance_uids(self, series_uid: str) -> list[str]:
+        """SOP Instance UIDs recorded for a series (sorted)."""
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT sop_instance_uid FROM instances WHERE series_uid = ? "
+                "ORDER BY sop_instance_uid",
+                (series_uid,),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    # -- crash recovery ----------------------------------------------------------------------
+    def recover(self) -> None:
+        """Reconcile the index with the files after a restart (called by ``__init__``).
+
+        * leftover temporary files are deleted (never acknowledged);
+        * a file without a row is recorded (crash between rename and commit);
+        * a row without a file is dropped, with a warning;
+        * a series left ``claimed`` (crash mid-analysis) becomes due again.
+        """
+        for tmp in self._tmp_dir.iterdir():
+            tmp.unlink(missing_ok=True)
+        on_disk: dict[str, Path] = {}
+        for study_dir in self.instances_dir.iterdir():
+            if not study_dir.is_dir():
+                continue
+            for series_dir in study_dir.iterdir():
+                if not series_dir.is_dir():
+                    continue
+                for f in series_dir.iterdir():
+                    if f.suffix == ".dcm":
+                        on_disk[f.stem] = f
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT i.sop_instance_uid, s.study_uid, s.series_uid FROM instances i "
+                "JOIN series s ON s.series_uid = i.series_uid"
+            ).fetchall()
+        known: set[str] = set()
+        lost: list[str] = []
+        for sop_uid, study_uid, series_uid in rows:
+            path = self.series_folder(str(study_uid), str(series_uid)) / f"{sop_uid}.dcm"
+            if on_disk.get(str(sop_uid)) == path:
+                known.add(str(sop_uid))
+            else:
+                lost.append(str(sop_uid))
+        with self._tx() as db:
+            for sop_uid in lost:
+                logger.warning("spool index lists %s but its file is missing; dropped", sop_uid)
+                db.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (sop_uid,))
+            db.execute(
+                "DELETE FROM series WHERE series_uid NOT IN (SELECT series_uid FROM instances)"
+            )
+            reset = db.execute(
+                "UPDATE series SET state = ?, claimed_generation = NULL WHERE state = ?",
+                (SeriesState.RECEIVING, SeriesState.CLAIMED),
+            ).rowcount
+        if reset:
+            logger.warning("%d series claimed before a restart are due again", reset)
+        adopted = 0
+        for sop_uid, path in on_disk.items():
+            if sop_uid in known:
+                continue
+            try:
+                raw = path.read_bytes()
+                hdr = read_instance_header(raw)
+            except (OSError, InvalidInput) as exc:
+                logger.warning("unreadable spool file %s left in place: %s", path.name, exc)
+                continue
+            if path.parent != self.series_folder(hdr.study_uid, hdr.series_uid):
+                logger.warning("spool file %s is in the wrong folder; ignored", path.name)
+                continue
+            digest = hashlib.sha256(memoryview(raw)[_meta_end(raw) :]).hexdigest()
+            self._record(hdr, digest, len(raw), "", path.stat().st_mtime)
+            adopted += 1
+        if adopted:
+            logger.warning("recorded %d spool file(s) missing from the index", adopted)
