@@ -133,12 +133,14 @@ def test_c_echo(scp: StorageSCP) -> None:
     assoc.release()
 
 
-def test_calling_ae_not_allowed_is_rejected(spool: Spool) -> None:
+def test_calling_ae_not_allowed_is_rejected(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
     with StorageSCP(
         spool, host="127.0.0.1", port=0, allowed_calling_aets=frozenset({"PACS"})
     ) as server:
-        assoc = _associate(server.port, ae_title="INTRUDER")
+        with caplog.at_level(logging.ERROR, logger="pynetdicom"):
+            assoc = _associate(server.port, ae_title="INTRUDER")
         assert assoc.is_rejected
+        assert "Calling AE title not recognised" in caplog.text  # A-ASSOCIATE-RJ 1/1/3
         assert not assoc.is_established
         ok = _associate(server.port, ae_title="PACS")
         assert ok.is_established
@@ -302,6 +304,7 @@ def test_own_output_accepted_not_spooled(
     assert spool.due(time.time() + 100) == []
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_unsafe_uid_is_refused(spool: Spool, tmp_path: Path) -> None:
     ds = pydicom.dcmread(_series(tmp_path / "src", 1)[0])
     ds.SeriesInstanceUID = "../../etc"

@@ -134,7 +134,9 @@ def measure_speed(seg: LesionSegmenter, *, n_slices: int = 300, seed: int = 41) 
         phantom.spec_from_seed(seed, n_slices=n_slices, severity="moderate", slice_spacing_mm=1.0)
     )
     lungs = segment_lungs(ph.volume)
-    seg(ph.volume, lungs[:8])  if False else None  # noqa: E501  (placeholder removed below)
+    warm = np.zeros_like(lungs)
+    warm[n_slices // 2] = lungs[n_slices // 2]
+    seg(ph.volume, warm)  # warm-up: ONNX Runtime's first call allocates
     t0 = time.perf_counter()
     seg(ph.volume, lungs)
     return time.perf_counter() - t0
