@@ -173,7 +173,9 @@ def _create_triton(config: RuntimeConfig, manifest: Manifest) -> Predictor:
     )
 
 
-def _create_onnx(config: RuntimeConfig, manifest: Manifest, model_dir: Path, path: Path) -> Predictor:
+def _create_onnx(
+    config: RuntimeConfig, manifest: Manifest, model_dir: Path, path: Path
+) -> Predictor:
     from ct_triage.models.runtime.onnx import CudaOptions, OnnxPredictor, TensorrtOptions
 
     spec = manifest.input

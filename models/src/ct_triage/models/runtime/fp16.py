@@ -156,7 +156,9 @@ def convert_to_fp16(
     for name in f32_inputs:
         cast_out = f"{name}__fp16"
         nodes.append(
-            helper.make_node("Cast", [name], [cast_out], name=f"{name}__to_fp16", to=TensorProto.FLOAT16)
+            helper.make_node(
+                "Cast", [name], [cast_out], name=f"{name}__to_fp16", to=TensorProto.FLOAT16
+            )
         )
         renamed[name] = cast_out
     for node in graph.node:
@@ -166,7 +168,7 @@ def convert_to_fp16(
         if node.op_type in keep:
             # 3. Ops kept in float32: cast inputs up; outputs back down (or straight out).
             for k, name in enumerate(node.input):
-                if not name or name in inits and inits[name].dtype != np.float32:
+                if not name or (name in inits and inits[name].dtype != np.float32):
                     continue
                 up = f"{name}__fp32_for_{node.name or k}"
                 nodes.append(
@@ -180,7 +182,9 @@ def convert_to_fp16(
                 raw = f"{name}__fp32"
                 node.output[k] = raw
                 nodes.append(
-                    helper.make_node("Cast", [raw], [name], name=f"{raw}__cast", to=TensorProto.FLOAT16)
+                    helper.make_node(
+                        "Cast", [raw], [name], name=f"{raw}__cast", to=TensorProto.FLOAT16
+                    )
                 )
             continue
         nodes.append(node)
@@ -190,7 +194,9 @@ def convert_to_fp16(
                 inner = f"{name}__fp16"
                 node.output[k] = inner
                 nodes.append(
-                    helper.make_node("Cast", [inner], [name], name=f"{name}__to_fp32", to=TensorProto.FLOAT)
+                    helper.make_node(
+                        "Cast", [inner], [name], name=f"{name}__to_fp32", to=TensorProto.FLOAT
+                    )
                 )
     del graph.node[:]
     graph.node.extend(nodes)

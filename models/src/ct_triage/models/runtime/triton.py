@@ -240,9 +240,11 @@ class TritonPredictor:
         client = self._client()
         meta: dict[str, Any] = self._call(
             "model metadata",
-            lambda: client.get_model_metadata(self._model, self._version, as_json=True, **self._kw())
-            if self._protocol == "grpc"
-            else client.get_model_metadata(self._model, self._version),
+            lambda: (
+                client.get_model_metadata(self._model, self._version, as_json=True, **self._kw())
+                if self._protocol == "grpc"
+                else client.get_model_metadata(self._model, self._version)
+            ),
         )
         try:
             config: dict[str, Any] = (
@@ -335,6 +337,8 @@ class TritonPredictor:
     def _infer_with_retry(self, chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         try:
             return self._infer(chunk)
+        except InferenceError:
+            raise
         except Exception as exc:
             if not self._is_transient(exc):
                 raise self._inference_error(exc, chunk) from exc
@@ -343,12 +347,12 @@ class TritonPredictor:
             time.sleep(_RETRY_DELAY_S)
         try:
             return self._infer(chunk)
+        except InferenceError:
+            raise
         except Exception as exc:
             raise self._inference_error(exc, chunk) from exc
 
     def _inference_error(self, exc: Exception, chunk: npt.NDArray[np.float32]) -> InferenceError:
-        if isinstance(exc, InferenceError):
-            return exc
         return InferenceError(f"{self._provider} failed on a batch of shape {chunk.shape}: {exc}")
 
     def _is_transient(self, exc: Exception) -> bool:
