@@ -744,6 +744,14 @@ class Spool:
         row = self._series_row(series_uid)
         return None if row is None else SeriesState(row[1])
 
+    def study_series(self, study_uid: str) -> dict[str, SeriesState]:
+        """Every series of a study in the spool, with its state."""
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT series_uid, state FROM series WHERE study_uid = ?", (study_uid,)
+            ).fetchall()
+        return {str(r[0]): SeriesState(r[1]) for r in rows}
+
     def instance_uids(self, series_uid: str) -> list[str]:
         """SOP Instance UIDs recorded for a series (sorted)."""
         with self._db_lock:

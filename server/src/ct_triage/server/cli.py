@@ -53,6 +53,37 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from ct_triage.server import commands
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        commands.serve(settings, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server import commands
+
+    outcomes = commands.pull(settings, study_uid=args.study, accession=args.accession)
+    worst = 0
+    for o in outcomes:
+        print(f"study {o.study_uid}: {o.status} ({o.detail})")
+        if o.status == "declined":
+            worst = max(worst, 2)
+        elif o.status == "failed":
+            worst = 1
+    if not outcomes:
+        print("nothing to analyse (no complete CT series retrieved)")
+    return worst
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ct-triage",
@@ -83,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("data", help="folder of .npz cases")
     e.add_argument("--json", required=True, help="where to write the metrics JSON")
     e.set_defaults(func=_cmd_evaluate)
+    sv = sub.add_parser(
+        "serve", help="run the DICOM listener, workers, delivery and poller (CT_TRIAGE_* settings)"
+    )
+    sv.set_defaults(func=_cmd_serve)
+
+    pl = sub.add_parser("pull", help="retrieve one study from the PACS, analyse it, deliver")
+    who = pl.add_mutually_exclusive_group(required=True)
+    who.add_argument("--study", help="StudyInstanceUID")
+    who.add_argument("--accession", help="AccessionNumber")
+    pl.set_defaults(func=_cmd_pull)
     return p
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ct_triage.models.identity import DISCLAIMER
 from ct_triage.server.pipeline import AnalysisOptions, AnalysisResult, analyze_study
 from ct_triage.server.settings import Settings
+
+if TYPE_CHECKING:
+    from ct_triage.models.lesions import LesionSegmenter
+    from ct_triage.server.bridge import StudyOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +33,7 @@ def options_from(settings: Settings) -> AnalysisOptions:
     )
 
 
-def load_model(settings: Settings):  # type: ignore[no-untyped-def]
+def load_model(settings: Settings) -> LesionSegmenter:
     """Load the lesion model named by the settings (validated against its manifest)."""
     from ct_triage.models.lesions import load_lesion_segmenter
 
@@ -70,6 +77,45 @@ def evaluate(data: Path, json_out: Path, settings: Settings) -> str:
     report = run_evaluation(data, model, model.identity)
     write_json(report, json_out)
     return format_table(report)
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> None:
+    """``ct-triage serve``: the DICOM listener, the workers, delivery and the poller."""
+    from ct_triage.server.bridge import Bridge
+
+    model = load_model(settings)  # fail at start-up, not on the first study
+    stop = stop or threading.Event()
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        logger.info(
+            "serving: model %s, provider %s",
+            model.identity.algorithm_label,
+            model.identity.provider,
+        )
+        bridge.run(stop)
+
+
+def pull(
+    settings: Settings,
+    *,
+    study_uid: str | None,
+    accession: str | None,
+    wait_s: float = 300.0,
+) -> list[StudyOutcome]:
+    """``ct-triage pull``: retrieve one study from the PACS, analyse it, deliver the results."""
+    from ct_triage.server.bridge import Bridge
+
+    model = load_model(settings)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        bridge.pull(study_uid=study_uid, accession=accession)
+        # Everything retrieved is complete: do not wait for the quiet period.
+        outcomes = bridge.process_due(now=time.time() + settings.quiet_period_s + 1.0)
+        deadline = time.monotonic() + wait_s
+        while bridge.outbox.pending() and time.monotonic() < deadline:
+            bridge.deliver()
+            time.sleep(0.5)
+        for d in bridge.outbox.dead_letters():
+            logger.error("delivery %s dead-lettered: %s", d.id, d.last_error)
+        return outcomes
 
 
 def summary_text(result: AnalysisResult) -> str:

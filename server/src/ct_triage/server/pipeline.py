@@ -70,6 +70,7 @@ def _round_tree(value: Any) -> Any:
 
 def build_report(
     *,
+    supersedes: dict[str, Any] | None = None,
     series: LoadedSeries,
     choice: select.SeriesChoice,
     model: ModelIdentity,
@@ -137,6 +138,7 @@ def build_report(
             },
             "preview": "preview.png",
         },
+        "supersedes": supersedes,
     }
 
 
@@ -149,6 +151,28 @@ def _reject_unreadable(found: inputs.DiscoveredInput) -> None:
             f"{len(found.unreadable)} DICOM file(s) could not be read, e.g. "
             f"{first.path.name}: {first.reason}{more}; resend the study"
         )
+
+
+def choose_series(
+    input_path: Path, options: AnalysisOptions, work_dir: Path, timer: StageTimer
+) -> select.SeriesChoice:
+    """Discover the DICOM files of one study and choose the series to analyse.
+
+    Raises
+    ------
+    StudyDeclined
+        No usable chest CT series (the reason names each series and why).
+    InvalidInput
+        Unreadable input, or DICOM files that cannot be read.
+    """
+    with timer.stage("discover"):
+        found = inputs.discover(input_path, work_dir=work_dir)
+        _reject_unreadable(found)
+    with timer.stage("select"):
+        choice = select.select_series(found.headers, options.rules)
+    for verdict in choice.reasons:
+        logger.info("selection: %s", verdict)
+    return choice
 
 
 def analyze_study(
@@ -181,19 +205,34 @@ def analyze_study(
     TriageError
         Any other failure; nothing is written.
     """
-    identity: ModelIdentity = model if model is not None else lesion_model.identity  # type: ignore[attr-defined]
     check_output_dir(out_dir)  # fail before any work, not after it
     timer = StageTimer()
     with tempfile.TemporaryDirectory(prefix="ct-triage-in-") as work:
-        with timer.stage("discover"):
-            found = inputs.discover(input_path, work_dir=Path(work))
-            _reject_unreadable(found)
-        with timer.stage("select"):
-            choice = select.select_series(found.headers, options.rules)
-        for verdict in choice.reasons:
-            logger.info("selection: %s", verdict)
+        choice = choose_series(input_path, options, Path(work), timer)
         with timer.stage("load"):
             series = load_series(choice.paths)
+    return analyze_series(series, choice, out_dir, lesion_model, options, model=model, timer=timer)
+
+
+def analyze_series(
+    series: LoadedSeries,
+    choice: select.SeriesChoice,
+    out_dir: Path,
+    lesion_model: LesionModel,
+    options: AnalysisOptions,
+    *,
+    model: ModelIdentity | None = None,
+    timer: StageTimer | None = None,
+    supersedes: dict[str, Any] | None = None,
+) -> AnalysisResult:
+    """Analyse a loaded series and write its results (complete or none) into ``out_dir``.
+
+    ``supersedes`` names the objects of an earlier result of the same series that this one
+    replaces (a late instance re-ran the series); it is recorded in ``report.json``.
+    """
+    identity: ModelIdentity = model if model is not None else lesion_model.identity  # type: ignore[attr-defined]
+    timer = timer if timer is not None else StageTimer()
+    check_output_dir(out_dir)
     logger.info(
         "loaded series %s: %d slices, spacing %s mm",
         series.series_instance_uid,
@@ -238,6 +277,7 @@ def analyze_study(
                 ],
             )
         report = build_report(
+            supersedes=supersedes,
             series=series,
             choice=choice,
             model=identity,

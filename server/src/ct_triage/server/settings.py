@@ -19,6 +19,19 @@ from ct_triage.models.quantify import TriageThresholds
 Provider = Literal["cpu", "cuda", "tensorrt"]
 
 
+def parse_dimse_node(text: str) -> tuple[str, str, int]:
+    """Parse ``"AET@host:port"`` into ``(aet, host, port)`` with a clear error."""
+    aet, sep, hostport = text.partition("@")
+    host, sep2, port = hostport.rpartition(":")
+    if not sep or not sep2 or not aet or not host or not port.isdigit():
+        raise ValueError(f"DICOM node {text!r} must look like AET@host:port")
+    if len(aet) > 16:
+        raise ValueError(f"AE title {aet!r} is longer than 16 characters")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"DICOM node {text!r}: port out of range")
+    return aet, host, int(port)
+
+
 class Settings(BaseSettings):
     """Configuration of chest-ct-triage (environment prefix ``CT_TRIAGE_``)."""
 
@@ -49,6 +62,39 @@ class Settings(BaseSettings):
     #: Overlay series: "key" slices only, or "all" source slices.
     overlay_slices: Literal["key", "all"] = "key"
 
+    # -- DICOM bridge --------------------------------------------------------------------
+    #: Working folder: spool, results, outbox, state databases.
+    data_dir: Path = Path("ct-triage-data")
+    #: Our AE title and DIMSE listener (Storage SCP): ``None`` disables the listener,
+    #: ``0`` lets the OS pick a free port.
+    ae_title: str = Field(default="CT_TRIAGE", min_length=1, max_length=16)
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int | None = Field(default=11112, ge=0, le=65535)
+    #: Calling AE titles allowed to send to us; empty = any.
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    #: A series is complete after this many seconds without a new instance.
+    quiet_period_s: float = Field(default=10.0, gt=0)
+    #: DICOM TLS (PS3.15 B.1): certificate + key enable TLS on the listener and client.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    #: The PACS we query/retrieve from: "AET@host:port" (DIMSE) and/or a DICOMweb URL.
+    pacs: str | None = None
+    pacs_dicomweb_url: str | None = None
+    pacs_dicomweb_user: str | None = None
+    pacs_dicomweb_password: str | None = Field(default=None, repr=False)
+    pacs_dicomweb_token: str | None = Field(default=None, repr=False)
+    #: How pulled studies are retrieved: C-MOVE to us, C-GET, or WADO-RS.
+    retrieve_method: Literal["c-move", "c-get", "wado"] = "c-get"
+    #: Where results go: "dimse:AET@host:port" and/or "stow:https://host/dicom-web".
+    destinations: list[str] = Field(default_factory=list)
+    delivery_max_attempts: int = Field(default=5, ge=1)
+    delivery_backoff_s: float = Field(default=2.0, gt=0)
+    #: Pull mode: poll the PACS for new CT studies every N seconds (0 = off).
+    poll_interval_s: float = Field(default=0.0, ge=0)
+    #: Pull mode: how many days back the first poll looks.
+    poll_lookback_days: int = Field(default=1, ge=0)
+
     #: Log format for the CLI: "text" or "json".
     log_format: Literal["text", "json"] = "text"
 
@@ -59,9 +105,36 @@ class Settings(BaseSettings):
             raise ValueError(f"model_dir {v} has no manifest.json")
         return v
 
+    @field_validator("pacs")
+    @classmethod
+    def _pacs_format(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_dimse_node(v)
+        return v
+
+    @field_validator("destinations")
+    @classmethod
+    def _destinations_format(cls, v: list[str]) -> list[str]:
+        for d in v:
+            kind, _, target = d.partition(":")
+            if kind == "dimse":
+                parse_dimse_node(target)
+            elif kind == "stow":
+                if not target.startswith(("http://", "https://")):
+                    raise ValueError(f"destination {d!r}: stow needs an http(s) URL")
+            else:
+                raise ValueError(
+                    f"destination {d!r} must start with 'dimse:' (AET@host:port) or 'stow:' (URL)"
+                )
+        return v
+
     @model_validator(mode="after")
     def _thresholds_valid(self) -> Settings:
         self.thresholds()  # raises ValueError with a clear message
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.pacs_dicomweb_token and self.pacs_dicomweb_user:
+            raise ValueError("give either a DICOMweb user/password or a token, not both")
         return self
 
     def thresholds(self) -> TriageThresholds:

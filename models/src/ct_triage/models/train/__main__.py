@@ -39,7 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output model directory")
     parser.add_argument("--data", type=Path, default=None, help="shared data dir")
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--version", default="0.2.0")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="folder to keep the cached phantom slices in"
+    )
+    parser.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="skip the held-out phantom and TotalSegmentator measurements (MedSeg Dice only)",
+    )
     parser.add_argument(
         "--allow-shipped",
         action="store_true",
@@ -53,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     if out.resolve() == WEIGHTS_DIR.resolve() and not args.allow_shipped:
         parser.error("refusing to overwrite the shipped weights without --allow-shipped")
-    cfg = get_config(args.config, steps=args.steps)
+    cfg = get_config(args.config, steps=args.steps, eval_every=args.eval_every)
     data_dir = args.data or default_data_dir()
-    result = train(cfg, data_dir, progress=not args.quiet)
+    result = train(cfg, data_dir, progress=not args.quiet, cache_dir=args.cache)
     spec = input_spec(cfg)
     train_files, val_files = medseg_split(data_dir)
     training = TrainingInfo(
@@ -63,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             n_train=len(train_files),
             n_val=len(val_files),
             phantom=(
-                f"; {cfg.phantom_volumes} synthetic phantom volumes (ct_triage.models.phantom)"
+                f"; up to {cfg.phantom_per_volume} lung slices from each of "
+                f"{cfg.phantom_volumes} synthetic phantom volumes (ct_triage.models.phantom, "
+                "seeds 1000+, severities none/mild/moderate/severe in turn)"
                 if cfg.phantom_volumes
                 else ""
             ),
@@ -72,8 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         validation_split=[f.name for f in val_files],
         seed=cfg.seed,
         config=cfg.describe(),
-        notes="metrics: mean per-slice Dice on the validation split, measured with the "
-        "exported ONNX model through the inference preprocessing (final weights, no selection)",
+        notes=(
+            "metrics measured with the exported ONNX model by "
+            "`python -m ct_triage.models.train.measure --model DIR` (see its docstring and "
+            "models/MODEL_CARD.md): lesion/ggo/consolidation_dice = mean per-slice Dice on the "
+            "MedSeg validation split; phantom_* = percent of lung involved through "
+            "analysis.segment + quantify on held-out phantom seeds 11-14 (60 slices) and 31-36; "
+            "totalseg_* on real_hu_ct/totalseg_example_ct_sm.npz. Weights of the training step "
+            f"{result.best_step} of {cfg.steps}, chosen on the MedSeg validation Dice and the "
+            "percent-involvement error of selection phantoms 21-24."
+        ),
     )
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result.net.state_dict(), out / "checkpoint.pt")
@@ -81,10 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         result.net, spec, out, version=args.version, training=training, metrics={}
     )
     # Re-measure with the exported model itself (what ships is what is scored).
-    from ct_triage.models.runtime.onnx import OnnxPredictor
+    if args.no_measure or not cfg.measure:
+        from ct_triage.models.runtime.onnx import OnnxPredictor
 
-    predictor = OnnxPredictor(out / manifest.file, provider="cpu", threads=cfg.threads)
-    metrics = evaluate_slices(predictor.predict, result.validation, spec)
+        predictor = OnnxPredictor(out / manifest.file, provider="cpu", threads=cfg.threads)
+        metrics = evaluate_slices(predictor.predict, result.validation, spec)
+    else:
+        from ct_triage.models.train.measure import measure_model
+
+        metrics, details = measure_model(out, data_dir, threads=cfg.threads)
+        (out / "measure.json").write_text(json.dumps(details, indent=1) + "\n")
     final = write_model_dir(
         result.net, spec, out, version=args.version, training=training, metrics=metrics
     )

@@ -1,0 +1,442 @@
+"""TritonPredictor over HTTP and gRPC, and the Triton model-repository generator.
+
+**These tests use a fake Triton**, not Triton Inference Server (which cannot run here). The fake
+speaks the real wire protocols that tritonclient uses, on a free loopback port:
+
+- HTTP: the KServe v2 REST endpoints (``/v2/health/live``, ``/v2/health/ready``,
+  ``/v2/models/<m>/ready``, ``/v2/models/<m>``, ``/v2/models/<m>/config``,
+  ``/v2/models/<m>/infer``) with the binary-data extension (``Inference-Header-Content-Length``
+  + JSON + raw little-endian tensor bytes);
+- gRPC: ``inference.GRPCInferenceService`` from ``tritonclient.grpc.service_pb2_grpc``
+  (ServerLive, ServerReady, ModelReady, ModelMetadata, ModelConfig, ModelInfer with
+  ``raw_input_contents``).
+
+Behind both, the shipped ONNX model runs with ONNX Runtime on the CPU, so TritonPredictor must
+match OnnxPredictor. What the fake cannot show: Triton's own batching, TensorRT, TLS.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from ct_triage.models.errors import InferenceError, ModelError, RuntimeUnavailable
+from ct_triage.models.lesions import WEIGHTS_DIR
+from ct_triage.models.manifest import Manifest, load_manifest, sha256_of
+from ct_triage.models.runtime.base import Predictor
+from ct_triage.models.runtime.onnx import OnnxPredictor
+from ct_triage.models.runtime.triton import is_available
+from ct_triage.models.runtime.triton_repo import TritonModelSpec, write_model_repository
+
+MODEL = "ct_triage_lesion"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class FakeModel:
+    """What the fake server serves, and how it misbehaves."""
+
+    session: Any
+    manifest: Manifest
+    ready: bool = True
+    input_dims: list[int] | None = None  # metadata override (C, H, W)
+    fail_next: int = 0  # transient failures to answer before succeeding
+    fail_status: int = 503
+    infer_calls: list[tuple[int, ...]] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        spec = self.manifest.input
+        dims = self.input_dims or [spec.channels, spec.height, spec.width]
+        out = [self.manifest.num_classes, spec.height, spec.width]
+        return {
+            "name": MODEL,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": spec.input_name, "datatype": "FP32", "shape": [-1, *dims]}],
+            "outputs": [{"name": spec.output_name, "datatype": "FP32", "shape": [-1, *out]}],
+        }
+
+    def run(self, name: str, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        self.infer_calls.append(tuple(x.shape))
+        (out,) = self.session.run(None, {name: x})
+        return np.asarray(out, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> Manifest:
+    return load_manifest(WEIGHTS_DIR)
+
+
+@pytest.fixture(scope="module")
+def reference(manifest: Manifest) -> OnnxPredictor:
+    return OnnxPredictor(WEIGHTS_DIR / manifest.file, provider="cpu", threads=2)
+
+
+@pytest.fixture
+def fake(manifest: Manifest) -> FakeModel:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(WEIGHTS_DIR / manifest.file), providers=["CPUExecutionProvider"]
+    )
+    return FakeModel(session=session, manifest=manifest)
+
+
+# -- fake HTTP server ------------------------------------------------------------------------
+
+
+def _http_handler(model: FakeModel) -> type[BaseHTTPRequestHandler]:
+    prefix = re.compile(rf"^/v2/models/{MODEL}(?:/versions/\d+)?(?P<rest>/.*)?$")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _send(
+            self, status: int, body: bytes = b"", headers: dict[str, str] | None = None
+        ) -> None:
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, data: dict[str, Any]) -> None:
+            self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+        def do_GET(self) -> None:
+            if self.path in ("/v2/health/live", "/v2/health/ready"):
+                return self._send(200)
+            m = prefix.match(self.path)
+            if m is None:
+                return self._json(404, {"error": f"unknown path {self.path}"})
+            rest = m.group("rest") or ""
+            if rest == "/ready":
+                return self._send(200 if model.ready else 400)
+            if not model.ready:
+                return self._json(400, {"error": f"model {MODEL} is not ready"})
+            if rest == "":
+                return self._json(200, model.metadata())
+            if rest == "/config":
+                return self._json(200, {"name": MODEL, "max_batch_size": 4})
+            return self._json(404, {"error": f"unknown path {self.path}"})
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            m = prefix.match(self.path)
+            if m is None or m.group("rest") != "/infer":
+                return self._json(404, {"error": f"unknown path {self.path}"})
+            if model.fail_next > 0:
+                model.fail_next -= 1
+                return self._json(model.fail_status, {"error": "fake: try again"})
+            header_len = int(self.headers.get("Inference-Header-Content-Length", len(body)))
+            request = json.loads(body[:header_len])
+            (inp,) = request["inputs"]
+            size = int(inp["parameters"]["binary_data_size"])
+            assert inp["datatype"] == "FP32"
+            x = np.frombuffer(body[header_len : header_len + size], dtype="<f4")
+            probs = model.run(inp["name"], x.reshape(inp["shape"]))
+            raw = probs.astype("<f4").tobytes()
+            header = json.dumps(
+                {
+                    "model_name": MODEL,
+                    "outputs": [
+                        {
+                            "name": model.manifest.input.output_name,
+                            "datatype": "FP32",
+                            "shape": list(probs.shape),
+                            "parameters": {"binary_data_size": len(raw)},
+                        }
+                    ],
+                }
+            ).encode()
+            self._send(
+                200,
+                header + raw,
+                {
+                    "Content-Type": "application/octet-stream",
+                    "Inference-Header-Content-Length": str(len(header)),
+                },
+            )
+
+    return Handler
+
+
+@pytest.fixture
+def http_url(fake: FakeModel) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _http_handler(fake))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- fake gRPC server ------------------------------------------------------------------------
+
+
+def _grpc_server(model: FakeModel) -> tuple[Any, int]:
+    grpc = pytest.importorskip("grpc")
+    from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+    class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        def ServerLive(self, request: Any, context: Any) -> Any:
+            return service_pb2.ServerLiveResponse(live=True)
+
+        def ServerReady(self, request: Any, context: Any) -> Any:
+            return service_pb2.ServerReadyResponse(ready=True)
+
+        def ModelReady(self, request: Any, context: Any) -> Any:
+            return service_pb2.ModelReadyResponse(ready=model.ready and request.name == MODEL)
+
+        def ModelMetadata(self, request: Any, context: Any) -> Any:
+            if not model.ready:
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"model {MODEL} is not ready")
+            meta = model.metadata()
+            return service_pb2.ModelMetadataResponse(
+                name=meta["name"],
+                versions=meta["versions"],
+                platform=meta["platform"],
+                inputs=[
+                    service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]
+                ],
+                outputs=[
+                    service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]
+                ],
+            )
+
+        def ModelConfig(self, request: Any, context: Any) -> Any:
+            config = model_config_pb2.ModelConfig(name=MODEL, max_batch_size=4)
+            return service_pb2.ModelConfigResponse(config=config)
+
+        def ModelInfer(self, request: Any, context: Any) -> Any:
+            if model.fail_next > 0:
+                model.fail_next -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "fake: try again")
+            (inp,) = request.inputs
+            assert inp.datatype == "FP32"
+            x = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(list(inp.shape))
+            probs = model.run(inp.name, x)
+            out = service_pb2.ModelInferResponse.InferOutputTensor(
+                name=model.manifest.input.output_name, datatype="FP32", shape=list(probs.shape)
+            )
+            return service_pb2.ModelInferResponse(
+                model_name=MODEL, outputs=[out], raw_output_contents=[probs.astype("<f4").tobytes()]
+            )
+
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+@pytest.fixture(params=["http", "grpc"])
+def served(request: pytest.FixtureRequest, fake: FakeModel) -> Iterator[tuple[str, str]]:
+    """``(protocol, url)`` of a running fake Triton; skipped without tritonclient."""
+    protocol: str = request.param
+    if not is_available(protocol):
+        pytest.skip(f"tritonclient[{protocol}] is not installed (the 'triton' extra)")
+    if protocol == "http":
+        yield protocol, request.getfixturevalue("http_url")
+        return
+    server, port = _grpc_server(fake)
+    try:
+        yield protocol, f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+
+
+def _predictor(protocol: str, url: str, manifest: Manifest, **kw: Any) -> Any:
+    from ct_triage.models.runtime.triton import TritonPredictor
+
+    return TritonPredictor(url, MODEL, protocol=protocol, manifest=manifest, timeout_s=5, **kw)
+
+
+def _batch(manifest: Manifest, n: int, seed: int = 0) -> npt.NDArray[np.float32]:
+    spec = manifest.input
+    return np.random.default_rng(seed).random(
+        (n, spec.channels, spec.height, spec.width), np.float32
+    )
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_triton_matches_onnxruntime(
+    served: tuple[str, str], manifest: Manifest, reference: OnnxPredictor, fake: FakeModel
+) -> None:
+    protocol, url = served
+    pred = _predictor(protocol, url, manifest)
+    assert isinstance(pred, Predictor)
+    scheme = "http" if protocol == "http" else "grpc"
+    assert pred.provider == f"triton:{scheme}://{url}/{MODEL}"
+    assert pred.max_batch == 4  # the server's max_batch_size wins over 32
+    x = _batch(manifest, 6)
+    got = pred.predict(x)
+    assert got.dtype == np.float32
+    assert got.shape == (6, manifest.num_classes, manifest.input.height, manifest.input.width)
+    assert float(np.abs(got - reference.predict(x)).max()) < 1e-5
+    assert fake.infer_calls == [(4, 1, 224, 224), (2, 1, 224, 224)]
+
+
+def test_transient_failure_is_retried_once(
+    served: tuple[str, str], manifest: Manifest, reference: OnnxPredictor, fake: FakeModel
+) -> None:
+    protocol, url = served
+    pred = _predictor(protocol, url, manifest)
+    x = _batch(manifest, 2, seed=1)
+    fake.fail_next = 1
+    assert float(np.abs(pred.predict(x) - reference.predict(x)).max()) < 1e-5
+    fake.fail_next = 2
+    with pytest.raises(InferenceError, match=f"triton:.*{MODEL}"):
+        pred.predict(x)
+
+
+def test_model_not_ready(served: tuple[str, str], manifest: Manifest, fake: FakeModel) -> None:
+    protocol, url = served
+    fake.ready = False
+    with pytest.raises(RuntimeUnavailable, match=rf"model '{MODEL}' .*not ready.*{url}"):
+        _predictor(protocol, url, manifest)
+
+
+def test_metadata_mismatch(served: tuple[str, str], manifest: Manifest, fake: FakeModel) -> None:
+    protocol, url = served
+    fake.input_dims = [3, 256, 256]
+    with pytest.raises(ModelError, match=r"takes input \(-1, 3, 256, 256\).*manifest"):
+        _predictor(protocol, url, manifest)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_down(protocol: str, manifest: Manifest) -> None:
+    if not is_available(protocol):
+        pytest.skip(f"tritonclient[{protocol}] is not installed (the 'triton' extra)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"127.0.0.1:{port}"
+    with pytest.raises(RuntimeUnavailable, match=re.escape(url)):
+        _predictor(protocol, url, manifest)
+
+
+def test_non_transient_error_is_not_retried(
+    manifest: Manifest, fake: FakeModel, http_url: str
+) -> None:
+    if not is_available("http"):
+        pytest.skip("tritonclient[http] is not installed (the 'triton' extra)")
+    pred = _predictor("http", http_url, manifest)
+    fake.fail_next, fake.fail_status = 1, 400
+    with pytest.raises(InferenceError, match="fake: try again"):
+        pred.predict(_batch(manifest, 1))
+    assert fake.fail_next == 0 and fake.infer_calls == []
+
+
+def test_bad_url_is_refused(manifest: Manifest) -> None:
+    if not is_available("http"):
+        pytest.skip("tritonclient[http] is not installed (the 'triton' extra)")
+    with pytest.raises(RuntimeUnavailable, match="host:port"):
+        _predictor("http", "http://host:8000/v2", manifest)
+
+
+# -- model repository generator ----------------------------------------------------------------
+
+
+def _parse(text: str) -> dict[str, Any]:
+    """The config as a dict, via Triton's own ModelConfig proto when tritonclient is here."""
+    try:
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        pytest.skip("tritonclient[grpc] is not installed: cannot parse config.pbtxt as a proto")
+    message = text_format.Parse(text, model_config_pb2.ModelConfig())
+    parsed: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return parsed
+
+
+def test_generated_repository(tmp_path: Path, manifest: Manifest) -> None:
+    folder = write_model_repository(WEIGHTS_DIR, tmp_path / "repo")
+    assert folder == tmp_path / "repo" / MODEL
+    assert sha256_of(folder / "1" / "model.onnx") == manifest.sha256
+    text = (folder / "config.pbtxt").read_text(encoding="utf-8")
+    assert manifest.sha256 in text
+    cfg = _parse(text)
+    assert cfg["name"] == MODEL
+    assert cfg["platform"] == "onnxruntime_onnx"
+    assert cfg["max_batch_size"] == 32
+    assert cfg["input"] == [
+        {"name": "image", "data_type": "TYPE_FP32", "dims": ["1", "224", "224"]}
+    ]
+    assert cfg["output"] == [
+        {"name": "probabilities", "data_type": "TYPE_FP32", "dims": ["3", "224", "224"]}
+    ]
+    assert cfg["dynamic_batching"] == {
+        "preferred_batch_size": [8, 16, 32],
+        "max_queue_delay_microseconds": "2000",
+    }
+    assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_GPU"}]
+    (trt,) = cfg["optimization"]["execution_accelerators"]["gpu_execution_accelerator"]
+    assert trt["name"] == "tensorrt"
+    assert trt["parameters"]["precision_mode"] == "FP16"
+    assert trt["parameters"]["trt_engine_cache_enable"] == "1"
+
+
+def test_generated_cpu_variant(tmp_path: Path) -> None:
+    spec = TritonModelSpec(
+        name="cpu_model", instance_kind="cpu", instance_count=2, tensorrt=False, cpu_threads=4
+    )
+    folder = write_model_repository(WEIGHTS_DIR, tmp_path, spec, copy_model=False)
+    assert not (folder / "1").exists()
+    cfg = _parse((folder / "config.pbtxt").read_text(encoding="utf-8"))
+    assert cfg["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    assert "optimization" not in cfg
+    assert cfg["parameters"]["intra_op_thread_count"] == {"string_value": "4"}
+
+
+def test_generator_refuses_tampered_model(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "manifest.json").write_bytes((WEIGHTS_DIR / "manifest.json").read_bytes())
+    data = bytearray((WEIGHTS_DIR / "lesion_seg.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (model_dir / "lesion_seg.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match its manifest"):
+        write_model_repository(model_dir, tmp_path / "repo")
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValueError, match="TensorRT"):
+        TritonModelSpec(instance_kind="cpu", tensorrt=True)
+    with pytest.raises(ValueError, match="preferred"):
+        TritonModelSpec(max_batch_size=8, preferred_batch_sizes=(16,))
+
+
+@pytest.mark.parametrize("name", [MODEL, f"{MODEL}_cpu"])
+def test_committed_configs_are_current(tmp_path: Path, name: str) -> None:
+    """``deploy/triton`` holds exactly what the generator writes today (no drift)."""
+    from ct_triage.models.runtime.triton_repo import main
+
+    assert main([str(tmp_path), "--config-only"]) == 0
+    committed = REPO_ROOT / "deploy" / "triton" / name / "config.pbtxt"
+    assert committed.read_text(encoding="utf-8") == (tmp_path / name / "config.pbtxt").read_text(
+        encoding="utf-8"
+    ), "regenerate: python -m ct_triage.models.runtime.triton_repo deploy/triton --config-only"

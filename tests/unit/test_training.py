@@ -1,0 +1,61 @@
+"""Training smoke tests: ``--config smoke`` end to end into ``tmp_path``, and its guard rails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from ct_triage.models.lesions import WEIGHTS_DIR, load_lesion_segmenter  # noqa: E402
+from ct_triage.models.manifest import load_manifest, verify_file  # noqa: E402
+from ct_triage.models.train.__main__ import main  # noqa: E402
+from ct_triage.models.train.config import CONFIGS, get_config  # noqa: E402
+from ct_triage.models.train.data import phantom_samples  # noqa: E402
+
+
+def test_configs() -> None:
+    assert {"smoke", "cpu", "gpu"} <= set(CONFIGS)
+    assert get_config("cpu", steps=7, eval_every=None).steps == 7
+    assert not CONFIGS["smoke"].measure
+    # the selection phantoms never overlap the training seeds (>= 1000)
+    for name in ("cpu", "gpu"):
+        assert all(seed < 1000 for seed, _ in CONFIGS[name].selection_phantoms)
+    with pytest.raises(KeyError):
+        get_config("nope")
+
+
+def test_refuses_to_overwrite_shipped_weights() -> None:
+    with pytest.raises(SystemExit):
+        main(["--config", "smoke", "--out", str(WEIGHTS_DIR), "--quiet"])
+
+
+@pytest.mark.slow
+def test_smoke_training(tmp_path: Path, shared_data: Path) -> None:
+    out = tmp_path / "model"
+    argv = ["--config", "smoke", "--out", str(out), "--data", str(shared_data), "--quiet"]
+    assert main(argv) == 0
+    manifest = load_manifest(out)
+    verify_file(manifest, out)
+    assert (out / "lesion_seg.onnx").is_file()
+    assert (out / "history.json").is_file()
+    assert 0.0 <= manifest.metrics["lesion_dice"] <= 1.0
+    assert manifest.metrics["onnx_parity_max_abs_diff"] < 1e-4
+    segmenter = load_lesion_segmenter(out)
+    assert segmenter.identity.sha256 == manifest.sha256
+
+
+@pytest.mark.slow
+def test_phantom_slices_are_cached(tmp_path: Path) -> None:
+    first = phantom_samples(1, 64, 10.0, per_volume=2, cache_dir=tmp_path)
+    assert len(first) == 2
+    assert len(list(tmp_path.glob("phantom_*.npz"))) == 1
+    again = phantom_samples(1, 64, 10.0, per_volume=2, cache_dir=tmp_path)
+    for a, b in zip(first, again, strict=True):
+        assert a.source == b.source
+        np.testing.assert_array_equal(a.hu, b.hu)
+        np.testing.assert_array_equal(a.onehot, b.onehot)
+        assert a.onehot.shape == (3, 64, 64)
