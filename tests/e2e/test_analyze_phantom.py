@@ -57,7 +57,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
 
 def _truth_percent(ph: Phantom) -> dict[str, float]:
     lungs, lesions = ph.lung_labels, ph.lesion_class > 0
-    out = {}
+    out: dict[str, float] = {}
     for side, label in (("right", 1), ("left", 2)):
         n = np.count_nonzero(lungs == label)
         out[side] = 100.0 * np.count_nonzero(lesions & (lungs == label)) / n

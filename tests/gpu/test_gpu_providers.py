@@ -126,7 +126,8 @@ def test_cuda_fp32_matches_cpu(
         WEIGHTS_DIR,
     )
     assert pred.provider == "CUDAExecutionProvider"
-    assert isinstance(pred, OnnxPredictor) and pred.io_binding is io_binding
+    assert isinstance(pred, OnnxPredictor)
+    assert pred.io_binding is io_binding
     stats = _compare(pred.predict(inputs), cpu_reference, max_abs=FP32_MAX_ABS, argmax=FP32_ARGMAX)
     _report(record_property, pred.provider, stats)
 

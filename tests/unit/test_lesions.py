@@ -117,19 +117,3 @@ def test_mask_shape_mismatch(segmenter: LesionSegmenter) -> None:
     vol, lungs = _healthy_volume()
     with pytest.raises(InferenceError, match="does not match"):
         segmenter(vol, lungs[:-1])
-
-
-@pytest.mark.slow
-def test_smoke_training(tmp_path: Path, shared_data: Path) -> None:
-    pytest.importorskip("torch")
-    pytest.importorskip("monai")
-    from ct_triage.models.manifest import load_manifest, verify_file
-    from ct_triage.models.train.__main__ import main
-
-    out = tmp_path / "model"
-    argv = ["--config", "smoke", "--out", str(out), "--data", str(shared_data), "--quiet"]
-    assert main(argv) == 0
-    manifest = load_manifest(out)
-    verify_file(manifest, out)
-    assert 0.0 <= manifest.metrics["lesion_dice"] <= 1.0
-    load_lesion_segmenter(out)

@@ -163,13 +163,15 @@ def test_config_validation() -> None:
     with pytest.raises(ValidationError, match="mutual TLS"):
         RuntimeConfig(kind="triton", triton_url="h:1", triton_ssl_cert=Path("c.pem"))
     with pytest.raises(ValidationError):
-        RuntimeConfig(provider="rocm")  # type: ignore[arg-type]
+        RuntimeConfig.model_validate({"provider": "rocm"})
     with pytest.raises(ValidationError):
         RuntimeConfig(threads=0)
     with pytest.raises(ValidationError, match="Extra inputs"):
         RuntimeConfig.model_validate({"provider": "cpu", "eval": "x"})
     cfg = RuntimeConfig.model_validate_json(json.dumps({"provider": "cuda", "fp16": True}))
-    assert cfg.provider == "cuda" and cfg.fp16 and cfg.kind == "onnxruntime"
+    assert cfg.provider == "cuda"
+    assert cfg.fp16
+    assert cfg.kind == "onnxruntime"
 
 
 def test_factory_cpu(manifest: Manifest) -> None:
@@ -250,9 +252,8 @@ def test_fp16_variant_is_valid(fp16_dir: Path, manifest: Manifest) -> None:
     assert [t.type.tensor_type.elem_type for t in io] == [onnx.TensorProto.FLOAT] * 2
     assert not [n for n in model.graph.node if n.op_type == "BatchNormalization"]
     weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
-    assert weights and not [
-        i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
-    ]
+    assert weights
+    assert not [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
 
 
 def test_fp16_matches_fp32_on_realistic_input(fp16_dir: Path, manifest: Manifest) -> None:

@@ -17,6 +17,7 @@ match OnnxPredictor. What the fake cannot show: Triton's own batching, TensorRT,
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import socket
@@ -37,7 +38,7 @@ from ct_triage.models.lesions import WEIGHTS_DIR
 from ct_triage.models.manifest import Manifest, load_manifest, sha256_of
 from ct_triage.models.runtime.base import Predictor
 from ct_triage.models.runtime.onnx import OnnxPredictor
-from ct_triage.models.runtime.triton import is_available
+from ct_triage.models.runtime.triton import TritonPredictor, is_available
 from ct_triage.models.runtime.triton_repo import TritonModelSpec, write_model_repository
 
 MODEL = "ct_triage_lesion"
@@ -197,16 +198,16 @@ def _grpc_server(model: FakeModel) -> tuple[Any, int]:
     from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
     class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-        def ServerLive(self, request: Any, context: Any) -> Any:
+        def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
             return service_pb2.ServerLiveResponse(live=True)
 
-        def ServerReady(self, request: Any, context: Any) -> Any:
+        def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
             return service_pb2.ServerReadyResponse(ready=True)
 
-        def ModelReady(self, request: Any, context: Any) -> Any:
+        def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
             return service_pb2.ModelReadyResponse(ready=model.ready and request.name == MODEL)
 
-        def ModelMetadata(self, request: Any, context: Any) -> Any:
+        def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
             if not model.ready:
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"model {MODEL} is not ready")
             meta = model.metadata()
@@ -222,11 +223,11 @@ def _grpc_server(model: FakeModel) -> tuple[Any, int]:
                 ],
             )
 
-        def ModelConfig(self, request: Any, context: Any) -> Any:
+        def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
             config = model_config_pb2.ModelConfig(name=MODEL, max_batch_size=4)
             return service_pb2.ModelConfigResponse(config=config)
 
-        def ModelInfer(self, request: Any, context: Any) -> Any:
+        def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
             if model.fail_next > 0:
                 model.fail_next -= 1
                 context.abort(grpc.StatusCode.UNAVAILABLE, "fake: try again")
@@ -267,10 +268,16 @@ def served(request: pytest.FixtureRequest, fake: FakeModel) -> Iterator[tuple[st
         server.stop(grace=None)
 
 
-def _predictor(protocol: str, url: str, manifest: Manifest, **kw: Any) -> Any:
-    from ct_triage.models.runtime.triton import TritonPredictor
-
-    return TritonPredictor(url, MODEL, protocol=protocol, manifest=manifest, timeout_s=5, **kw)
+def _predictor(protocol: str, url: str, manifest: Manifest, **kw: Any) -> TritonPredictor:
+    assert protocol in ("http", "grpc")
+    return TritonPredictor(
+        url,
+        MODEL,
+        protocol="http" if protocol == "http" else "grpc",
+        manifest=manifest,
+        timeout_s=5,
+        **kw,
+    )
 
 
 def _batch(manifest: Manifest, n: int, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -289,6 +296,7 @@ def test_triton_matches_onnxruntime(
     protocol, url = served
     pred = _predictor(protocol, url, manifest)
     assert isinstance(pred, Predictor)
+    assert isinstance(pred, TritonPredictor)
     scheme = "http" if protocol == "http" else "grpc"
     assert pred.provider == f"triton:{scheme}://{url}/{MODEL}"
     assert pred.max_batch == 4  # the server's max_batch_size wins over 32
@@ -348,7 +356,8 @@ def test_non_transient_error_is_not_retried(
     fake.fail_next, fake.fail_status = 1, 400
     with pytest.raises(InferenceError, match="fake: try again"):
         pred.predict(_batch(manifest, 1))
-    assert fake.fail_next == 0 and fake.infer_calls == []
+    assert fake.fail_next == 0
+    assert fake.infer_calls == []
 
 
 def test_bad_url_is_refused(manifest: Manifest) -> None:
@@ -364,8 +373,9 @@ def test_bad_url_is_refused(manifest: Manifest) -> None:
 def _parse(text: str) -> dict[str, Any]:
     """The config as a dict, via Triton's own ModelConfig proto when tritonclient is here."""
     try:
-        from google.protobuf import json_format, text_format
-        from tritonclient.grpc import model_config_pb2
+        json_format: Any = importlib.import_module("google.protobuf.json_format")
+        text_format: Any = importlib.import_module("google.protobuf.text_format")
+        model_config_pb2: Any = importlib.import_module("tritonclient.grpc.model_config_pb2")
     except ImportError:
         pytest.skip("tritonclient[grpc] is not installed: cannot parse config.pbtxt as a proto")
     message = text_format.Parse(text, model_config_pb2.ModelConfig())

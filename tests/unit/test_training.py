@@ -10,11 +10,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from ct_triage.models.lesions import WEIGHTS_DIR, load_lesion_segmenter  # noqa: E402
-from ct_triage.models.manifest import load_manifest, verify_file  # noqa: E402
-from ct_triage.models.train.__main__ import main  # noqa: E402
-from ct_triage.models.train.config import CONFIGS, get_config  # noqa: E402
-from ct_triage.models.train.data import phantom_samples  # noqa: E402
+from ct_triage.models.lesions import WEIGHTS_DIR, load_lesion_segmenter
+from ct_triage.models.manifest import load_manifest, verify_file
+from ct_triage.models.train.__main__ import main
+from ct_triage.models.train.config import CONFIGS, get_config
+from ct_triage.models.train.data import phantom_samples
 
 
 def test_configs() -> None:

@@ -47,11 +47,27 @@ def build_lesion_net(cfg: LesionNetConfig) -> nn.Module:
 
 
 class SoftmaxHead(nn.Module):
-    """Wraps a logits network so that the exported graph outputs class probabilities."""
+    """Wraps a logits network so that the exported graph outputs class probabilities.
 
-    def __init__(self, net: nn.Module) -> None:
+    Parameters
+    ----------
+    net
+        The logits network.
+    background_bias
+        Subtracted from the background logit before the softmax: a calibration of the
+        lesion/background decision chosen on validation data after training (0: plain
+        softmax). It is part of the exported graph, so every runtime applies it.
+    """
+
+    def __init__(self, net: nn.Module, background_bias: float = 0.0) -> None:
         super().__init__()
         self.net = net
+        self.background_bias = float(background_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+        logits = self.net(x)
+        if self.background_bias:
+            shift = torch.zeros(1, logits.shape[1], 1, 1, dtype=logits.dtype)
+            shift[0, 0] = self.background_bias
+            logits = logits - shift.to(logits.device)
+        return torch.softmax(logits, dim=1)

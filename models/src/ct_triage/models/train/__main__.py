@@ -91,13 +91,22 @@ def main(argv: list[str] | None = None) -> int:
             "analysis.segment + quantify on held-out phantom seeds 11-14 (60 slices) and 31-36; "
             "totalseg_* on real_hu_ct/totalseg_example_ct_sm.npz. Weights of the training step "
             f"{result.best_step} of {cfg.steps}, chosen on the MedSeg validation Dice and the "
-            "percent-involvement error of selection phantoms 21-24."
+            "percent-involvement error of selection phantoms 21-24; background-logit bias "
+            f"{result.background_bias:g} baked into the exported softmax head (chosen on the "
+            "same selection data)."
         ),
     )
     out.mkdir(parents=True, exist_ok=True)
     torch.save(result.net.state_dict(), out / "checkpoint.pt")
+    bias = result.background_bias
     manifest = write_model_dir(
-        result.net, spec, out, version=args.version, training=training, metrics={}
+        result.net,
+        spec,
+        out,
+        version=args.version,
+        training=training,
+        metrics={},
+        background_bias=bias,
     )
     # Re-measure with the exported model itself (what ships is what is scored).
     if args.no_measure or not cfg.measure:
@@ -111,9 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         metrics, details = measure_model(out, data_dir, threads=cfg.threads)
         (out / "measure.json").write_text(json.dumps(details, indent=1) + "\n")
     final = write_model_dir(
-        result.net, spec, out, version=args.version, training=training, metrics=metrics
+        result.net,
+        spec,
+        out,
+        version=args.version,
+        training=training,
+        metrics=metrics,
+        background_bias=bias,
     )
-    (out / "history.json").write_text(json.dumps(result.history, indent=1) + "\n")
+    history = {"steps": result.history, "calibration": result.calibration}
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     print(json.dumps({"out": str(out), "sha256": final.sha256, "metrics": final.metrics}, indent=1))
     return 0
 

@@ -32,6 +32,9 @@ class TrainConfig:
     selection_phantom_slices: int = 60
     #: Checkpoint score: MedSeg validation lesion Dice - weight x phantom |POI error| (pp).
     poi_weight: float = 0.01
+    #: Background-logit biases tried after training on the selection data (same score);
+    #: the best is baked into the exported softmax head. Empty: no calibration.
+    calibrate_biases: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
     eval_every: int = 250
     #: Measure the exported model on held-out phantoms and TotalSegmentator (about a minute).
     measure: bool = True
@@ -50,11 +53,17 @@ SELECTION_PHANTOMS = ((21, "mild"), (22, "moderate"), (23, "severe"), (24, "mode
 
 CONFIGS: dict[str, TrainConfig] = {
     "smoke": TrainConfig(
-        name="smoke", steps=2, batch_size=2, eval_every=2, warmup_steps=1, measure=False
+        name="smoke",
+        steps=2,
+        batch_size=2,
+        eval_every=2,
+        warmup_steps=1,
+        measure=False,
+        calibrate_biases=(),
     ),
     "cpu": TrainConfig(
         name="cpu",
-        steps=4000,
+        steps=4500,
         batch_size=8,
         phantom_volumes=32,
         selection_phantoms=SELECTION_PHANTOMS,

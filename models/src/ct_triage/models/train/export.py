@@ -22,11 +22,13 @@ PARITY_TOLERANCE = 1e-4
 LABELS = {0: "background", 1: "ground-glass opacity", 2: "consolidation"}
 
 
-def export_onnx(net: nn.Module, spec: InputSpec, path: Path) -> Path:
+def export_onnx(
+    net: nn.Module, spec: InputSpec, path: Path, *, background_bias: float = 0.0
+) -> Path:
     """Export ``net`` (logits) with a softmax head to ONNX (opset 17, dynamic batch axis)."""
     import onnx
 
-    model = SoftmaxHead(net).eval().cpu()
+    model = SoftmaxHead(net, background_bias).eval().cpu()
     dummy = torch.zeros(2, spec.channels, spec.height, spec.width)
     torch.onnx.export(
         model,
@@ -45,7 +47,13 @@ def export_onnx(net: nn.Module, spec: InputSpec, path: Path) -> Path:
 
 
 def parity_max_abs_diff(
-    net: nn.Module, path: Path, spec: InputSpec, *, batch: int = 3, seed: int = 0
+    net: nn.Module,
+    path: Path,
+    spec: InputSpec,
+    *,
+    batch: int = 3,
+    seed: int = 0,
+    background_bias: float = 0.0,
 ) -> float:
     """Max |ORT - torch| of the probabilities on a random input in ``[0, 1]``."""
     from ct_triage.models.runtime.onnx import OnnxPredictor
@@ -53,7 +61,7 @@ def parity_max_abs_diff(
     rng = np.random.default_rng(seed)
     x = rng.random((batch, spec.channels, spec.height, spec.width), dtype=np.float32)
     with torch.no_grad():
-        ref = SoftmaxHead(net).eval().cpu()(torch.from_numpy(x)).numpy()
+        ref = SoftmaxHead(net, background_bias).eval().cpu()(torch.from_numpy(x)).numpy()
     got = OnnxPredictor(path, provider="cpu").predict(x)
     return float(np.abs(ref - got).max())
 
@@ -66,6 +74,7 @@ def write_model_dir(
     version: str,
     training: TrainingInfo,
     metrics: dict[str, float],
+    background_bias: float = 0.0,
 ) -> Manifest:
     """Export, check parity, and write ``lesion_seg.onnx`` + ``manifest.json`` into ``out_dir``.
 
@@ -75,8 +84,8 @@ def write_model_dir(
         The ONNX output differs from torch by more than :data:`PARITY_TOLERANCE`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(net, spec, out_dir / MODEL_FILE)
-    diff = parity_max_abs_diff(net, path, spec)
+    path = export_onnx(net, spec, out_dir / MODEL_FILE, background_bias=background_bias)
+    diff = parity_max_abs_diff(net, path, spec, background_bias=background_bias)
     logger.info("ONNX parity: max |ORT - torch| = %.2e (tolerance %.0e)", diff, PARITY_TOLERANCE)
     if diff > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} > {PARITY_TOLERANCE}")

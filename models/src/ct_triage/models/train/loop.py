@@ -20,7 +20,7 @@ from torch import nn
 from ct_triage.models.lesions import PredictFn, segment_slices, segment_volume
 from ct_triage.models.manifest import InputSpec
 from ct_triage.models.metrics import class_dice, dice
-from ct_triage.models.nets import build_lesion_net
+from ct_triage.models.nets import SoftmaxHead, build_lesion_net
 from ct_triage.models.preprocess import whole_image_box
 from ct_triage.models.train.config import TrainConfig
 from ct_triage.models.train.data import (
@@ -57,6 +57,8 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     validation: list[MedsegSlice] = field(default_factory=list)
     best_step: int = 0
+    background_bias: float = 0.0
+    calibration: list[dict[str, float]] = field(default_factory=list)
 
 
 def augment(
@@ -103,13 +105,21 @@ def augment(
     return x.float(), y
 
 
-def torch_predictor(net: nn.Module, device: torch.device) -> PredictFn:
-    """A ``predict(batch) -> probabilities`` function around a torch network (eval mode)."""
+def torch_predictor(
+    net: nn.Module, device: torch.device, background_bias: float = 0.0
+) -> PredictFn:
+    """A ``predict(batch) -> probabilities`` function around a torch network (eval mode).
+
+    ``background_bias`` is subtracted from the background logit, as
+    :class:`~ct_triage.models.nets.SoftmaxHead` does in the exported graph.
+    """
+    head = SoftmaxHead(net, background_bias)
 
     def predict(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         with torch.no_grad():
             t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-            return torch.softmax(net(t), dim=1).cpu().numpy().astype(np.float32)
+            out: npt.NDArray[np.float32] = head(t).cpu().numpy().astype(np.float32)
+        return out
 
     return predict
 
@@ -309,4 +319,22 @@ def train(
     result.best_step = int(max(result.history, key=lambda m: m["score"])["step"])
     logger.info("selected the weights of step %d (score %.4f)", result.best_step, best_score)
     net.eval()
+    if cfg.calibrate_biases:
+        for bias in cfg.calibrate_biases:
+            predict = torch_predictor(net, device, bias)
+            m = evaluate_slices(predict, val, spec)
+            m.update(evaluate_phantoms(predict, selection, spec))
+            poi = m.get("phantom_poi_abs_error_pp", 0.0)
+            m.update(background_bias=bias, score=m["lesion_dice"] - cfg.poi_weight * poi)
+            result.calibration.append(m)
+            logger.info(
+                "background bias %.2f: val lesion Dice %.4f, phantom POI err %.2f pp, score %.4f",
+                bias,
+                m["lesion_dice"],
+                poi,
+                m["score"],
+            )
+        best = max(result.calibration, key=lambda m: m["score"])
+        result.background_bias = best["background_bias"]
+        logger.info("background logit bias %.2f", result.background_bias)
     return result

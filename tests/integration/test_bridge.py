@@ -1,0 +1,381 @@
+"""The DICOM bridge end to end against a real Orthanc PACS.
+
+Push: Orthanc C-STOREs a phantom study to our SCP → the series completes → analysis → SEG,
+SR and overlay delivered back to Orthanc (C-STORE or STOW-RS), read back and checked.
+Pull: a study in Orthanc is found (C-FIND / QIDO-RS) and retrieved by C-MOVE, C-GET or
+WADO-RS. Faults: Orthanc down during delivery; our process SIGKILLed after acknowledging.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from orthanc import OrthancServer, free_port, orthanc_available
+from pydicom.uid import CTImageStorage
+from pynetdicom import AE
+
+from ct_triage.dicom_bridge.synthetic import write_phantom_series
+from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
+from ct_triage.models.phantom import generate, spec_from_seed
+from ct_triage.server.bridge import Bridge
+from ct_triage.server.commands import options_from
+from ct_triage.server.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+OUR_AET = "CT_TRIAGE"
+
+
+def wait_until(pred: Callable[[], Any], timeout_s: float = 90.0, step_s: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A 60-slice synthetic chest CT with mild disease (DICOM files)."""
+    folder = tmp_path_factory.mktemp("study")
+    ph = generate(spec_from_seed(21, n_slices=60, severity="mild"))
+    return write_phantom_series(ph, folder)
+
+
+@pytest.fixture(scope="module")
+def model() -> LesionSegmenter:
+    return load_lesion_segmenter()
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[tuple[OrthancServer, int]]:
+    """Orthanc that knows our SCP (for push and C-MOVE) on a free port."""
+    reason = orthanc_available()
+    if reason:
+        pytest.skip(reason)
+    our_port = free_port()
+    server = OrthancServer(
+        root=tmp_path / "orthanc", modalities={"triage": (OUR_AET, "127.0.0.1", our_port)}
+    )
+    server.start()
+    try:
+        yield server, our_port
+    finally:
+        server.stop()
+
+
+def _settings(tmp_path: Path, orthanc: OrthancServer, our_port: int, **kw: Any) -> Settings:
+    base: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "ae_title": OUR_AET,
+        "dicom_host": "127.0.0.1",
+        "dicom_port": our_port,
+        "quiet_period_s": 0.5,
+        "min_slices": 40,
+        "pacs": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+        "destinations": [f"dimse:ORTHANC@127.0.0.1:{orthanc.dicom_port}"],
+        "delivery_backoff_s": 0.2,
+    }
+    base.update(kw)
+    return Settings(**base)
+
+
+def _study_id(orthanc: OrthancServer) -> str:
+    studies = orthanc.get("/studies")
+    assert len(studies) == 1
+    return str(studies[0])
+
+
+def _results_in_orthanc(orthanc: OrthancServer) -> dict[str, pydicom.Dataset]:
+    """First instance of each result modality (SEG, SR, OT) held by Orthanc."""
+    found: dict[str, pydicom.Dataset] = {}
+    for modality in ("SEG", "SR", "OT"):
+        series = orthanc.series_by_modality(modality)
+        if len(series) != 1:
+            continue
+        iid = series[0]["Instances"][0]
+        r = httpx.get(f"{orthanc.url}/instances/{iid}/file", auth=orthanc.auth, timeout=30)
+        r.raise_for_status()
+        found[modality] = pydicom.dcmread(io.BytesIO(r.content))
+    return found
+
+
+def _check_results(orthanc: OrthancServer, source: pydicom.Dataset) -> None:
+    res = wait_until(lambda: (r := _results_in_orthanc(orthanc)) and len(r) == 3 and r, 30)
+    seg, sr, sc = res["SEG"], res["SR"], res["OT"]
+    for ds in (seg, sr, sc):
+        assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert source.SeriesInstanceUID in {s.SeriesInstanceUID for s in evidence}
+    assert sc.SourceImageSequence[0].ReferencedSOPClassUID == CTImageStorage
+    # The overlay's own series is the one listed as the derived series of the SR/SEG study.
+    assert sc.SeriesInstanceUID != source.SeriesInstanceUID
+
+
+def _drain(bridge: Bridge, timeout_s: float = 60.0) -> None:
+    def done() -> bool:
+        bridge.deliver(now=time.time() + 3600)
+        return not bridge.outbox.pending()
+
+    wait_until(done, timeout_s, 0.2)
+
+
+def test_push_analyse_and_deliver_by_c_store(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    orthanc, our_port = pacs
+    orthanc.upload(study)
+    settings = _settings(tmp_path, orthanc, our_port)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        r = httpx.post(
+            f"{orthanc.url}/modalities/triage/store",
+            json={"Resources": [_study_id(orthanc)], "Synchronous": True},
+            auth=orthanc.auth,
+            timeout=120,
+        )
+        r.raise_for_status()
+        assert bridge.process_due() == []  # inside the quiet period: nothing yet
+        outcomes = wait_until(bridge.process_due, 60)
+        assert [o.status for o in outcomes] == ["analysed"]
+        _drain(bridge)
+        source = pydicom.dcmread(study[0], stop_before_pixels=True)
+        _check_results(orthanc, source)
+        # No loop: Orthanc pushing our own results back to us is acknowledged, not analysed.
+        seg_series = orthanc.series_by_modality("SEG")[0]["ID"]
+        httpx.post(
+            f"{orthanc.url}/modalities/triage/store",
+            json={"Resources": [seg_series], "Synchronous": True},
+            auth=orthanc.auth,
+            timeout=60,
+        ).raise_for_status()
+        time.sleep(1.0)
+        assert bridge.process_due() == []
+
+
+def test_pull_by_c_move_and_deliver_by_stow(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    orthanc, our_port = pacs
+    orthanc.upload(study)
+    source = pydicom.dcmread(study[0], stop_before_pixels=True)
+    settings = _settings(
+        tmp_path,
+        orthanc,
+        our_port,
+        retrieve_method="c-move",
+        destinations=[f"stow:{orthanc.dicomweb_url}"],
+        pacs_dicomweb_user=orthanc.username,
+        pacs_dicomweb_password=orthanc.password,
+    )
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        assert bridge.pull(study_uid=source.StudyInstanceUID) == [source.StudyInstanceUID]
+        outcomes = bridge.process_due(now=time.time() + 10)
+        assert [o.status for o in outcomes] == ["analysed"]
+        _drain(bridge)
+    _check_results(orthanc, source)
+
+
+def test_pull_by_accession_with_c_get(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    orthanc, our_port = pacs
+    orthanc.upload(study)
+    source = pydicom.dcmread(study[0], stop_before_pixels=True)
+    settings = _settings(tmp_path, orthanc, our_port, retrieve_method="c-get", dicom_port=None)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        assert bridge.pull(accession=source.AccessionNumber) == [source.StudyInstanceUID]
+        assert len(bridge.spool.instance_uids(source.SeriesInstanceUID)) == len(study)
+        outcomes = bridge.process_due(now=time.time() + 10)
+        assert [o.status for o in outcomes] == ["analysed"]
+        _drain(bridge)
+    _check_results(orthanc, source)
+
+
+def test_pull_by_wado_rs_and_poller_watermark(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    orthanc, our_port = pacs
+    orthanc.upload(study)
+    source = pydicom.dcmread(study[0], stop_before_pixels=True)
+    settings = _settings(
+        tmp_path,
+        orthanc,
+        our_port,
+        retrieve_method="wado",
+        pacs=None,
+        dicom_port=None,
+        pacs_dicomweb_url=orthanc.dicomweb_url,
+        pacs_dicomweb_user=orthanc.username,
+        pacs_dicomweb_password=orthanc.password,
+        destinations=[f"stow:{orthanc.dicomweb_url}"],
+    )
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        # The phantom's StudyDate is fixed; the poller looks back far enough to see it.
+        day = pydicom.valuerep.DA(source.StudyDate)
+        assert bridge.poll_once(today=day) == [source.StudyInstanceUID]
+        assert bridge.poll_once(today=day) == []  # seen: not retrieved twice
+        assert len(bridge.spool.instance_uids(source.SeriesInstanceUID)) == len(study)
+        outcomes = bridge.process_due(now=time.time() + 10)
+        assert [o.status for o in outcomes] == ["analysed"]
+        _drain(bridge)
+    _check_results(orthanc, source)
+
+
+def test_orthanc_down_during_delivery_is_retried(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    orthanc, our_port = pacs
+    settings = _settings(tmp_path, orthanc, our_port, dicom_port=None)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        for f in study:
+            bridge.spool.store(f.read_bytes(), calling_ae="MODALITY")
+        orthanc.stop()
+        outcomes = bridge.process_due(now=time.time() + 10)
+        assert [o.status for o in outcomes] == ["analysed"]
+        bridge.deliver()
+        pending = bridge.outbox.pending()
+        assert pending
+        assert all(d.attempts == 1 and d.last_error for d in pending)
+        orthanc.start()
+        _drain(bridge)
+        assert not bridge.outbox.dead_letters()
+    source = pydicom.dcmread(study[0], stop_before_pixels=True)
+    _check_results(orthanc, source)
+
+
+def _storescu(port: int, files: list[Path]) -> None:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, pydicom.uid.ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title=OUR_AET)
+    assert assoc.is_established
+    try:
+        for f in files:
+            status = assoc.send_c_store(pydicom.dcmread(f))
+            assert status.Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def _serve(settings_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, **settings_env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ct_triage.server.cli", "serve"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_sigkill_after_acknowledging_then_restart_analyses(
+    pacs: tuple[OrthancServer, int], study: list[Path], tmp_path: Path
+) -> None:
+    orthanc, our_port = pacs
+    env = {
+        "CT_TRIAGE_DATA_DIR": str(tmp_path / "data"),
+        "CT_TRIAGE_AE_TITLE": OUR_AET,
+        "CT_TRIAGE_DICOM_HOST": "127.0.0.1",
+        "CT_TRIAGE_DICOM_PORT": str(our_port),
+        "CT_TRIAGE_QUIET_PERIOD_S": "30",  # long: the process dies before the series completes
+        "CT_TRIAGE_DESTINATIONS": f'["dimse:ORTHANC@127.0.0.1:{orthanc.dicom_port}"]',
+    }
+    log = tmp_path / "serve.log"
+    proc = _serve(env, log)
+    try:
+        wait_until(lambda: "DICOM listener" in log.read_text(), 60)
+        _storescu(our_port, study)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not orthanc.series_by_modality("SEG")
+    # Restart with a short quiet period: everything acknowledged is analysed and delivered.
+    proc = _serve(dict(env, CT_TRIAGE_QUIET_PERIOD_S="0.5"), log)
+    try:
+        source = pydicom.dcmread(study[0], stop_before_pixels=True)
+        wait_until(lambda: len(_results_in_orthanc(orthanc)) == 3, 120, 1.0)
+        _check_results(orthanc, source)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert "analysed: triage" in log.read_text()
+
+
+def _variant(src: list[Path], out: Path, **changes: Any) -> list[Path]:
+    """Copy a series as a new series with changed attributes (new UIDs)."""
+    out.mkdir(parents=True)
+    series_uid = pydicom.uid.generate_uid()
+    step = int(changes.pop("every", 1))
+    paths = []
+    for i, f in enumerate(sorted(src)[::step]):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = i + 1
+        for k, v in changes.items():
+            setattr(ds, k, v)
+        p = out / f"{i:04d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+def test_selection_prefers_thin_lung_kernel_series_and_records_why(
+    pacs: tuple[OrthancServer, int], tmp_path: Path, model: LesionSegmenter
+) -> None:
+    orthanc, our_port = pacs
+    ph = generate(spec_from_seed(22, n_slices=60, severity="mild", slice_spacing_mm=1.0))
+    lung = write_phantom_series(ph, tmp_path / "lung")
+    soft = _variant(
+        lung,
+        tmp_path / "soft",
+        every=5,
+        SliceThickness=5.0,
+        ConvolutionKernel="STANDARD",
+        SeriesDescription="Chest 5mm soft tissue",
+        SeriesNumber=3,
+    )
+    scout = _variant(
+        lung[:1],
+        tmp_path / "scout",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        SeriesDescription="Scout",
+        SeriesNumber=1,
+    )
+    settings = _settings(tmp_path, orthanc, our_port, min_slices=10)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        _storescu(our_port, scout + soft + lung)
+        outcomes = wait_until(bridge.process_due, 60)
+        assert len(outcomes) == 1
+        (o,) = outcomes
+        lung_uid = pydicom.dcmread(lung[0], stop_before_pixels=True).SeriesInstanceUID
+        assert o.status == "analysed"
+        assert o.series_uid == lung_uid
+        assert o.result_dir is not None
+        report = json.loads((o.result_dir / "report.json").read_text())
+        verdicts = {v["series"]: v for v in report["series_selection"]}
+        assert len(verdicts) == 3
+        taken = [v for v in verdicts.values() if v["taken"]]
+        assert len(taken) == 1
+        assert "lung kernel" in taken[0]["reason"]
+        assert any("localizer" in v["reason"] for v in verdicts.values())
