@@ -59,3 +59,21 @@ def test_phantom_slices_are_cached(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.hu, b.hu)
         np.testing.assert_array_equal(a.onehot, b.onehot)
         assert a.onehot.shape == (3, 64, 64)
+
+
+def test_softmax_head_background_bias() -> None:
+    import torch
+
+    from ct_triage.models.nets import SoftmaxHead
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 3, *x.shape[2:])
+
+    x = torch.zeros(1, 1, 4, 4)
+    plain = SoftmaxHead(Fixed())(x)
+    biased = SoftmaxHead(Fixed(), 1.0)(x)
+    torch.testing.assert_close(plain, torch.full_like(plain, 1 / 3))
+    torch.testing.assert_close(biased.sum(dim=1), torch.ones(1, 4, 4))
+    assert bool((biased[:, 0] < plain[:, 0]).all())
+    assert bool((biased[:, 1] > plain[:, 1]).all())

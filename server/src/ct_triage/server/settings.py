@@ -95,6 +95,21 @@ class Settings(BaseSettings):
     #: Pull mode: how many days back the first poll looks.
     poll_lookback_days: int = Field(default=1, ge=0)
 
+    # -- server --------------------------------------------------------------------------
+    #: Job store: ``sqlite:///path`` or ``postgresql://user:pass@host/db``; ``None`` means
+    #: ``sqlite:///<data_dir>/jobs.db``.
+    job_store_url: str | None = Field(default=None, repr=False)
+    #: In-process analysis workers.
+    workers: int = Field(default=1, ge=0, le=64)
+    #: HTTP API and worklist page.
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    #: HTTPS: certificate and key (PEM) for the HTTP server.
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    #: Largest accepted upload (bytes).
+    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+
     #: Log format for the CLI: "text" or "json".
     log_format: Literal["text", "json"] = "text"
 
@@ -131,11 +146,17 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _thresholds_valid(self) -> Settings:
         self.thresholds()  # raises ValueError with a clear message
+        if (self.http_tls_cert is None) != (self.http_tls_key is None):
+            raise ValueError("http_tls_cert and http_tls_key must be given together")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.pacs_dicomweb_token and self.pacs_dicomweb_user:
             raise ValueError("give either a DICOMweb user/password or a token, not both")
         return self
+
+    def resolved_job_store_url(self) -> str:
+        """The job store URL, defaulting to SQLite under ``data_dir``."""
+        return self.job_store_url or f"sqlite:///{(self.data_dir / 'jobs.db').resolve()}"
 
     def thresholds(self) -> TriageThresholds:
         """The triage thresholds as the compute type."""

@@ -63,7 +63,7 @@ CONFIGS: dict[str, TrainConfig] = {
     ),
     "cpu": TrainConfig(
         name="cpu",
-        steps=4500,
+        steps=3500,
         batch_size=8,
         phantom_volumes=32,
         selection_phantoms=SELECTION_PHANTOMS,
