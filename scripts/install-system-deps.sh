@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: dciodvfy (dicom3tools), a real Orthanc PACS with DICOMweb.
 set -euo pipefail
-PKGS="dicom3tools orthanc orthanc-dicomweb"
+PKGS="dicom3tools orthanc orthanc-dicomweb docker-compose postgresql chromium"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0

@@ -18,6 +18,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     size: int = 224
+    #: Side of the random training patches cut from the (augmented) ``size`` grid at the
+    #: same pixel scale; 0: whole grid. The network is fully convolutional, inference and
+    #: validation always run on the whole grid.
+    patch: int = 0
     crop_margin_mm: float = 10.0
     hu_window: tuple[float, float] = (-1024.0, 150.0)
     #: Expected share of each batch drawn from the MedSeg slices and the real healthy slices;
@@ -65,6 +69,7 @@ CONFIGS: dict[str, TrainConfig] = {
         name="cpu",
         steps=3500,
         batch_size=8,
+        patch=160,
         phantom_volumes=32,
         selection_phantoms=SELECTION_PHANTOMS,
         eval_every=500,

@@ -96,7 +96,13 @@ def augment(
     mat = torch.zeros(b, 2, 3)
     mat[:, 0, 0], mat[:, 0, 1], mat[:, 0, 2] = cos * flip, -sin, u(-0.1, 0.1)
     mat[:, 1, 0], mat[:, 1, 1], mat[:, 1, 2] = sin * flip, cos, u(-0.1, 0.1)
-    grid = nnf.affine_grid(mat, list(x.shape), align_corners=False)
+    patch = cfg.patch or x.shape[-1]
+    if patch < x.shape[-1]:  # a random patch at the same pixel scale (training speed)
+        f = patch / x.shape[-1]
+        mat[:, :, :2] *= f
+        mat[:, 0, 2] += u(f - 1.0, 1.0 - f)
+        mat[:, 1, 2] += u(f - 1.0, 1.0 - f)
+    grid = nnf.affine_grid(mat, [b, 1, patch, patch], align_corners=False)
     x = nnf.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     oh = nnf.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = oh.argmax(dim=1, keepdim=True)

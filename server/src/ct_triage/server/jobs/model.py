@@ -10,11 +10,13 @@ with backoff; nothing accepted is lost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
+
+from ct_triage.models.errors import TriageError
 
 
 class JobKind(StrEnum):
@@ -102,6 +104,128 @@ class BatchProgress:
         return self.running + self.queued
 
 
+class LeaseLost(TriageError):
+    """A worker reported on a job it no longer holds (its lease expired and it was re-queued)."""
+
+
+class JobNotFound(TriageError):
+    """No job or batch with the given id."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retry schedule of failed jobs: delay before retry *n* is ``min(max_s, base_s * 2**(n-1))``.
+
+    ``max_attempts`` is the default for new jobs (each claim is one attempt).
+    """
+
+    max_attempts: int = 3
+    backoff_base_s: float = 5.0
+    backoff_max_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if not 0 <= self.backoff_base_s <= self.backoff_max_s:
+            raise ValueError("need 0 <= backoff_base_s <= backoff_max_s")
+
+    def delay_s(self, attempts: int) -> float:
+        """Delay after failed attempt number ``attempts`` (1-based)."""
+        return min(self.backoff_max_s, self.backoff_base_s * 2.0 ** max(0, attempts - 1))
+
+
+#: Order of the non-done states in the worklist (done jobs come first, by priority).
+_WORKLIST_STATE_ORDER = {
+    JobState.DONE: 0,
+    JobState.RUNNING: 1,
+    JobState.QUEUED: 2,
+    JobState.DECLINED: 3,
+    JobState.FAILED: 4,
+}
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def worklist_key(job: Job) -> tuple[int, int, float, float, float]:
+    """Sort key of the reading worklist.
+
+    Done jobs first by triage priority (1 = read first), then severity score and percent of
+    lung involved (both descending); then running, queued, declined and failed jobs, oldest
+    first.
+    """
+    state_rank = _WORKLIST_STATE_ORDER[job.state]
+    created = job.created_at.timestamp() if job.created_at else 0.0
+    if job.state is not JobState.DONE:
+        return (state_rank, 0, 0.0, 0.0, created)
+    prio = job.priority if job.priority is not None else 99
+    severity = _num(job.result.get("severity_score"))
+    pct = job.result.get("percent_involvement")
+    total = _num(pct.get("total")) if isinstance(pct, dict) else 0.0
+    return (state_rank, prio, -severity, -total, created)
+
+
+def sort_worklist(jobs: Iterable[Job]) -> list[Job]:
+    """Jobs in reading order (see :func:`worklist_key`)."""
+    return sorted(jobs, key=worklist_key)
+
+
+def progress_from(
+    batch_id: str,
+    counts: dict[JobState, int],
+    first_start: datetime | None,
+    now: datetime | None = None,
+) -> BatchProgress:
+    """Progress of a batch from its per-state counts and its first job start.
+
+    The rate is finished jobs (done, declined, failed) per minute since the first start; the
+    ETA is the remaining jobs at that rate (``None`` until one job has finished).
+    """
+    now = now or datetime.now(UTC)
+    done = counts.get(JobState.DONE, 0)
+    declined = counts.get(JobState.DECLINED, 0)
+    failed = counts.get(JobState.FAILED, 0)
+    running = counts.get(JobState.RUNNING, 0)
+    queued = counts.get(JobState.QUEUED, 0)
+    finished = done + declined + failed
+    remaining = running + queued
+    rate: float | None = None
+    eta: float | None = None
+    if first_start is not None and finished:
+        elapsed_min = max((now - first_start).total_seconds(), 1e-3) / 60.0
+        rate = finished / elapsed_min
+        eta = 60.0 * remaining / rate
+    return BatchProgress(
+        batch_id=batch_id,
+        total=finished + remaining,
+        done=done,
+        declined=declined,
+        failed=failed,
+        running=running,
+        queued=queued,
+        rate_per_min=rate,
+        eta_s=eta,
+    )
+
+
+def result_summary(report: dict[str, Any], result_dir: str) -> dict[str, Any]:
+    """The key numbers of ``report.json`` kept in :attr:`Job.result` (worklist and CSV)."""
+    triage = report.get("triage", {})
+    return {
+        "study_uid": report.get("study_instance_uid"),
+        "series_uid": report.get("series_instance_uid"),
+        "triage": triage.get("category"),
+        "priority": triage.get("priority"),
+        "severity_score": report.get("severity_score"),
+        "percent_involvement": report.get("percent_involvement", {}),
+        "lesion_volume_ml": report.get("lesion_volume_ml", {}),
+        "lung_volume_ml": report.get("lung_volume_ml", {}),
+        "model_version": report.get("model", {}).get("version"),
+        "result_dir": result_dir,
+    }
+
+
 class JobStore(Protocol):
     """Durable job queue. Implementations: SQLite (default) and PostgreSQL."""
 
@@ -158,5 +282,9 @@ class JobStore(Protocol):
     def batch_progress(self, batch_id: str) -> BatchProgress: ...
 
     def counts_by_state(self) -> dict[JobState, int]: ...
+
+    def find_by_key(self, key: str) -> Job | None:
+        """The job with this ``key``, or None."""
+        ...
 
     def close(self) -> None: ...
