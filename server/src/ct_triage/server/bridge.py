@@ -43,7 +43,13 @@ from ct_triage.dicom_bridge.tls import client_ssl_context, server_ssl_context
 from ct_triage.models.analysis import LesionModel
 from ct_triage.models.errors import StudyDeclined, TriageError
 from ct_triage.server.logconfig import job_context
-from ct_triage.server.pipeline import AnalysisOptions, analyze_series, choose_series
+from ct_triage.server.pipeline import (
+    AnalysisOptions,
+    AnalysisResult,
+    analyze_series,
+    analyze_study,
+    choose_series,
+)
 from ct_triage.server.settings import Settings, parse_dimse_node
 from ct_triage.server.timing import StageTimer
 
@@ -125,7 +131,12 @@ class Bridge:
     """
 
     def __init__(
-        self, settings: Settings, lesion_model: LesionModel, options: AnalysisOptions
+        self,
+        settings: Settings,
+        lesion_model: LesionModel,
+        options: AnalysisOptions,
+        *,
+        delivery_lease_s: float | None = None,
     ) -> None:
         self.settings = settings
         self.model = lesion_model
@@ -140,6 +151,7 @@ class Bridge:
             build_destinations(settings),
             max_attempts=settings.delivery_max_attempts,
             backoff_base_s=settings.delivery_backoff_s,
+            lease_s=600.0 if delivery_lease_s is None else delivery_lease_s,
         )
         self._state = sqlite3.connect(data / "bridge.db", check_same_thread=False)
         self._state.execute(
@@ -323,6 +335,63 @@ class Bridge:
             "sr_sop_instance_uid": outs.get("sr", {}).get("sop_instance_uid"),
             "overlay_series_instance_uid": outs.get("overlay", {}).get("series_instance_uid"),
         }
+
+    # -- jobs (pull / upload jobs of the job store) -------------------------------------
+    def job_result_dir(self, job_key: str) -> Path:
+        """The result folder of a job, stable across its attempts (keyed by the job key)."""
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in job_key)
+        return self.results_dir / "jobs" / safe
+
+    def analyse_study_folder(self, study_uid: str, out_dir: Path) -> AnalysisResult:
+        """Analyse a study already in the spool (e.g. after :meth:`retrieve_study`).
+
+        The study's series are then marked analysed in the spool, so that the push path
+        (:meth:`process_due`) does not analyse them a second time.
+
+        Raises
+        ------
+        StudyDeclined
+            No usable chest CT series in the study (the series are marked failed).
+        TriageError
+            The study is not in the spool, or the analysis failed.
+        """
+        folder = self.spool.instances_dir / study_uid
+        if not folder.is_dir():
+            raise TriageError(f"study {study_uid} is not in the spool")
+        try:
+            result = analyze_study(folder, out_dir, self.model, self.options)
+        except StudyDeclined as exc:
+            self._settle_spool(study_uid, None, f"declined: {exc}")
+            raise
+        self._settle_spool(study_uid, str(result.out_dir), None)
+        return result
+
+    def _settle_spool(self, study_uid: str, result_ref: str | None, failure: str | None) -> None:
+        # Everything retrieved is complete: claim as if the quiet period were over.
+        later = time.time() + self.spool.quiet_period_s + self.spool.incomplete_after_s + 1.0
+        for series_uid, state in self.spool.study_series(study_uid).items():
+            if state is not SeriesState.RECEIVING:
+                continue
+            try:
+                ready = self.spool.claim(series_uid, later)
+            except TriageError as exc:  # claimed by the push path meanwhile
+                logger.info("series %s not settled: %s", series_uid, exc)
+                continue
+            if failure is None:
+                self.spool.mark_done(series_uid, ready.generation, result_ref or "")
+            else:
+                self.spool.mark_failed(series_uid, ready.generation, failure)
+
+    def enqueue_results(self, out_dir: Path, *, job_ref: str) -> list[str]:
+        """Queue a result folder's SEG, SR and overlay for delivery (idempotent per job_ref)."""
+        if not self.outbox_has_destinations:
+            return []
+        files = [
+            out_dir / "seg.dcm",
+            out_dir / "sr.dcm",
+            *sorted((out_dir / "overlay").glob("*.dcm")),
+        ]
+        return self.outbox.enqueue(files, job_ref=job_ref)
 
     def _write_declined(self, study_uid: str, job: str, reason: str) -> None:
         folder = self.results_dir / study_uid

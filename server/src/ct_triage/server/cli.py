@@ -84,6 +84,18 @@ def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     return worst
 
 
+def _cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server.batch import cmd_batch
+
+    return cmd_batch(args, settings)
+
+
+def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server.jobs.worker import cmd_worker
+
+    return cmd_worker(args, settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ct-triage",
@@ -124,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--study", help="StudyInstanceUID")
     who.add_argument("--accession", help="AccessionNumber")
     pl.set_defaults(func=_cmd_pull)
+
+    from ct_triage.server.batch import add_batch_arguments
+    from ct_triage.server.jobs.worker import add_worker_arguments
+
+    b = sub.add_parser("batch", help="screen many studies: submit, analyse, follow, write a CSV")
+    add_batch_arguments(b)
+    b.set_defaults(func=_cmd_batch)
+
+    w = sub.add_parser("worker", help="run job workers and delivery until SIGTERM")
+    add_worker_arguments(w)
+    w.set_defaults(func=_cmd_worker)
     return p
 
 

@@ -4,13 +4,14 @@ The database runs in WAL mode with ``synchronous=FULL`` (a job acknowledged by
 :meth:`SqliteJobStore.submit` survives a power cut) and a busy timeout, so that the workers
 of several processes on one machine share it. Every state change is one ``BEGIN IMMEDIATE``
 transaction: SQLite takes the database's write lock at ``BEGIN``, so two claimants are
-serialised and never take the same job. Each thread has its own connection.
+serialised and never take the same job. Connections come from a small pool of idle ones.
 
 Times are stored as UNIX seconds (UTC, ``REAL``); payload and result as JSON text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -140,11 +141,12 @@ class SqliteJobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.retry = retry or RetryPolicy()
         self._busy_timeout_s = busy_timeout_s
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._max_idle = 8
+        self._idle: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        self._db().execute("PRAGMA journal_mode=WAL")
+        with self._use() as db:
+            db.execute("PRAGMA journal_mode=WAL")
         for stmt in _SCHEMA.split(";"):
             if stmt.strip():
                 with self._tx() as tx:
@@ -154,47 +156,57 @@ class SqliteJobStore:
         return f"SqliteJobStore({str(self.path)!r})"
 
     # -- connections -----------------------------------------------------------------------
-    def _db(self) -> sqlite3.Connection:
-        if self._closed:
-            raise TriageError("job store is closed")
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(
-                self.path,
-                timeout=self._busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            self._local.db = db
-            with self._conns_lock:
-                self._conns.append(db)
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
         return db
+
+    @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """A connection from the pool of idle ones (short-lived threads share them)."""
+        with self._conns_lock:
+            if self._closed:
+                raise TriageError("job store is closed")
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = self._connect()
+        try:
+            yield db
+        finally:
+            with self._conns_lock:
+                keep = not self._closed and len(self._idle) < self._max_idle
+                if keep:
+                    self._idle.append(db)
+            if not keep:
+                db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction (the write lock is taken at the start)."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        with self._use() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
         """Close every connection (idempotent)."""
         with self._conns_lock:
             self._closed = True
-            for db in self._conns:
-                try:
-                    db.close()
-                except sqlite3.Error:  # pragma: no cover - closing is best effort
-                    pass
-            self._conns.clear()
+            idle, self._idle = self._idle, []
+        for db in idle:
+            with contextlib.suppress(sqlite3.Error):  # closing is best effort
+                db.close()
 
     # -- jobs ------------------------------------------------------------------------------
     def _get(self, db: sqlite3.Connection, job_id: str) -> Job | None:
@@ -246,9 +258,10 @@ class SqliteJobStore:
             created = cur.rowcount == 1
             row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
             job = _job(row)
-            if batch_id is not None and db.execute(
-                "SELECT 1 FROM batches WHERE id = ?", (batch_id,)
-            ).fetchone():
+            if (
+                batch_id is not None
+                and db.execute("SELECT 1 FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            ):
                 self._link(db, batch_id, job.id)
         if created:
             logger.info("job %s queued (%s)", job.id, kind)
@@ -256,7 +269,8 @@ class SqliteJobStore:
 
     def find_by_key(self, key: str) -> Job | None:
         """The job with this ``key``, or None."""
-        row = self._db().execute(f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
+        with self._use() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE key = ?", (key,)).fetchone()
         return None if row is None else _job(row)
 
     def claim(self, worker_id: str, *, lease_s: float) -> Job | None:
@@ -396,7 +410,8 @@ class SqliteJobStore:
 
     def get(self, job_id: str) -> Job | None:
         """One job by id, or None."""
-        return self._get(self._db(), job_id)
+        with self._use() as db:
+            return self._get(db, job_id)
 
     def list_jobs(
         self,
@@ -428,7 +443,8 @@ class SqliteJobStore:
             sql += " WHERE " + " AND ".join(where)
         sql += f" ORDER BY {order} LIMIT ?"
         args.append(int(limit))
-        return [_job(r) for r in self._db().execute(sql, args).fetchall()]
+        with self._use() as db:
+            return [_job(r) for r in db.execute(sql, args).fetchall()]
 
     def worklist(self, *, batch_id: str | None = None, since: datetime | None = None) -> list[Job]:
         """Jobs sorted for reading: done by triage priority (then severity), then the rest."""
@@ -459,15 +475,15 @@ class SqliteJobStore:
 
     def get_batch(self, batch_id: str) -> Batch | None:
         """One batch by id, or None."""
-        db = self._db()
-        row = db.execute(
-            "SELECT id, name, created_at, created_by FROM batches WHERE id = ?", (batch_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        ids = db.execute(
-            "SELECT job_id FROM batch_jobs WHERE batch_id = ? ORDER BY position", (batch_id,)
-        ).fetchall()
+        with self._use() as db:
+            row = db.execute(
+                "SELECT id, name, created_at, created_by FROM batches WHERE id = ?", (batch_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            ids = db.execute(
+                "SELECT job_id FROM batch_jobs WHERE batch_id = ? ORDER BY position", (batch_id,)
+            ).fetchall()
         created = _dt(row[2])
         assert created is not None
         return Batch(
@@ -480,21 +496,22 @@ class SqliteJobStore:
 
     def batch_progress(self, batch_id: str) -> BatchProgress:
         """Counts, rate (finished per minute since the first start) and ETA of a batch."""
-        db = self._db()
-        if db.execute("SELECT 1 FROM batches WHERE id = ?", (batch_id,)).fetchone() is None:
-            raise JobNotFound(f"batch {batch_id} not found")
-        rows = db.execute(
-            "SELECT j.state, COUNT(*), MIN(j.started_at) FROM jobs j"
-            " JOIN batch_jobs b ON b.job_id = j.id WHERE b.batch_id = ? GROUP BY j.state",
-            (batch_id,),
-        ).fetchall()
+        with self._use() as db:
+            if db.execute("SELECT 1 FROM batches WHERE id = ?", (batch_id,)).fetchone() is None:
+                raise JobNotFound(f"batch {batch_id} not found")
+            rows = db.execute(
+                "SELECT j.state, COUNT(*), MIN(j.started_at) FROM jobs j"
+                " JOIN batch_jobs b ON b.job_id = j.id WHERE b.batch_id = ? GROUP BY j.state",
+                (batch_id,),
+            ).fetchall()
         counts = {JobState(r[0]): int(r[1]) for r in rows}
         starts = [float(r[2]) for r in rows if r[2] is not None]
         return progress_from(batch_id, counts, _dt(min(starts)) if starts else None)
 
     def counts_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zero included)."""
-        rows = self._db().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        with self._use() as db:
+            rows = db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         out = dict.fromkeys(JobState, 0)
         out.update({JobState(r[0]): int(r[1]) for r in rows})
         return out

@@ -1,0 +1,256 @@
+"""Accelerated kernels: torch (CPU or CUDA) and cc3d, each optional and imported lazily.
+
+Like pydicom's pixel decoder plugins, every backend says whether it can run
+(:func:`torch_available`, :func:`cuda_available`, :func:`cc3d_available`) and the functions
+fall back to the NumPy references of :mod:`ct_triage.kernels.preprocess`,
+:mod:`ct_triage.kernels.components` and :mod:`ct_triage.kernels.overlay` when it cannot.
+
+Accuracy contract (checked by ``tests/unit/test_kernels.py`` and ``tests/gpu/``):
+
+* integer outputs (component labels, counts, overlays) equal the reference exactly;
+* float outputs (:func:`window_crop_resize_torch`) equal it within ``atol`` 1e-5 (CPU) /
+  1e-4 (CUDA, TF32 disabled here) on ``[0, 1]`` data;
+* arg-max classes (:func:`uncrop_argmax_torch`) equal it except where two class
+  probabilities tie within that tolerance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from functools import cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ct_triage.kernels import components, overlay
+from ct_triage.kernels.preprocess import (
+    Box,
+    _matrices,
+    _uncrop_matrices,
+    support,
+    uncrop_region,
+    window_crop_resize,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "cc3d_available",
+    "cuda_available",
+    "default_device",
+    "label_fast",
+    "remove_small_components_fast",
+    "render_slices",
+    "torch_available",
+    "uncrop_argmax_torch",
+    "window_crop_resize_torch",
+]
+
+
+@cache
+def torch_available() -> bool:
+    """``True`` when torch can be imported (it is an optional dependency of the kernels)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+@cache
+def cuda_available() -> bool:
+    """``True`` when torch sees a CUDA device."""
+    if not torch_available():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@cache
+def cc3d_available() -> bool:
+    """``True`` when ``cc3d`` (PyPI ``connected-components-3d``) can be imported."""
+    return importlib.util.find_spec("cc3d") is not None
+
+
+def default_device() -> str:
+    """``"cuda"`` when available, else ``"cpu"``."""
+    return "cuda" if cuda_available() else "cpu"
+
+
+def _torch() -> Any:
+    if not torch_available():
+        raise RuntimeError("torch is not installed: use the NumPy kernels")
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # keep float results within 1e-4
+    return torch
+
+
+def window_crop_resize_torch(
+    hu: npt.NDArray[np.integer] | npt.NDArray[np.floating],
+    box: Box,
+    size: int,
+    lo: float,
+    hi: float,
+    *,
+    device: str | None = None,
+    as_numpy: bool = True,
+) -> Any:
+    """Torch version of :func:`ct_triage.kernels.preprocess.window_crop_resize`.
+
+    The box region of the int16 slices is copied to the device as int16 (half the bytes of
+    float32), windowed there and resampled with two batched matrix products.
+
+    Parameters
+    ----------
+    hu, box, size, lo, hi
+        As :func:`~ct_triage.kernels.preprocess.window_crop_resize`.
+    device
+        ``"cpu"``, ``"cuda"``; ``None`` picks CUDA when available. Without torch the NumPy
+        version runs.
+    as_numpy
+        Return a NumPy array (``True``) or leave the tensor on the device for the network.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        ``float32`` ``(N, S, S)``.
+    """
+    if not torch_available():
+        return window_crop_resize(hu, box, size, lo, hi)
+    torch = _torch()
+    dev = device or default_device()
+    ry, rx = _matrices(hu.shape[-2:], box, size)
+    ys, xs = support(ry), support(rx)
+    n = hu.shape[0]
+    if ys.stop <= ys.start or xs.stop <= xs.start:
+        zeros = torch.zeros((n, size, size), dtype=torch.float32, device=dev)
+        return zeros.cpu().numpy() if as_numpy else zeros
+    src = torch.from_numpy(np.ascontiguousarray(hu[:, ys, xs])).to(dev)
+    sub = (src.float().clamp_(lo, hi) - lo).mul_(1.0 / (hi - lo))
+    ty = torch.from_numpy(np.ascontiguousarray(ry[:, ys])).to(dev)
+    tx = torch.from_numpy(np.ascontiguousarray(rx[:, xs].T)).to(dev)
+    out = torch.matmul(torch.matmul(ty, sub), tx)
+    return out.cpu().numpy() if as_numpy else out
+
+
+def uncrop_argmax_torch(
+    probs: Any, box: Box, shape_yx: tuple[int, int], *, device: str | None = None
+) -> tuple[npt.NDArray[np.uint8], tuple[slice, slice]]:
+    """Torch version of :func:`ct_triage.kernels.preprocess.uncrop_argmax`.
+
+    ``probs`` may be a NumPy array or a tensor already on the device (network output); only
+    the ``uint8`` classes come back to the host.
+    """
+    torch = _torch()
+    dev = device or default_device()
+    region = uncrop_region(box, shape_yx)
+    t = probs if isinstance(probs, torch.Tensor) else torch.from_numpy(np.asarray(probs))
+    t = t.to(dev, dtype=torch.float32)
+    ry, rx = _uncrop_matrices(t.shape[-2], t.shape[-1], box, region)
+    ty = torch.from_numpy(ry).to(dev)
+    tx = torch.from_numpy(np.ascontiguousarray(rx.T)).to(dev)
+    back = torch.matmul(torch.matmul(ty, t), tx)
+    labels = torch.argmax(back, dim=1).to(torch.uint8).cpu().numpy()
+    return labels, region
+
+
+def label_fast(
+    mask: npt.NDArray[np.bool_], connectivity: int = 26
+) -> tuple[npt.NDArray[np.int32], int]:
+    """Connected components with cc3d when available (else scipy), numbered like scipy.
+
+    Both number components in raster order of their first voxel, so the label images are
+    identical (asserted in the tests).
+
+    Parameters
+    ----------
+    mask
+        Boolean 2-D or 3-D array.
+    connectivity
+        6, 18 or 26 in 3-D (4 or 8 in 2-D).
+    """
+    if cc3d_available():
+        import cc3d
+
+        conn: Any = connectivity  # cc3d's stubs want a Literal
+        lab, n = cc3d.connected_components(
+            np.ascontiguousarray(mask, dtype=bool),
+            connectivity=conn,
+            return_N=True,
+            out_dtype=np.uint32,
+        )
+        return lab.astype(np.int32, copy=False), int(n)
+    structure = {
+        6: components.FACE_CONNECTIVITY,
+        26: components.FULL_CONNECTIVITY,
+        4: None,
+        8: np.ones((3, 3), dtype=bool),
+    }.get(connectivity)
+    if connectivity == 18:
+        from scipy import ndimage as ndi
+
+        structure = ndi.generate_binary_structure(3, 2)
+    return components.label(mask, structure)
+
+
+def remove_small_components_fast(
+    mask: npt.NDArray[np.bool_], min_voxels: int, connectivity: int = 26
+) -> npt.NDArray[np.bool_]:
+    """:func:`ct_triage.kernels.components.remove_small_components` on :func:`label_fast`."""
+    if min_voxels <= 1 or not mask.any():
+        return mask.astype(bool, copy=True)
+    lab, n = label_fast(mask, connectivity)
+    counts = components.label_counts(lab, n)
+    return components.keep_components(lab, counts >= min_voxels)
+
+
+def _outline_stack(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """:func:`ct_triage.kernels.overlay.outline` of every ``(y, x)`` slice of a stack at once."""
+    m = mask.astype(bool, copy=False)
+    interior = np.zeros_like(m)
+    interior[:, 1:-1, 1:-1] = (
+        m[:, :-2, 1:-1] & m[:, 2:, 1:-1] & m[:, 1:-1, :-2] & m[:, 1:-1, 2:] & m[:, 1:-1, 1:-1]
+    )
+    edge: npt.NDArray[np.bool_] = m & ~interior
+    return edge
+
+
+def render_slices(
+    hu: npt.NDArray[np.integer] | npt.NDArray[np.floating],
+    lungs: npt.NDArray[np.integer],
+    lesions: npt.NDArray[np.integer],
+    *,
+    center: float = overlay.LUNG_WINDOW_CENTER,
+    width: float = overlay.LUNG_WINDOW_WIDTH,
+) -> npt.NDArray[np.uint8]:
+    """:func:`ct_triage.kernels.overlay.render_slice` for a ``(n, y, x)`` stack in one pass.
+
+    Window, outline and blend are vectorised over the stack; the result equals rendering
+    each slice separately, byte for byte.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` ``(n, y, x, 3)``.
+    """
+    if hu.shape != lungs.shape or hu.shape != lesions.shape or hu.ndim != 3:
+        raise ValueError("hu, lungs and lesions must be the same (n, y, x) shape")
+    gray = overlay.window_to_uint8(hu, center=center, width=width)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    lung_edge = np.zeros(hu.shape, dtype=bool)
+    for value in np.unique(lungs):
+        if value != 0:
+            lung_edge |= _outline_stack(lungs == value)
+    if lung_edge.any():
+        color = np.asarray(overlay.LUNG_COLOR, dtype=np.float32)
+        px = rgb[lung_edge].astype(np.float32)
+        alpha = overlay.LUNG_OUTLINE_ALPHA
+        rgb[lung_edge] = (px * (1 - alpha) + color * alpha + 0.5).astype(np.uint8)
+    for value, color_ in (
+        (overlay._GGO, overlay.GGO_COLOR),
+        (overlay._CONSOLIDATION, overlay.CONSOLIDATION_COLOR),
+    ):
+        edge = _outline_stack(lesions == value)
+        if edge.any():
+            rgb[edge] = color_
+    return rgb

@@ -1,0 +1,341 @@
+"""Batch screening: submit many studies at once, follow progress, export a CSV worklist.
+
+A batch is a named set of pull jobs (one per study, by StudyInstanceUID or accession
+number); each job is keyed ``study:<uid or accession>:<model version>``, so a study already
+analysed by this model version is not analysed again. The CSV has one row per study, in
+reading order (triage priority first), behind a disclaimer line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ct_triage.models.errors import TriageError
+from ct_triage.server.jobs.model import (
+    Batch,
+    BatchProgress,
+    Job,
+    JobKind,
+    JobNotFound,
+    JobState,
+    JobStore,
+)
+
+if TYPE_CHECKING:
+    from ct_triage.server.bridge import Bridge
+    from ct_triage.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: First line of every batch CSV.
+CSV_DISCLAIMER = "# AI triage aid - not for primary diagnosis"
+
+CSV_COLUMNS = (
+    "study_instance_uid",
+    "accession_number",
+    "series_instance_uid",
+    "status",
+    "reason",
+    "lung_volume_left_ml",
+    "lung_volume_right_ml",
+    "lung_volume_total_ml",
+    "lesion_volume_total_ml",
+    "lesion_volume_ggo_ml",
+    "lesion_volume_consolidation_ml",
+    "percent_involvement_left",
+    "percent_involvement_right",
+    "percent_involvement_total",
+    "severity_score",
+    "triage_category",
+    "triage_priority",
+    "model_version",
+)
+
+
+def job_key(uid_or_accession: str, model_version: str) -> str:
+    """The job key of one study for one model version."""
+    return f"study:{uid_or_accession}:{model_version}"
+
+
+def submit_batch(
+    store: JobStore,
+    *,
+    name: str,
+    created_by: str,
+    accessions: Iterable[str] = (),
+    study_uids: Iterable[str] = (),
+    model_version: str,
+) -> Batch:
+    """Queue one pull job per study and group them in a batch.
+
+    Duplicates within the lists are submitted once; a study with an existing job for this
+    model version joins the batch with that job (it is not analysed again).
+    """
+    ids: list[str] = []
+    seen: set[str] = set()
+    items = [("accession", a.strip()) for a in accessions] + [
+        ("study_uid", u.strip()) for u in study_uids
+    ]
+    for field_name, value in items:
+        if not value or value in seen:
+            continue
+        seen.add(value)
+        job, _created = store.submit(
+            key=job_key(value, model_version),
+            kind=JobKind.PULL,
+            payload={field_name: value, "model_version": model_version},
+            study_uid=value if field_name == "study_uid" else None,
+            accession=value if field_name == "accession" else None,
+        )
+        ids.append(job.id)
+    if not ids:
+        raise TriageError("the batch names no study (empty list)")
+    batch = store.create_batch(name=name, created_by=created_by, job_ids=ids)
+    logger.info("batch %s: %d stud(ies) submitted", batch.id, len(ids))
+    return batch
+
+
+def submit_batch_from_query(
+    store: JobStore,
+    bridge: Bridge,
+    *,
+    date_range: tuple[date, date],
+    modality: str = "CT",
+    name: str,
+    created_by: str,
+    model_version: str,
+) -> Batch:
+    """Queue every study of the PACS in ``date_range`` (C-FIND, or QIDO-RS) as one batch.
+
+    ``bridge.find_studies`` queries CT studies; ``modality`` filters on ModalitiesInStudy
+    when the PACS returns it.
+    """
+    matches = bridge.find_studies(date_range=date_range)
+    uids = [
+        m.study_instance_uid
+        for m in matches
+        if not m.modalities_in_study or modality in m.modalities_in_study
+    ]
+    logger.info("query %s..%s: %d %s stud(ies)", date_range[0], date_range[1], len(uids), modality)
+    return submit_batch(
+        store, name=name, created_by=created_by, study_uids=uids, model_version=model_version
+    )
+
+
+def _get(d: Any, key: str) -> Any:
+    return d.get(key, "") if isinstance(d, dict) else ""
+
+
+def _row(job: Job) -> list[Any]:
+    r = job.result
+    lung, les, pct = (
+        r.get("lung_volume_ml", {}),
+        r.get("lesion_volume_ml", {}),
+        r.get("percent_involvement", {}),
+    )
+    return [
+        r.get("study_uid") or job.study_uid or job.payload.get("study_uid", ""),
+        job.accession or job.payload.get("accession", ""),
+        r.get("series_uid", ""),
+        str(job.state),
+        "" if job.state is JobState.DONE else (job.error or ""),
+        _get(lung, "left"),
+        _get(lung, "right"),
+        _get(lung, "total"),
+        _get(les, "total"),
+        _get(les, "ggo"),
+        _get(les, "consolidation"),
+        _get(pct, "left"),
+        _get(pct, "right"),
+        _get(pct, "total"),
+        r.get("severity_score", ""),
+        r.get("triage", ""),
+        r.get("priority", ""),
+        r.get("model_version") or job.payload.get("model_version", ""),
+    ]
+
+
+def batch_csv(store: JobStore, batch_id: str) -> str:
+    """The batch as CSV: a disclaimer comment, a header, one row per study in reading order."""
+    if store.get_batch(batch_id) is None:
+        raise JobNotFound(f"batch {batch_id} not found")
+    buf = io.StringIO()
+    buf.write(CSV_DISCLAIMER + "\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for job in store.worklist(batch_id=batch_id):
+        w.writerow(_row(job))
+    return buf.getvalue()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    s = round(seconds)
+    h, rem = divmod(s, 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
+
+
+def progress_line(p: BatchProgress, *, width: int = 30) -> str:
+    """One plain-text progress line: bar, counts, rate and ETA."""
+    finished = p.done + p.declined + p.failed
+    filled = int(width * finished / p.total) if p.total else width
+    rate = f"{p.rate_per_min:.1f}/min" if p.rate_per_min is not None else "-/min"
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {finished}/{p.total} "
+        f"done {p.done}, declined {p.declined}, failed {p.failed}, remaining {p.remaining} "
+        f"| {rate} | ETA {_duration(p.eta_s)}"
+    )
+
+
+def follow_batch(
+    store: JobStore,
+    batch_id: str,
+    *,
+    out: TextIO = sys.stderr,
+    interval_s: float = 2.0,
+    stop: threading.Event | None = None,
+    timeout_s: float | None = None,
+) -> BatchProgress:
+    """Print progress until the batch is finished (or ``stop`` / ``timeout_s``).
+
+    On a TTY the line is redrawn in place (carriage return); otherwise a line is printed
+    whenever the counts change. Returns the last progress.
+    """
+    tty = out.isatty()
+    last = ""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        p = store.batch_progress(batch_id)
+        line = progress_line(p)
+        if tty:
+            out.write("\r" + line)
+        elif line.split("|")[0] != last.split("|")[0]:
+            out.write(line + "\n")
+        out.flush()
+        last = line
+        if p.remaining == 0 or (stop is not None and stop.is_set()):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        time.sleep(interval_s)
+    if tty:
+        out.write("\n")
+    return p
+
+
+def _read_list(path: str) -> list[str]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    """``ct-triage batch``: submit, run workers in-process, follow progress, write the CSV.
+
+    Exit 0 when every study is done or declined, 1 when any failed.
+    """
+    import getpass
+
+    from ct_triage.server.bridge import Bridge
+    from ct_triage.server.commands import load_model, options_from
+    from ct_triage.server.jobs.factory import create_job_store
+    from ct_triage.server.jobs.worker import default_store_url, default_workers, run_workers
+
+    model = load_model(settings)
+    version = model.identity.version
+    store = create_job_store(getattr(args, "store", None) or default_store_url(settings))
+    name = args.name or f"batch {time.strftime('%Y-%m-%d %H:%M')}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    stop = threading.Event()
+    try:
+        with Bridge(settings, model, options_from(settings)) as bridge:
+            if args.accessions or args.study_uids:
+                batch = submit_batch(
+                    store,
+                    name=name,
+                    created_by=user,
+                    accessions=_read_list(args.accessions) if args.accessions else (),
+                    study_uids=_read_list(args.study_uids) if args.study_uids else (),
+                    model_version=version,
+                )
+            else:
+                if not (args.date_from and args.date_to):
+                    raise TriageError("give --accessions, --study-uids or --date-from/--date-to")
+                batch = submit_batch_from_query(
+                    store,
+                    bridge,
+                    date_range=(
+                        date.fromisoformat(args.date_from),
+                        date.fromisoformat(args.date_to),
+                    ),
+                    name=name,
+                    created_by=user,
+                    model_version=version,
+                )
+            print(f"batch {batch.id}: {len(batch.job_ids)} stud(ies)", file=sys.stderr)
+            workers = threading.Thread(
+                target=run_workers,
+                args=(store, bridge, stop),
+                kwargs={"n_workers": args.workers or default_workers(settings)},
+                name="batch-workers",
+            )
+            workers.start()
+            try:
+                progress = follow_batch(store, batch.id, interval_s=args.interval_s)
+                # Let the delivery loop send what the last jobs queued.
+                deadline = time.monotonic() + 120.0
+                while bridge.outbox.pending() and time.monotonic() < deadline:
+                    time.sleep(0.5)
+            finally:
+                stop.set()
+                workers.join()
+            text = batch_csv(store, batch.id)
+            if args.csv:
+                Path(args.csv).write_text(text)
+                print(f"CSV written to {args.csv}", file=sys.stderr)
+            else:
+                sys.stdout.write(text)
+    finally:
+        store.close()
+    return 1 if progress.failed else 0
+
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ct-triage batch``."""
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--accessions", metavar="FILE", help="file of accession numbers ('-': stdin)")
+    who.add_argument("--study-uids", metavar="FILE", help="file of StudyInstanceUIDs")
+    who.add_argument("--date-from", metavar="YYYY-MM-DD", help="query the PACS from this date")
+    p.add_argument("--date-to", metavar="YYYY-MM-DD", help="... to this date (with --date-from)")
+    p.add_argument("--csv", metavar="OUT", help="write the CSV here (default: stdout)")
+    p.add_argument("--name", help="batch name")
+    p.add_argument("--workers", type=int, default=None, help="worker threads (default: settings)")
+    p.add_argument("--store", help="job store URL (default: SQLite in the data folder)")
+    p.add_argument("--interval-s", type=float, default=2.0, help="progress refresh interval")
+
+
+__all__ = [
+    "CSV_COLUMNS",
+    "CSV_DISCLAIMER",
+    "add_batch_arguments",
+    "batch_csv",
+    "cmd_batch",
+    "follow_batch",
+    "job_key",
+    "progress_line",
+    "submit_batch",
+    "submit_batch_from_query",
+]

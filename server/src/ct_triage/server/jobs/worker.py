@@ -1,0 +1,356 @@
+"""Workers: take jobs from the :class:`~ct_triage.server.jobs.model.JobStore` and run them.
+
+A :class:`Worker` claims one job at a time with a lease, extends the lease from a heartbeat
+thread while the job runs, and records the outcome: done, declined (final), or failed
+(retried with backoff by the store until the job's attempts are spent). A worker that dies
+stops heart-beating; its lease expires and :meth:`JobStore.requeue_expired` (called by every
+worker before each claim) queues the job again.
+
+:class:`BridgeJobRunner` is the real runner: pull jobs are retrieved from the PACS through
+the :class:`~ct_triage.server.bridge.Bridge`, upload jobs read from their path; both go
+through :func:`ct_triage.server.pipeline.analyze_study` and their results are queued in the
+bridge's outbox. Both steps are idempotent, so a job re-run after a crash analyses and
+delivers its study exactly once: the result folder is keyed by the job key and a complete
+``report.json`` in it is reused; the outbox ``job_ref`` is the job key.
+
+``python -m ct_triage.server.jobs.worker`` runs workers in a process of their own (settings
+from ``CT_TRIAGE_*``), the ``ct-triage worker`` entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ct_triage.models.errors import StudyDeclined, TriageError
+from ct_triage.server.jobs.model import Job, JobKind, JobStore, LeaseLost, result_summary
+from ct_triage.server.logconfig import job_context
+
+if TYPE_CHECKING:
+    from ct_triage.server.bridge import Bridge
+    from ct_triage.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """What a runner returns for a job that ran to an answer (errors are raised instead)."""
+
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+#: A job runner: analyse the job's study and return its outcome. Raises
+#: :class:`StudyDeclined` (final), :class:`TriageError` or any exception (retried).
+JobRunner = Callable[[Job], JobOutcome]
+
+
+class Worker:
+    """Run jobs from ``store`` with ``runner``, one at a time.
+
+    Parameters
+    ----------
+    store
+        The job store.
+    runner
+        Analyses one job (see :data:`JobRunner`).
+    worker_id
+        Unique name of this worker (recorded on its jobs).
+    lease_s
+        A claimed job is this worker's for this long, extended by each heartbeat.
+    heartbeat_s
+        Heartbeat interval; default a third of ``lease_s``.
+    idle_s
+        Wait between polls when no job is runnable.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        runner: JobRunner,
+        worker_id: str,
+        *,
+        lease_s: float = 120.0,
+        heartbeat_s: float | None = None,
+        idle_s: float = 0.5,
+    ) -> None:
+        if lease_s <= 0:
+            raise ValueError("lease_s must be positive")
+        self.store = store
+        self.runner = runner
+        self.worker_id = worker_id
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else lease_s / 3.0
+        if not 0 < self.heartbeat_s < lease_s:
+            raise ValueError("need 0 < heartbeat_s < lease_s")
+        self.idle_s = idle_s
+
+    def run(self, stop: threading.Event) -> None:
+        """Run jobs until ``stop`` is set (the job in progress is finished first)."""
+        logger.info("worker %s started", self.worker_id)
+        while not stop.is_set():
+            try:
+                worked = self.run_once()
+            except TriageError as exc:  # store unreachable: logged once, the loop goes on
+                logger.error("worker %s: %s", self.worker_id, exc)
+                worked = False
+            if not worked:
+                stop.wait(self.idle_s)
+        logger.info("worker %s stopped", self.worker_id)
+
+    def run_once(self) -> bool:
+        """Claim and run one job; False when no job was runnable."""
+        self.store.requeue_expired()
+        job = self.store.claim(self.worker_id, lease_s=self.lease_s)
+        if job is None:
+            return False
+        with job_context(job.id[:12]):
+            self._run(job)
+        return True
+
+    def _heartbeat(self, job: Job, done: threading.Event) -> None:
+        while not done.wait(self.heartbeat_s):
+            try:
+                self.store.heartbeat(job.id, self.worker_id, lease_s=self.lease_s)
+            except LeaseLost as exc:
+                logger.warning("heartbeat: %s", exc)
+                return
+            except TriageError as exc:  # transient store error: try again next beat
+                logger.warning("heartbeat of job %s failed: %s", job.id, exc)
+
+    def _run(self, job: Job) -> None:
+        logger.info("job %s (%s) attempt %d/%d", job.id, job.kind, job.attempts, job.max_attempts)
+        done = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat, args=(job, done), name=f"heartbeat-{job.id[:8]}", daemon=True
+        )
+        beat.start()
+        try:
+            try:
+                outcome = self.runner(job)
+            except StudyDeclined as exc:
+                self.store.decline(job.id, self.worker_id, str(exc))
+                logger.warning("job %s declined: %s", job.id, exc)
+                return
+            except TriageError as exc:
+                j = self.store.fail(job.id, self.worker_id, str(exc), retry=True)
+                logger.error("job %s failed (%s): %s", job.id, j.state, exc)
+                return
+            except Exception as exc:
+                j = self.store.fail(
+                    job.id,
+                    self.worker_id,
+                    f"internal error: {type(exc).__name__}: {exc}",
+                    retry=True,
+                )
+                logger.exception("job %s failed unexpectedly (%s)", job.id, j.state)
+                return
+            self.store.complete(job.id, self.worker_id, outcome.result)
+            logger.info("job %s done", job.id)
+        except LeaseLost as exc:
+            # Another worker took the job over; its outcome is the same (idempotent runner).
+            logger.warning("job %s: outcome not recorded: %s", job.id, exc)
+        finally:
+            done.set()
+            beat.join()
+
+
+class BridgeJobRunner:
+    """Run pull / upload / push jobs through the bridge and the one analysis pipeline.
+
+    Parameters
+    ----------
+    bridge
+        The bridge (PACS access, spool, results folder, outbox).
+    """
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self._retrieve_lock = threading.Lock()
+
+    def __call__(self, job: Job) -> JobOutcome:
+        """Analyse the job's study (or reuse its complete result) and queue its delivery."""
+        from ct_triage.server.outputs import REPORT_NAME
+        from ct_triage.server.pipeline import analyze_study
+
+        out = self.bridge.job_result_dir(job.key)
+        report_path = out / REPORT_NAME
+        if report_path.is_file():
+            # A previous attempt finished the analysis (then died): reuse, never redo.
+            report: dict[str, Any] = json.loads(report_path.read_text())
+            logger.info("job %s: reusing the complete result of a previous attempt", job.id)
+        elif job.kind is JobKind.PULL:
+            study_uid = self._retrieve(job)
+            report = self.bridge.analyse_study_folder(study_uid, out).report
+        else:
+            path = job.payload.get("path")
+            if not path:
+                raise StudyDeclined(f"{job.kind} job has no 'path' to analyse")
+            report = analyze_study(
+                Path(str(path)), out, self.bridge.model, self.bridge.options
+            ).report
+        self.bridge.enqueue_results(out, job_ref=job.key)
+        return JobOutcome(result=result_summary(report, str(out)))
+
+    def _retrieve(self, job: Job) -> str:
+        study_uid = job.payload.get("study_uid") or job.study_uid
+        accession = job.payload.get("accession") or job.accession
+        if not study_uid and not accession:
+            raise StudyDeclined("pull job names neither a StudyInstanceUID nor an accession")
+        with self._retrieve_lock:
+            matches = self.bridge.find_studies(study_uid=study_uid, accession=accession)
+            if not matches:
+                what = f"StudyInstanceUID {study_uid}" if study_uid else f"accession {accession}"
+                raise StudyDeclined(f"no CT study found in the PACS for {what}")
+            if len(matches) > 1:
+                logger.warning(
+                    "job %s: %d studies match; analysing the first", job.id, len(matches)
+                )
+            uid = matches[0].study_instance_uid
+            n = self.bridge.retrieve_study(uid)
+        if n == 0:
+            raise StudyDeclined(f"study {uid}: no CT instance could be retrieved")
+        return uid
+
+
+def run_workers(
+    store: JobStore,
+    bridge: Bridge,
+    stop: threading.Event,
+    *,
+    n_workers: int,
+    lease_s: float = 120.0,
+    deliver_interval_s: float = 0.5,
+    name: str | None = None,
+) -> None:
+    """Run ``n_workers`` workers and the bridge's delivery loop until ``stop`` is set.
+
+    Returns after every thread has finished its current step.
+    """
+    prefix = name or f"worker-{uuid.uuid4().hex[:8]}"
+    runner = BridgeJobRunner(bridge)
+    threads = [
+        threading.Thread(
+            target=Worker(store, runner, f"{prefix}-{i}", lease_s=lease_s).run,
+            args=(stop,),
+            name=f"{prefix}-{i}",
+        )
+        for i in range(n_workers)
+    ]
+
+    def deliver_loop() -> None:
+        while not stop.is_set():
+            try:
+                bridge.deliver()
+            except TriageError as exc:
+                logger.error("delivery step failed: %s", exc)
+            except Exception:
+                logger.exception("delivery step failed unexpectedly")
+            stop.wait(deliver_interval_s)
+
+    threads.append(threading.Thread(target=deliver_loop, name=f"{prefix}-deliver"))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def default_store_url(settings: Settings) -> str:
+    """The job store URL of the settings (``job_store_url``), else SQLite in ``data_dir``."""
+    url = getattr(settings, "job_store_url", None)
+    return str(url) if url else f"sqlite:///{(settings.data_dir / 'jobs.db').resolve()}"
+
+
+def default_workers(settings: Settings) -> int:
+    """How many in-process workers the settings ask for (``workers``, default 2)."""
+    return int(getattr(settings, "workers", None) or 2)
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """``ct-triage worker``: run workers and delivery until SIGTERM / SIGINT."""
+    from ct_triage.server.bridge import Bridge
+    from ct_triage.server.commands import load_model, options_from
+    from ct_triage.server.jobs.factory import create_job_store
+
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    model = load_model(settings)
+    store = create_job_store(args.store or default_store_url(settings))
+    try:
+        with Bridge(
+            settings, model, options_from(settings), delivery_lease_s=args.delivery_lease_s
+        ) as bridge:
+            try:
+                run_workers(
+                    store,
+                    bridge,
+                    stop,
+                    n_workers=args.workers or default_workers(settings),
+                    lease_s=args.lease_s,
+                )
+            except KeyboardInterrupt:
+                stop.set()
+    finally:
+        store.close()
+    return 0
+
+
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``ct-triage worker`` (shared with ``python -m``)."""
+    p.add_argument("--store", help="job store URL (sqlite:///PATH or postgresql://...)")
+    p.add_argument("--workers", type=int, default=None, help="number of worker threads")
+    p.add_argument("--lease-s", type=float, default=120.0, help="job lease in seconds")
+    p.add_argument(
+        "--delivery-lease-s",
+        type=float,
+        default=None,
+        help="how long a delivery in progress is hidden from other senders (default 600)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ct_triage.server.jobs.worker``: settings from ``CT_TRIAGE_*``."""
+    from pydantic import ValidationError
+
+    from ct_triage.server.logconfig import configure_logging
+    from ct_triage.server.settings import Settings
+
+    p = argparse.ArgumentParser(prog="ct-triage worker", description=__doc__)
+    add_worker_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"ct-triage worker: configuration error: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(fmt=settings.log_format)
+    try:
+        return cmd_worker(args, settings)
+    except TriageError as exc:
+        print(f"ct-triage worker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+__all__ = [
+    "BridgeJobRunner",
+    "JobOutcome",
+    "JobRunner",
+    "Worker",
+    "add_worker_arguments",
+    "cmd_worker",
+    "main",
+    "run_workers",
+]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

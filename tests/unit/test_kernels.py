@@ -1,0 +1,142 @@
+"""Accelerated kernels equal their NumPy references (exact for integers, 1e-5 for floats)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from scipy import ndimage as ndi
+
+from ct_triage.kernels import accelerated as acc
+from ct_triage.kernels import components, overlay
+from ct_triage.kernels.preprocess import (
+    Box,
+    uncrop_argmax,
+    uncrop_argmax_reference,
+    window_crop_resize,
+    window_crop_resize_reference,
+)
+
+FLOAT_ATOL = 1e-5
+BOXES = [
+    Box(y0=60.3, x0=40.7, height=380.5, width=380.5),  # inside, downsampling
+    Box(y0=-20.0, x0=-35.5, height=560.0, width=560.0),  # overhangs the image
+    Box(y0=100.0, x0=120.0, height=150.0, width=150.0),  # upsampling
+]
+
+
+def _hu(n: int = 4, size: int = 512, seed: int = 0) -> npt.NDArray[np.int16]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-1200, 400, size=(n, size, size)).astype(np.int16)
+
+
+@pytest.mark.parametrize("box", BOXES)
+def test_window_crop_resize_numpy_matches_reference(box: Box) -> None:
+    hu = _hu()
+    ref = window_crop_resize_reference(hu, box, 224, -1024.0, 150.0)
+    got = window_crop_resize(hu, box, 224, -1024.0, 150.0)
+    assert got.dtype == np.float32
+    assert got.shape == ref.shape == (4, 224, 224)
+    np.testing.assert_allclose(got, ref, atol=FLOAT_ATOL, rtol=0)
+
+
+def test_window_crop_resize_matches_models_preprocess() -> None:
+    """The kernel reproduces the models' own window + crop_resize (what the network saw)."""
+    preprocess = pytest.importorskip("ct_triage.models.preprocess")
+    hu = _hu(2)
+    box = BOXES[1]
+    mbox = preprocess.CropBox(box.y0, box.x0, box.height, box.width)
+    ref = preprocess.crop_resize(preprocess.window(hu, -1024.0, 150.0), mbox, 224)
+    np.testing.assert_allclose(window_crop_resize(hu, box, 224, -1024.0, 150.0), ref, atol=1e-5)
+
+
+@pytest.mark.skipif(not acc.torch_available(), reason="torch is not installed")
+@pytest.mark.parametrize("box", BOXES)
+def test_window_crop_resize_torch_cpu_matches_reference(box: Box) -> None:
+    hu = _hu()
+    ref = window_crop_resize_reference(hu, box, 224, -1024.0, 150.0)
+    got = acc.window_crop_resize_torch(hu, box, 224, -1024.0, 150.0, device="cpu")
+    np.testing.assert_allclose(got, ref, atol=FLOAT_ATOL, rtol=0)
+
+
+def _probs(n: int = 3, k: int = 3, s: int = 224, seed: int = 1) -> npt.NDArray[np.float32]:
+    logits = np.random.default_rng(seed).normal(size=(n, k, s, s)).astype(np.float32)
+    logits = ndi.uniform_filter(logits, size=(1, 1, 9, 9))  # smooth, like a network output
+    e = np.exp(logits * 8)
+    probs: npt.NDArray[np.float32] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probs
+
+
+def _agree_except_ties(
+    got: npt.NDArray[np.uint8], ref: npt.NDArray[np.uint8], back: npt.NDArray[np.float32]
+) -> None:
+    diff = got != ref
+    if diff.any():  # only where the two classes are tied within the float tolerance
+        top = np.sort(back, axis=1)
+        assert np.all((top[:, -1] - top[:, -2])[diff] < 1e-5)
+
+
+@pytest.mark.parametrize("box", BOXES)
+def test_uncrop_argmax_matches_reference(box: Box) -> None:
+    probs = _probs()
+    ref, region = uncrop_argmax_reference(probs, box, (512, 512))
+    got, region2 = uncrop_argmax(probs, box, (512, 512))
+    assert region == region2
+    assert got.dtype == np.uint8
+    assert np.mean(got == ref) > 0.9999
+
+
+@pytest.mark.skipif(not acc.torch_available(), reason="torch is not installed")
+def test_uncrop_argmax_torch_cpu_matches_reference() -> None:
+    probs = _probs()
+    ref, region = uncrop_argmax_reference(probs, BOXES[0], (512, 512))
+    got, region2 = acc.uncrop_argmax_torch(probs, BOXES[0], (512, 512), device="cpu")
+    assert region == region2
+    assert np.mean(got == ref) > 0.9999
+
+
+def _blobs(shape: tuple[int, ...], seed: int = 2) -> npt.NDArray[np.bool_]:
+    noise = np.random.default_rng(seed).random(shape)
+    smooth = ndi.uniform_filter(noise, size=3)
+    return np.asarray(smooth > 0.55)
+
+
+@pytest.mark.parametrize(
+    ("connectivity", "structure"),
+    [(26, components.FULL_CONNECTIVITY), (6, components.FACE_CONNECTIVITY)],
+)
+def test_label_fast_equals_scipy(connectivity: int, structure: npt.NDArray[np.bool_]) -> None:
+    mask = _blobs((20, 64, 64))
+    ref, n_ref = components.label(mask, structure)
+    got, n = acc.label_fast(mask, connectivity)
+    assert n == n_ref > 5
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_remove_small_components_fast_equals_reference() -> None:
+    mask = _blobs((20, 64, 64), seed=3)
+    ref = components.remove_small_components(mask, 30, components.FULL_CONNECTIVITY)
+    got = acc.remove_small_components_fast(mask, 30, 26)
+    np.testing.assert_array_equal(got, ref)
+    assert acc.remove_small_components_fast(mask, 1).sum() == mask.sum()
+
+
+def test_render_slices_equals_render_slice() -> None:
+    rng = np.random.default_rng(4)
+    hu = rng.integers(-1100, 300, size=(3, 48, 40)).astype(np.int16)
+    lungs = np.zeros(hu.shape, dtype=np.uint8)
+    lungs[:, 5:40, 3:18] = 1
+    lungs[:, 5:40, 22:38] = 2
+    lesions = np.zeros(hu.shape, dtype=np.uint8)
+    lesions[:, 10:20, 5:15] = 1
+    lesions[1:, 25:35, 25:35] = 2
+    lesions[:, 0:3, 0:40] = 2  # touching the image border
+    got = acc.render_slices(hu, lungs, lesions)
+    for i in range(hu.shape[0]):
+        np.testing.assert_array_equal(got[i], overlay.render_slice(hu[i], lungs[i], lesions[i]))
+
+
+def test_backends_report_availability() -> None:
+    assert isinstance(acc.torch_available(), bool)
+    assert isinstance(acc.cc3d_available(), bool)
+    assert acc.default_device() in {"cpu", "cuda"}
