@@ -291,6 +291,7 @@ def test_sigkill_after_acknowledging_then_restart_analyses(
         "CT_TRIAGE_AE_TITLE": OUR_AET,
         "CT_TRIAGE_DICOM_HOST": "127.0.0.1",
         "CT_TRIAGE_DICOM_PORT": str(our_port),
+        "CT_TRIAGE_HTTP_PORT": "0",
         "CT_TRIAGE_QUIET_PERIOD_S": "30",  # long: the process dies before the series completes
         "CT_TRIAGE_DESTINATIONS": f'["dimse:ORTHANC@127.0.0.1:{orthanc.dicom_port}"]',
     }

@@ -81,6 +81,11 @@ _MAX_SPLIT_EROSIONS = 12
 _CLOSE_MM = 4.0
 _WORK_SPACING_XY_MM = 2.0
 _WORK_SPACING_Z_MM = 2.0
+#: An air piece touching the image border is a pocket of the body (a lung cut by a thorax crop)
+#: when less than this share of its outline lies on the image border ...
+_POCKET_MAX_BORDER = 0.25
+#: ... and at least this share of the rest of its outline borders the body.
+_POCKET_MIN_BODY = 0.6
 
 #: Default of :func:`check_contains_lungs`: at least this much lung (mL) ...
 MIN_LUNG_ML: float = 20.0
@@ -363,7 +368,55 @@ def _body_mask(tissue: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     counts[0] = 0
     body = lab == int(np.argmax(counts))
     filled: npt.NDArray[np.bool_] = ndi.binary_fill_holes(body, INPLANE_CONNECTIVITY)
+    pockets = _border_pockets(~tissue & ~filled, filled)
+    if pockets.any():
+        filled = ndi.binary_fill_holes(filled | pockets, INPLANE_CONNECTIVITY)
     return filled
+
+
+def _border_pockets(
+    air: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
+    """In-plane air pieces cut open by the image border but enclosed by the body elsewhere.
+
+    A thorax crop (or a small reconstruction field of view) cuts through the chest wall, so a
+    lung touching the image border is not a hole of the body. The outline of each air piece
+    touching the border (holes filled) is split into its image-border pixels and the rest: the
+    air around the patient has at least half of its outline on the border (a convex body
+    cuts a corner with a curve no longer than the two border legs; a whole-body field of view
+    has the image frame), a cut lung has little (<= 0.15 on the MedSeg thorax crops). A piece
+    is a pocket of the body when its border share is below ``_POCKET_MAX_BORDER`` and at
+    least ``_POCKET_MIN_BODY`` of the rest of its outline borders the body (not e.g. the
+    table below the patient).
+    """
+    result = np.zeros_like(air)
+    edge = np.zeros(air.shape[1:], dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    if not (air & edge[None]).any():
+        return result
+    lab, n = label(air, INPLANE_CONNECTIVITY)
+    on_edge = lab[:, edge]
+    touching = np.unique(on_edge[on_edge > 0])
+    cut = np.isin(lab, touching)
+    outline = cut & ~ndi.binary_erosion(
+        ndi.binary_fill_holes(cut, INPLANE_CONNECTIVITY), INPLANE_CONNECTIVITY, border_value=1
+    )
+    near_body = outline & ndi.binary_dilation(body, INPLANE_CONNECTIVITY)
+    n_edge = np.bincount(on_edge.ravel(), minlength=n + 1).astype(np.float64)
+    n_outline = np.bincount(lab[outline], minlength=n + 1).astype(np.float64)
+    n_body = np.bincount(lab[near_body], minlength=n + 1).astype(np.float64)
+    total = n_edge + n_outline
+    with np.errstate(divide="ignore", invalid="ignore"):
+        border_share = np.where(total > 0, n_edge / np.maximum(total, 1), 1.0)
+        body_share = np.where(n_outline > 0, n_body / np.maximum(n_outline, 1), 0.0)
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[touching] = True
+    keep &= (border_share < _POCKET_MAX_BORDER) & (body_share >= _POCKET_MIN_BODY)
+    keep[0] = False
+    if keep.any():
+        logger.debug("lung segmentation: %d air pockets cut by the image border", int(keep.sum()))
+        result = keep_components(lab, keep)
+    return result
 
 
 def _split_component(

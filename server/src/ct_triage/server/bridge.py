@@ -219,42 +219,71 @@ class Bridge:
     def process_due(self, now: float | None = None) -> list[StudyOutcome]:
         """Analyse the studies whose series have completed (see the module docstring)."""
         with self._lock:
-            ready = self.spool.due(now)
-            by_study: dict[str, list[ReadySeries]] = {}
-            for r in ready:
-                by_study.setdefault(r.study_uid, []).append(r)
-            outcomes = []
-            for study_uid, series in by_study.items():
-                due_uids = {r.series_uid for r in series}
-                states = self.spool.study_series(study_uid)
-                waiting = [
-                    uid
-                    for uid, st in states.items()
-                    if st is SeriesState.RECEIVING and uid not in due_uids
-                ]
-                if waiting:
-                    logger.info(
-                        "study %s: %d series still arriving, waiting", study_uid, len(waiting)
-                    )
-                    continue
-                outcomes.append(self._process_study(study_uid, series, now))
-            return outcomes
+            return [
+                self._process_claimed(study_uid, claimed)
+                for study_uid, claimed in self._claim_ready_studies(now)
+            ]
 
-    def _process_study(
-        self, study_uid: str, ready: list[ReadySeries], now: float | None
-    ) -> StudyOutcome:
-        claimed: list[ReadySeries] = []
+    def claim_due(self, now: float | None = None) -> list[tuple[str, list[ReadySeries]]]:
+        """Claim the completed series of the studies that are ready, without analysing them.
+
+        ``serve`` turns each group into a PUSH job (see
+        :class:`ct_triage.server.jobs.worker.BridgeJobRunner`), which calls
+        :meth:`analyse_claimed`. A claimed series that is never settled (the process died)
+        is due again after a restart, and resubmitting it finds the same job (same key).
+        """
+        with self._lock:
+            return self._claim_ready_studies(now)
+
+    def _claim_ready_studies(self, now: float | None) -> list[tuple[str, list[ReadySeries]]]:
+        ready = self.spool.due(now)
+        by_study: dict[str, list[ReadySeries]] = {}
         for r in ready:
-            try:
-                claimed.append(self.spool.claim(r.series_uid, now))
-            except TriageError as exc:  # another worker took it
-                logger.info("series %s not claimed: %s", r.series_uid, exc)
-        if not claimed:
-            return StudyOutcome(study_uid, None, "skipped", "claimed elsewhere")
+            by_study.setdefault(r.study_uid, []).append(r)
+        groups = []
+        for study_uid, series in by_study.items():
+            due_uids = {r.series_uid for r in series}
+            states = self.spool.study_series(study_uid)
+            waiting = [
+                uid
+                for uid, st in states.items()
+                if st is SeriesState.RECEIVING and uid not in due_uids
+            ]
+            if waiting:
+                logger.info("study %s: %d series still arriving, waiting", study_uid, len(waiting))
+                continue
+            claimed: list[ReadySeries] = []
+            for r in series:
+                try:
+                    claimed.append(self.spool.claim(r.series_uid, now))
+                except TriageError as exc:  # another worker took it
+                    logger.info("series %s not claimed: %s", r.series_uid, exc)
+            if claimed:
+                groups.append((study_uid, claimed))
+        return groups
+
+    def analyse_claimed(
+        self, study_uid: str, claimed: list[ReadySeries], out_dir: Path
+    ) -> StudyOutcome:
+        """Analyse claimed series of one study into ``out_dir`` (no delivery queued).
+
+        Raises
+        ------
+        StudyDeclined
+            No usable chest CT in the study; the series are marked failed in the spool.
+        """
+        try:
+            return self._analyse_claimed(study_uid, claimed, out_dir=out_dir, enqueue=False)
+        except StudyDeclined as exc:
+            for r in claimed:
+                self.spool.mark_failed(r.series_uid, r.generation, f"declined: {exc}")
+            raise
+
+    def _process_claimed(self, study_uid: str, claimed: list[ReadySeries]) -> StudyOutcome:
         job = uuid.uuid4().hex[:12]
         with job_context(job):
             try:
-                return self._analyse_claimed(study_uid, claimed, job)
+                return self._analyse_claimed(study_uid, claimed, job=job)
             except StudyDeclined as exc:
                 for r in claimed:
                     self.spool.mark_failed(r.series_uid, r.generation, f"declined: {exc}")
@@ -273,7 +302,13 @@ class Bridge:
                 return StudyOutcome(study_uid, None, "failed", f"internal error: {exc}")
 
     def _analyse_claimed(
-        self, study_uid: str, claimed: list[ReadySeries], job: str
+        self,
+        study_uid: str,
+        claimed: list[ReadySeries],
+        *,
+        job: str = "",
+        out_dir: Path | None = None,
+        enqueue: bool = True,
     ) -> StudyOutcome:
         study_folder = claimed[0].folder.parent
         timer = StageTimer()
@@ -297,7 +332,7 @@ class Bridge:
                 self.spool.mark_done(r.series_uid, r.generation, f"not selected: {why}")
         with timer.stage("load"):
             series = load_series(choice.paths)
-        out = self.results_dir / study_uid / f"{chosen_uid}.g{chosen.generation}.{job}"
+        out = out_dir or self.results_dir / study_uid / f"{chosen_uid}.g{chosen.generation}.{job}"
         result = analyze_series(
             series,
             choice,
@@ -309,7 +344,7 @@ class Bridge:
         )
         files = [out / "seg.dcm", out / "sr.dcm", *sorted((out / "overlay").glob("*.dcm"))]
         job_ref = f"{chosen_uid}.g{chosen.generation}"
-        if self.outbox_has_destinations:
+        if enqueue and self.outbox_has_destinations:
             self.outbox.enqueue(files, job_ref=job_ref)
         self.spool.mark_done(chosen_uid, chosen.generation, str(out))
         triage = result.report["triage"]["category"]

@@ -90,6 +90,12 @@ def _cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     return cmd_batch(args, settings)
 
 
+def _cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server.api.auth import cmd_token
+
+    return cmd_token(args, settings)
+
+
 def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ct_triage.server.jobs.worker import cmd_worker
 
@@ -147,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run job workers and delivery until SIGTERM")
     add_worker_arguments(w)
     w.set_defaults(func=_cmd_worker)
+
+    from ct_triage.server.api.auth import add_token_parser
+
+    add_token_parser(sub)
+    sub.choices["token"].set_defaults(func=_cmd_token)
     return p
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ct_triage.models.errors import TriageError
 from ct_triage.models.identity import DISCLAIMER
 from ct_triage.server.pipeline import AnalysisOptions, AnalysisResult, analyze_study
 from ct_triage.server.settings import Settings
 
 if TYPE_CHECKING:
+    from ct_triage.dicom_bridge.spool import ReadySeries
     from ct_triage.models.lesions import LesionSegmenter
     from ct_triage.server.bridge import StudyOutcome
 
@@ -79,19 +82,79 @@ def evaluate(data: Path, json_out: Path, settings: Settings) -> str:
     return format_table(report)
 
 
+def push_job_key(study_uid: str, claimed: list[ReadySeries], model_version: str) -> str:
+    """Job key of pushed series: the same series generations give the same key."""
+    parts = sorted(f"{r.series_uid}.g{r.generation}" for r in claimed)
+    digest = hashlib.sha256("|".join([study_uid, *parts]).encode()).hexdigest()[:24]
+    return f"push:{digest}:{model_version}"
+
+
 def serve(settings: Settings, stop: threading.Event | None = None) -> None:
-    """``ct-triage serve``: the DICOM listener, the workers, delivery and the poller."""
+    """``ct-triage serve``: HTTP API, DICOM listener, job workers, delivery and poller.
+
+    Pushed series that complete in the spool become PUSH jobs; API submissions and batches
+    are PULL/UPLOAD jobs; the workers run them all through the one pipeline.
+    """
+    from dataclasses import asdict
+
+    from ct_triage.server.api import HttpServer, create_app, uvicorn_config
     from ct_triage.server.bridge import Bridge
+    from ct_triage.server.jobs.factory import create_job_store
+    from ct_triage.server.jobs.model import JobKind
+    from ct_triage.server.jobs.worker import run_workers
 
     model = load_model(settings)  # fail at start-up, not on the first study
     stop = stop or threading.Event()
-    with Bridge(settings, model, options_from(settings)) as bridge:
-        logger.info(
-            "serving: model %s, provider %s",
-            model.identity.algorithm_label,
-            model.identity.provider,
-        )
-        bridge.run(stop)
+    version = f"{model.identity.version}-{model.identity.sha256[:12]}"
+    store = create_job_store(settings.resolved_job_store_url())
+    try:
+        with Bridge(settings, model, options_from(settings)) as bridge:
+            http = None
+            if settings.http_port is not None:
+                app = create_app(settings, store=store, model=model.identity)
+                http = HttpServer(uvicorn_config(app, settings)).start()
+                logger.info("HTTP API on %s", http.url)
+
+            def intake() -> None:
+                next_poll = 0.0
+                while not stop.is_set():
+                    try:
+                        for study_uid, claimed in bridge.claim_due():
+                            payload = {
+                                "study_uid": study_uid,
+                                "series": [{**asdict(r), "folder": str(r.folder)} for r in claimed],
+                            }
+                            store.submit(
+                                key=push_job_key(study_uid, claimed, version),
+                                kind=JobKind.PUSH,
+                                payload=payload,
+                                study_uid=study_uid,
+                            )
+                        if settings.poll_interval_s and time.monotonic() >= next_poll:
+                            next_poll = time.monotonic() + settings.poll_interval_s
+                            bridge.poll_once()
+                    except TriageError as exc:
+                        logger.error("intake step failed: %s", exc)
+                    except Exception:
+                        logger.exception("intake step failed unexpectedly")
+                    stop.wait(0.5)
+
+            intake_thread = threading.Thread(target=intake, name="intake", daemon=True)
+            intake_thread.start()
+            logger.info(
+                "serving: model %s, provider %s",
+                model.identity.algorithm_label,
+                model.identity.provider,
+            )
+            try:
+                run_workers(store, bridge, stop, n_workers=max(settings.workers, 1))
+            finally:
+                stop.set()
+                intake_thread.join(timeout=10)
+                if http is not None:
+                    http.stop()
+    finally:
+        store.close()
 
 
 def pull(

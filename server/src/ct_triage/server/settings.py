@@ -103,12 +103,15 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=0, le=64)
     #: HTTP API and worklist page.
     http_host: str = "0.0.0.0"
-    http_port: int = Field(default=8000, ge=0, le=65535)
+    http_port: int | None = Field(default=8000, ge=0, le=65535)  # None = no HTTP API
     #: HTTPS: certificate and key (PEM) for the HTTP server.
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
-    #: Largest accepted upload (bytes).
-    max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
+    #: Uploads: largest body, and the zip limits (zip-bomb and zip-slip safe extraction).
+    upload_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    upload_zip_max_entries: int = Field(default=50_000, ge=1)
+    upload_zip_max_total_bytes: int = Field(default=8 * 1024**3, gt=0)
+    upload_zip_max_ratio: float = Field(default=100.0, gt=1)
 
     #: Log format for the CLI: "text" or "json".
     log_format: Literal["text", "json"] = "text"

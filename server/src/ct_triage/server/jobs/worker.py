@@ -191,6 +191,8 @@ class BridgeJobRunner:
         elif job.kind is JobKind.PULL:
             study_uid = self._retrieve(job)
             report = self.bridge.analyse_study_folder(study_uid, out).report
+        elif job.kind is JobKind.PUSH and "series" in job.payload:
+            report = self._analyse_pushed(job, out)
         else:
             path = job.payload.get("path")
             if not path:
@@ -200,6 +202,21 @@ class BridgeJobRunner:
             ).report
         self.bridge.enqueue_results(out, job_ref=job.key)
         return JobOutcome(result=result_summary(report, str(out)))
+
+    def _analyse_pushed(self, job: Job, out: Path) -> dict[str, Any]:
+        """Series pushed to our SCP, claimed in the spool by ``serve``: analyse them."""
+        from ct_triage.dicom_bridge.spool import ReadySeries
+        from ct_triage.server.outputs import REPORT_NAME
+
+        claimed = [
+            ReadySeries(**{**item, "folder": Path(item["folder"])})
+            for item in job.payload["series"]
+        ]
+        outcome = self.bridge.analyse_claimed(str(job.payload["study_uid"]), claimed, out)
+        if outcome.status != "analysed":
+            raise StudyDeclined(outcome.detail)
+        loaded: dict[str, Any] = json.loads((out / REPORT_NAME).read_text())
+        return loaded
 
     def _retrieve(self, job: Job) -> str:
         study_uid = job.payload.get("study_uid") or job.study_uid
