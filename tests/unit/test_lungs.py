@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy import ndimage as ndi
 
 from ct_triage.models.errors import StudyDeclined
 from ct_triage.models.lungs import check_contains_lungs, segment_lungs
@@ -270,3 +271,42 @@ def test_project_phantom(seed: int) -> None:
     assert dice((lungs > 0) & ~dense, (truth > 0) & ~dense) >= 0.95
     for side in (LungLabel.RIGHT, LungLabel.LEFT):
         assert dice((lungs == side) & ~dense, (truth == side) & ~dense) >= 0.9
+
+
+_MEDSEG_SLICES = ("002", "004", "005", "013", "024")
+
+
+def _medseg_volume(path: Path) -> tuple[Volume, npt.NDArray[np.bool_]]:
+    data = np.load(path)
+    volume = Volume(data["image"][None].astype(np.int16), (1.0, 1.0, 1.0))
+    return volume, data["lesion_class"][None] > 0
+
+
+def test_medseg_thorax_crops_find_both_lungs(shared_data: Path) -> None:
+    """2-D thorax crops whose lungs touch the image border (1-slice volumes, nominal 1 mm)."""
+    folder = shared_data / "medseg_covid_slices" / "train"
+    paths = sorted(folder.glob("*.npz"))
+    if not paths:
+        pytest.skip(f"no MedSeg slices in {folder}")
+    both = 0
+    for path in paths:
+        volume, _ = _medseg_volume(path)
+        lungs = segment_lungs(volume)
+        areas = [int(np.count_nonzero(lungs == side)) for side in (LungLabel.RIGHT, LungLabel.LEFT)]
+        both += min(areas) >= 1000  # 10 cm2 at the nominal 1 mm
+    assert both >= 0.95 * len(paths)
+
+
+@pytest.mark.parametrize("name", _MEDSEG_SLICES)
+def test_medseg_lesions_lie_near_the_lungs(shared_data: Path, name: str) -> None:
+    """Truth lesions lie within the lungs dilated by 10 mm (what combine keeps)."""
+    path = shared_data / "medseg_covid_slices" / "train" / f"medseg_infnet_train_{name}.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    volume, lesions = _medseg_volume(path)
+    lungs = segment_lungs(volume)
+    assert np.count_nonzero(lungs == LungLabel.RIGHT) >= 1000
+    assert np.count_nonzero(lungs == LungLabel.LEFT) >= 1000
+    dist = ndi.distance_transform_edt(lungs[0] == 0, sampling=volume.spacing[1:])
+    near = lesions[0] & (dist <= 10.0)
+    assert np.count_nonzero(near) >= 0.95 * np.count_nonzero(lesions)

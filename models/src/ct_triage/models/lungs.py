@@ -85,7 +85,7 @@ _WORK_SPACING_Z_MM = 2.0
 #: when less than this share of its outline lies on the image border ...
 _POCKET_MAX_BORDER = 0.25
 #: ... and at least this share of the rest of its outline borders the body.
-_POCKET_MIN_BODY = 0.6
+_POCKET_MIN_BODY = 0.4
 
 #: Default of :func:`check_contains_lungs`: at least this much lung (mL) ...
 MIN_LUNG_ML: float = 20.0
