@@ -19,9 +19,11 @@ from ct_triage.models.volume import Volume
 #: single slices vary, so the floor for the one slice scored here is its measured Dice minus
 #: a margin (see the report of the shipped model).
 SLICE_NAME = "medseg_infnet_train_042.npz"
-SLICE_DICE_FLOOR = 0.75  # measured 0.883 with lesion_seg.onnx 0.1.0
-#: Percent-involvement error on phantom seed 13 (60 slices, moderate): truth 33.2 %.
-PHANTOM_POI_TOLERANCE_PP = 3.0  # measured TBD with lesion_seg.onnx 0.2.0
+SLICE_DICE_FLOOR = 0.77  # measured 0.867 with lesion_seg.onnx 0.2.0 (0.883 with 0.1.0)
+#: Mean lesion Dice over the 10 validation slices recorded in the shipped manifest.
+MANIFEST_DICE_FLOOR = 0.74  # measured 0.776 with lesion_seg.onnx 0.2.0
+#: Percent-involvement error on phantom seed 13 (60 slices, moderate): truth 33.18 %.
+PHANTOM_POI_TOLERANCE_PP = 2.5  # measured 1.27 pp (model 34.45 %) with lesion_seg.onnx 0.2.0
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,8 @@ def test_crop_and_uncrop_round_trip() -> None:
 def test_real_medseg_slice(segmenter: LesionSegmenter, shared_data: Path) -> None:
     manifest = json.loads((WEIGHTS_DIR / "manifest.json").read_text(encoding="utf-8"))
     assert SLICE_NAME in manifest["training"]["validation_split"]
+    assert manifest["metrics"]["lesion_dice"] > MANIFEST_DICE_FLOOR
+    assert manifest["metrics"]["phantom_poi_abs_error_pp"] < 1.5
     with np.load(shared_data / "medseg_covid_slices" / "train" / SLICE_NAME) as d:
         image, truth = d["image"], d["lesion_class"]
     # MedSeg slices are thorax crops without spacing: one slice, lungs = the whole image.
