@@ -129,7 +129,7 @@ def _with_percent(percent_voxels: int) -> Segmentation:
     ("n_lesion", "category"),
     [
         (0, TriageCategory.NORMAL),
-        (4, TriageCategory.MILD),  # 0.4 % but 4 mL >= 1 mL
+        (4, TriageCategory.NORMAL),  # 0.4 % and 4 mL < 10 mL
         (5, TriageCategory.MILD),  # 0.5 %
         (249, TriageCategory.MILD),
         (250, TriageCategory.MODERATE),
@@ -143,13 +143,15 @@ def test_triage_thresholds(n_lesion: int, category: TriageCategory) -> None:
 
 def test_triage_small_lesion_is_normal_and_thresholds_configurable() -> None:
     seg = _with_percent(4)  # 0.4 %, 4 mL
-    strict = TriageThresholds(mild_min_lesion_ml=5.0)
-    assert quantify(seg, strict).triage is TriageCategory.NORMAL
+    assert quantify(seg).triage is TriageCategory.NORMAL
+    sensitive = TriageThresholds(mild_min_lesion_ml=1.0)
+    assert quantify(seg, sensitive).triage is TriageCategory.MILD
     custom = TriageThresholds(
         mild_min_percent=0.1, moderate_min_percent=0.2, severe_min_percent=0.3
     )
     assert quantify(seg, custom).triage is TriageCategory.SEVERE
-    assert quantify(seg).triage.priority == 3
+    assert quantify(seg, sensitive).triage.priority == 3
+    assert quantify(seg).triage.priority == 4
 
 
 @pytest.mark.parametrize(

@@ -55,10 +55,15 @@ class TriageThresholds:
     ``normal`` when the involvement is below ``mild_min_percent`` *and* the lesion volume is
     below ``mild_min_lesion_ml``; otherwise ``mild`` below ``moderate_min_percent``,
     ``moderate`` below ``severe_min_percent``, else ``severe``.
+
+    The default ``mild_min_lesion_ml`` of 10 mL sits above the false-positive lesion volume
+    the shipped model measured on lesion-free lungs (0.7 and 5.1 mL on two lesion-free
+    phantoms; see ``models/MODEL_CARD.md``), so a healthy chest is triaged ``normal``; a site
+    that wants small lesions flagged lowers it (``CT_TRIAGE_TRIAGE_MILD_MIN_LESION_ML``).
     """
 
     mild_min_percent: float = 0.5
-    mild_min_lesion_ml: float = 1.0
+    mild_min_lesion_ml: float = 10.0
     moderate_min_percent: float = 25.0
     severe_min_percent: float = 50.0
 

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
 
     #: Triage thresholds (total percent of lung involved).
     triage_mild_min_percent: float = 0.5
-    triage_mild_min_lesion_ml: float = 1.0
+    triage_mild_min_lesion_ml: float = 10.0
     triage_moderate_min_percent: float = 25.0
     triage_severe_min_percent: float = 50.0
 
