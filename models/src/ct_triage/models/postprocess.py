@@ -4,8 +4,12 @@
 (lungs include the lesions, lesions lie inside the lungs):
 
 1. lesion voxels (``LesionLabel`` 1 GGO / 2 consolidation) are kept only within
-   ``margin_mm`` (default 10 mm) of the classical lungs: dense subpleural consolidation is not
-   air, so the threshold-based lungs miss it, but it always borders aerated lung;
+   ``margin_mm`` (default 25 mm) of the classical lungs: dense subpleural consolidation is not
+   air, so the threshold-based lungs miss it, but it always borders aerated lung; lobar
+   consolidation reaches several cm from it (measured on the 10 held-out MedSeg
+   slices lesion Dice 0.637 at 10 mm, 0.672 at 25 mm, 0.676 at 40 mm, with the lung Dice on
+   the TotalSegmentator example unchanged at 0.963; 25 mm keeps the gain with a tighter
+   bound against false positives);
 2. lesion components (3-D, 26-connected, both classes together) smaller than
    ``min_lesion_ml`` (default 0.05 mL, about a 4.6 mm cube: speckle, not a finding) are
    removed, and so are components with less than ``min_lung_fraction`` (default 10 %) of
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LESION_MARGIN_MM", "MIN_LESION_ML", "MIN_LUNG_FRACTION", "combine"]
 
 #: Lesion voxels farther than this from the classical lungs are discarded.
-LESION_MARGIN_MM: float = 10.0
+LESION_MARGIN_MM: float = 25.0
 #: Lesion components smaller than this (mL) are discarded.
 MIN_LESION_ML: float = 0.05
 #: Lesion components with a smaller fraction of their voxels inside the lungs are discarded.
