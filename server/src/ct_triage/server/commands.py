@@ -68,7 +68,20 @@ def demo(out: Path, settings: Settings, *, seed: int) -> AnalysisResult:
     if not (study / "dicom").is_dir():
         logger.info("writing the sample study (synthetic chest CT, seed %d) to %s", seed, study)
         phantom(study, seed=seed, severity="moderate")
-    return analyze(study / "dicom", out / "result", settings)
+    result = analyze(study / "dicom", out / "result", settings)
+    truth = study / "truth.npz"
+    if truth.is_file():
+        import numpy as np
+
+        with np.load(truth) as t:
+            lungs, lesions = t["lung_mask"] > 0, t["lesion_mask"] > 0
+            pct = 100.0 * float(np.count_nonzero(lesions & lungs)) / float(np.count_nonzero(lungs))
+        got = result.report["percent_involvement"]["total"]
+        print(
+            f"Sample study (synthetic, exact truth): lung involved {pct:.1f} % in the truth, "
+            f"{got:.1f} % measured ({got - pct:+.1f} percentage points)"
+        )
+    return result
 
 
 def evaluate(data: Path, json_out: Path, settings: Settings) -> str:
