@@ -481,3 +481,26 @@ def test_shipped_model_on_real_hu_ct(shared_data: Path) -> None:
     assert case.lung_dice >= 0.95
     assert report.summary.counts["lung_dice"] >= 1
     assert report.to_dict()["model"]["sha256"] == model.identity.sha256
+
+
+@pytest.mark.slow
+def test_shipped_model_on_medseg_validation_slices(shared_data: Path, tmp_path: Path) -> None:
+    """Regression guard: the shipped model through ``evaluate`` on its held-out real slices.
+
+    Measured 0.672 lesion Dice on these 10 slices (models/MODEL_CARD.md); the floor leaves
+    room for float noise only, so a real regression in any step of the path fails here.
+    """
+    import json
+
+    from ct_triage.models.lesions import WEIGHTS_DIR, load_lesion_segmenter
+
+    manifest = json.loads((WEIGHTS_DIR / "manifest.json").read_text())
+    names = manifest["training"]["validation_split"]
+    src = shared_data / "medseg_covid_slices" / "train"
+    for name in names:
+        (tmp_path / name).symlink_to(src / name)
+    model = load_lesion_segmenter()
+    report = evaluate(tmp_path, model, model.identity)
+    assert report.summary.counts["lesion_dice"] == len(names) == 10
+    lesion_dice = report.to_dict()["summary"]["lesion_dice"]
+    assert lesion_dice >= 0.65, lesion_dice
