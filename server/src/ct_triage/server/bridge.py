@@ -182,8 +182,35 @@ class Bridge:
     def start(self) -> None:
         """Start the DICOM listener (when configured)."""
         if self.scp is not None:
-            self.scp.start()
+            try:
+                self.scp.start()
+            except (OSError, TriageError) as exc:  # the SCP reports a failed bind either way
+                if isinstance(exc, TriageError) and "bind" not in str(exc):
+                    raise
+                raise ConfigurationError(
+                    f"cannot listen for DICOM on {self.settings.dicom_host}:"
+                    f"{self.settings.dicom_port}: "
+                    f"{exc.strerror if isinstance(exc, OSError) else exc} (port in use? set "
+                    "CT_TRIAGE_DICOM_PORT)"
+                ) from exc
             logger.info("DICOM listener %s on port %d", self.settings.ae_title, self.scp.port)
+
+    def check_pacs(self) -> None:
+        """Start-up check: the configured PACS answers C-ECHO and/or DICOMweb (QIDO-RS).
+
+        Raises
+        ------
+        ConfigurationError
+            With the node and the reason (refused, rejected AE title, wrong password, ...).
+        """
+        try:
+            if self.pacs is not None:
+                self.dimse.echo(self.pacs)
+            if self.web is not None:
+                with DicomWebClient(self.web) as client:
+                    client.search_studies(limit=1)
+        except TriageError as exc:
+            raise ConfigurationError(f"PACS check failed: {exc}") from exc
 
     def close(self) -> None:
         """Stop the listener and close the durable state."""

@@ -166,7 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"ct-triage: configuration error: {exc}", file=sys.stderr)
+        problems = "; ".join(
+            f"CT_TRIAGE_{'_'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        print(f"ct-triage: configuration error: {problems}", file=sys.stderr)
         return 1
     configure_logging(
         level=logging.DEBUG if args.verbose else logging.INFO, fmt=settings.log_format

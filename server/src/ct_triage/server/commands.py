@@ -95,6 +95,23 @@ def evaluate(data: Path, json_out: Path, settings: Settings) -> str:
     return format_table(report)
 
 
+def check_port_free(host: str, port: int, what: str, setting: str) -> None:
+    """Refuse to start with a clear message when a listening port is taken."""
+    import socket
+
+    from ct_triage.server.bridge import ConfigurationError
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc} "
+                f"(port in use? set {setting})"
+            ) from exc
+
+
 def push_job_key(study_uid: str, claimed: list[ReadySeries], model_version: str) -> str:
     """Job key of pushed series: the same series generations give the same key."""
     parts = sorted(f"{r.series_uid}.g{r.generation}" for r in claimed)
@@ -117,11 +134,17 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     from ct_triage.server.jobs.worker import run_workers
 
     model = load_model(settings)  # fail at start-up, not on the first study
+    if settings.http_port:
+        check_port_free(
+            settings.http_host, settings.http_port, "the HTTP API", "CT_TRIAGE_HTTP_PORT"
+        )
     stop = stop or threading.Event()
     version = f"{model.identity.version}-{model.identity.sha256[:12]}"
     store = create_job_store(settings.resolved_job_store_url())
     try:
         with Bridge(settings, model, options_from(settings)) as bridge:
+            if settings.pacs_check_at_startup:
+                bridge.check_pacs()
             http = None
             if settings.http_port is not None:
                 app = create_app(settings, store=store, model=model.identity)

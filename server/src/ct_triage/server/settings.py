@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     destinations: list[str] = Field(default_factory=list)
     delivery_max_attempts: int = Field(default=5, ge=1)
     delivery_backoff_s: float = Field(default=2.0, gt=0)
+    #: ``serve`` refuses to start when the configured PACS does not answer C-ECHO/QIDO-RS.
+    pacs_check_at_startup: bool = True
     #: Pull mode: poll the PACS for new CT studies every N seconds (0 = off).
     poll_interval_s: float = Field(default=0.0, ge=0)
     #: Pull mode: how many days back the first poll looks.
