@@ -380,3 +380,36 @@ def test_selection_prefers_thin_lung_kernel_series_and_records_why(
         assert len(taken) == 1
         assert "lung kernel" in taken[0]["reason"]
         assert any("localizer" in v["reason"] for v in verdicts.values())
+
+
+def test_late_instance_reruns_the_series_and_supersedes_the_result(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    orthanc, our_port = pacs
+    settings = _settings(tmp_path, orthanc, our_port, dicom_port=None, destinations=[])
+    ordered = sorted(study)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        for f in ordered[:-1]:
+            bridge.spool.store(f.read_bytes(), calling_ae="MODALITY")
+        (first,) = bridge.process_due(now=time.time() + 10)
+        assert first.status == "analysed"
+        assert first.result_dir is not None
+        old = json.loads((first.result_dir / "report.json").read_text())
+        assert old["supersedes"] is None
+        assert old["volume"]["shape_zyx"][0] == len(study) - 1
+        # The last slice arrives late: the series is analysed again, the result supersedes.
+        bridge.spool.store(ordered[-1].read_bytes(), calling_ae="MODALITY")
+        (second,) = bridge.process_due(now=time.time() + 10)
+        assert second.status == "analysed"
+        assert second.result_dir is not None
+        assert second.result_dir != first.result_dir
+        new = json.loads((second.result_dir / "report.json").read_text())
+        assert new["volume"]["shape_zyx"][0] == len(study)
+        assert (
+            new["supersedes"]["seg_sop_instance_uid"] == old["outputs"]["seg"]["sop_instance_uid"]
+        )
+        assert new["supersedes"]["sr_sop_instance_uid"] == old["outputs"]["sr"]["sop_instance_uid"]
+        assert (
+            new["outputs"]["seg"]["sop_instance_uid"] != old["outputs"]["seg"]["sop_instance_uid"]
+        )
+        assert bridge.process_due(now=time.time() + 10) == []
