@@ -412,4 +412,10 @@ def test_late_instance_reruns_the_series_and_supersedes_the_result(
         assert (
             new["outputs"]["seg"]["sop_instance_uid"] != old["outputs"]["seg"]["sop_instance_uid"]
         )
+        sr = pydicom.dcmread(second.result_dir / "sr.dcm")
+        predecessor = sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+        assert (
+            predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            == old["outputs"]["sr"]["sop_instance_uid"]
+        )
         assert bridge.process_due(now=time.time() + 10) == []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 
 from ct_triage.dicom_bridge import inputs, select
 from ct_triage.dicom_bridge.load import LoadedSeries, load_series
@@ -142,6 +142,16 @@ def build_report(
     }
 
 
+def _previous_sr(supersedes: dict[str, Any] | None) -> tuple[Dataset, ...]:
+    """The SR of the superseded result, to be referenced as a predecessor document."""
+    if not supersedes or not supersedes.get("result"):
+        return ()
+    path = Path(str(supersedes["result"])) / "sr.dcm"
+    if not path.is_file():
+        return ()
+    return (dcmread(path, stop_before_pixels=True),)
+
+
 def _reject_unreadable(found: inputs.DiscoveredInput) -> None:
     """A study with unreadable DICOM files is not analysed: a lost slice could go unseen."""
     if found.unreadable:
@@ -248,7 +258,16 @@ def analyze_series(
             seg = write_seg(SegRequest(source=source, segmentation=segmentation, model=identity))
             seg.save_as(staging / "seg.dcm", enforce_file_format=True)
         with timer.stage("write_sr"):
-            sr = write_sr(SrRequest(source=source, seg=seg, quantification=quant, model=identity))
+            previous = _previous_sr(supersedes)
+            sr = write_sr(
+                SrRequest(
+                    source=source,
+                    seg=seg,
+                    quantification=quant,
+                    model=identity,
+                    previous_versions=previous,
+                )
+            )
             sr.save_as(staging / "sr.dcm", enforce_file_format=True)
         with timer.stage("write_overlay"):
             overlay = write_overlay_series(

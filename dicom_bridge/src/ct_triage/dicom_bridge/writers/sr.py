@@ -103,6 +103,9 @@ class SrRequest:
         Series Number of the new SR series (IS).
     instance_number
         Instance Number of the SR (IS).
+    previous_versions
+        Earlier SRs of the same series that this one supersedes (a late instance re-ran the
+        analysis); referenced in the Predecessor Documents Sequence (PS3.3 C.17.2.1).
     """
 
     source: tuple[Dataset, ...]
@@ -111,6 +114,7 @@ class SrRequest:
     model: ModelIdentity
     series_number: int = 9002
     instance_number: int = 1
+    previous_versions: tuple[Dataset, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.source) == 0:
@@ -373,6 +377,7 @@ def write_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
         is_final=False,
         is_verified=False,
         series_description=SERIES_DESCRIPTION,
+        previous_versions=list(req.previous_versions) or None,
     )
     sr.ManufacturerModelName = req.model.algorithm_label
     sr.SoftwareVersions = codes.SOFTWARE_VERSION
