@@ -47,8 +47,8 @@ from ct_triage.server.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEVERITIES = ("none", "mild", "moderate", "severe")
-N_STUDIES = 20
-N_KILL = 6  # studies of the SIGKILL test; the others go to the in-process batch
+N_STUDIES = 25
+N_KILL = 5  # studies of the SIGKILL test; the other 20 form the in-process batch
 
 
 def _write_study(args: tuple[int, str, Path]) -> tuple[str, str]:
@@ -124,6 +124,7 @@ def test_batch_by_accession_end_to_end(
 ) -> None:
     orthanc, accessions = pacs
     mine = accessions[N_KILL:]
+    assert len(mine) >= 20  # the issue asks for a batch of at least 20 studies
     settings = _settings(tmp_path / "data", orthanc)
     store = SqliteJobStore(tmp_path / "jobs.db")
     stop = threading.Event()
