@@ -105,7 +105,11 @@ def test_claim_oldest_first_sets_lease(store: JobStore) -> None:
         store.complete(c.id, "w2", {})
 
 
-def _claim_all(store: JobStore, worker: str, out: list[str]) -> None:
+def _claim_all(
+    store: JobStore, worker: str, out: list[str], start: threading.Barrier | None = None
+) -> None:
+    if start is not None:
+        start.wait()  # every thread begins claiming at the same moment
     while (job := store.claim(worker, lease_s=60)) is not None:
         out.append(job.id)
         store.complete(job.id, worker, {"priority": 4})
@@ -114,8 +118,10 @@ def _claim_all(store: JobStore, worker: str, out: list[str]) -> None:
 def test_concurrent_threads_claim_each_job_exactly_once(store: JobStore) -> None:
     jobs = _submit(store, 200)
     claimed: list[list[str]] = [[] for _ in range(4)]
+    start = threading.Barrier(4)
     threads = [
-        threading.Thread(target=_claim_all, args=(store, f"w{i}", claimed[i])) for i in range(4)
+        threading.Thread(target=_claim_all, args=(store, f"w{i}", claimed[i], start))
+        for i in range(4)
     ]
     for t in threads:
         t.start()

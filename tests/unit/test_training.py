@@ -67,6 +67,8 @@ def test_softmax_head_background_bias() -> None:
     from ct_triage.models.nets import SoftmaxHead
 
     class Fixed(torch.nn.Module):
+        out_channels = 3
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.zeros(x.shape[0], 3, *x.shape[2:])
 
@@ -77,3 +79,10 @@ def test_softmax_head_background_bias() -> None:
     torch.testing.assert_close(biased.sum(dim=1), torch.ones(1, 4, 4))
     assert bool((biased[:, 0] < plain[:, 0]).all())
     assert bool((biased[:, 1] > plain[:, 1]).all())
+
+    class Unknown(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(ValueError, match="out_channels"):
+        SoftmaxHead(Unknown(), 1.0)

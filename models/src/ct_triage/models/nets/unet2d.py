@@ -63,11 +63,17 @@ class SoftmaxHead(nn.Module):
         super().__init__()
         self.net = net
         self.background_bias = float(background_bias)
+        n_classes = int(getattr(net, "out_channels", 0))
+        if self.background_bias and n_classes < 1:
+            raise ValueError("a background bias needs a network with an out_channels attribute")
+        # A constant (1, K, 1, 1) tensor: the exported graph is one Sub before the Softmax
+        # (no shape arithmetic), which every runtime and the FP16 converter handle.
+        shift = torch.zeros(1, max(n_classes, 1), 1, 1)
+        shift[0, 0] = self.background_bias
+        self.register_buffer("shift", shift)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x)
         if self.background_bias:
-            shift = torch.zeros(1, logits.shape[1], 1, 1, dtype=logits.dtype)
-            shift[0, 0] = self.background_bias
-            logits = logits - shift.to(logits.device)
+            logits = logits - self.shift
         return torch.softmax(logits, dim=1)
