@@ -82,10 +82,16 @@ def torch_net_from_onnx(onnx_path: Path, device: str = "cpu") -> tuple[Any, floa
 
     model = onnx.load(str(onnx_path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    net = SoftmaxHead(build_lesion_net(LesionNetConfig(dropout=0.0)))
+    # The background calibration is a constant Sub before the Softmax (see nets.unet2d).
+    bias = 0.0
+    for node in model.graph.node:
+        if node.op_type == "Sub" and node.input[1] in inits:
+            bias = float(inits[node.input[1]].reshape(-1)[0])
+    net = SoftmaxHead(build_lesion_net(LesionNetConfig(dropout=0.0)), bias)
     modules = dict(net.named_modules())
     state = {k: v.clone() for k, v in net.state_dict().items()}
     folded: set[str] = set()
+    kept_bn: set[str] = set()
     for node in model.graph.node:
         if node.op_type not in {"Conv", "ConvTranspose", "PRelu", "BatchNormalization"}:
             continue
@@ -101,9 +107,11 @@ def torch_net_from_onnx(onnx_path: Path, device: str = "cpu") -> tuple[Any, floa
         for field, src in zip(fields, node.input[1:], strict=False):
             key = f"{name}.{field}"
             state[key] = torch.from_numpy(inits[src].copy()).reshape(state[key].shape)
+        if node.op_type == "BatchNormalization":
+            kept_bn.add(name)
         if node.op_type == "Conv" and name.endswith(".conv"):
             folded.add(name[: -len(".conv")] + ".adn.N")
-    for bn in folded:  # batch norm folded into the convolution by the export: identity
+    for bn in folded - kept_bn:  # batch norm folded into the convolution by the export: identity
         if f"{bn}.weight" not in state:
             continue
         eps = float(modules[bn].eps)
