@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ct_triage.kernels.preprocess import interp_matrix as kernel_interp_matrix
+
 logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
@@ -74,23 +76,8 @@ def interp_matrix(
     numpy.ndarray
         ``float32`` matrix of shape ``(n_out, n_in)``.
     """
-    if n_out <= 0 or n_in <= 0 or not scale > 0:
-        raise ValueError(f"bad resampling request: n_out={n_out}, n_in={n_in}, scale={scale}")
-    support = max(1.0, scale)
-    centres = offset + (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
-    j_lo = math.floor(float(centres.min()) - support)
-    j_hi = math.ceil(float(centres.max()) + support)
-    j = np.arange(j_lo, j_hi + 1, dtype=np.float64)
-    w = np.maximum(0.0, 1.0 - np.abs(j[None, :] - centres[:, None]) / support)
-    total = w.sum(axis=1, keepdims=True)
-    inside = (j >= 0) & (j < n_in)
-    w_in = w[:, inside]
-    norm = w_in.sum(axis=1, keepdims=True) if renormalise else total
-    w_in = np.divide(w_in, norm, out=np.zeros_like(w_in), where=norm > 0)
-    mat = np.zeros((n_out, n_in), dtype=np.float64)
-    cols = j[inside].astype(np.int64)
-    mat[:, cols] = w_in
-    return mat.astype(np.float32)
+    # One implementation, in the kernels package (the fused kernels use the same matrices).
+    return kernel_interp_matrix(n_out, n_in, offset=offset, scale=scale, renormalise=renormalise)
 
 
 @dataclass(frozen=True, slots=True)
