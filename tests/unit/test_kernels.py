@@ -136,7 +136,43 @@ def test_render_slices_equals_render_slice() -> None:
         np.testing.assert_array_equal(got[i], overlay.render_slice(hu[i], lungs[i], lesions[i]))
 
 
+def _two_lungs(shape: tuple[int, int, int], seed: int) -> npt.NDArray[np.uint8]:
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[_blobs(shape, seed=seed)] = 1
+    right = _blobs(shape, seed=seed + 1)
+    right[:, :, : shape[2] // 2] = False
+    labels[right] = 2
+    return labels
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.8)])
+def test_nearest_label_distance_fast_equals_reference(spacing: tuple[float, ...]) -> None:
+    labels = _two_lungs((16, 48, 56), seed=5)
+    ref_d, ref_n = components.nearest_label_distance(labels, spacing)
+    got_d, got_n = acc.nearest_label_distance_fast(labels, spacing)
+    np.testing.assert_allclose(got_d, ref_d, atol=1e-4)
+    # the nearest label may differ only where both labels are equally near
+    d1 = ndi.distance_transform_edt(labels != 1, sampling=spacing)
+    d2 = ndi.distance_transform_edt(labels != 2, sampling=spacing)
+    tie = np.abs(d1 - d2) <= 1e-4
+    assert (got_n != ref_n)[~tie].sum() == 0
+    assert set(np.unique(got_n)) == {1, 2}
+    assert (got_d[labels > 0] == 0).all()
+    np.testing.assert_array_equal(got_n[labels > 0], labels[labels > 0])
+
+
+def test_nearest_label_distance_without_labels() -> None:
+    empty = np.zeros((3, 4, 5), dtype=np.uint8)
+    for fn in (components.nearest_label_distance, acc.nearest_label_distance_fast):
+        dist, nearest = fn(empty, (1.0, 1.0, 1.0))
+        assert np.isinf(dist).all()
+        assert not nearest.any()
+    with pytest.raises(ValueError, match=r"0\.\.255"):
+        components.nearest_label_distance(np.full((2, 2), 300), (1.0, 1.0))
+
+
 def test_backends_report_availability() -> None:
     assert isinstance(acc.torch_available(), bool)
     assert isinstance(acc.cc3d_available(), bool)
+    assert isinstance(acc.edt_available(), bool)
     assert acc.default_device() in {"cpu", "cuda"}

@@ -227,6 +227,12 @@ def test_segments_overlap_matches_highdicom_definition(segmentation: Segmentatio
     assert segments_overlap(masks)  # lungs include the lesions
     assert not segments_overlap(masks[..., :2])
     assert (masks.sum(axis=-1) > 1).any() == segments_overlap(masks)
+    # the answer segment_masks derives from the label maps is the same
+    assert getattr(masks, "overlap", None) is True
+    no_lesions = Segmentation(segmentation.lungs, np.zeros_like(segmentation.lesions), (1, 1, 1))
+    lungs_only = segment_masks(no_lesions)
+    assert getattr(lungs_only, "overlap", None) is False
+    assert not segments_overlap(np.asarray(lungs_only))
 
 
 def test_seg_round_trip(

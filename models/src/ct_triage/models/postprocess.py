@@ -18,6 +18,10 @@
    vessels) lies entirely outside the lungs even when it is within the margin;
 3. the kept lesion voxels outside the lungs are added to the lung of the nearest lung voxel
    (Euclidean distance in mm), so that lung volumes include the lesions.
+
+Distances come from :func:`ct_triage.kernels.accelerated.nearest_label_distance_fast` (the
+``edt`` package, multi-threaded; scipy's feature transform when it is missing), computed only
+in the box of the lesion voxels outside the lungs grown by the margin.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import logging
 
 import numpy as np
 import numpy.typing as npt
-from scipy import ndimage as ndi
 
-from ct_triage.kernels.components import FULL_CONNECTIVITY, keep_components, label, label_counts
+from ct_triage.kernels.accelerated import label_fast, nearest_label_distance_fast
+from ct_triage.kernels.components import keep_components
 from ct_triage.models.segmentation import LesionLabel, LungLabel, Segmentation
 from ct_triage.models.volume import Volume
 
@@ -42,6 +46,8 @@ LESION_MARGIN_MM: float = 25.0
 MIN_LESION_ML: float = 0.05
 #: Lesion components with a smaller fraction of their voxels inside the lungs are discarded.
 MIN_LUNG_FRACTION: float = 0.10
+#: Distances are float32 in the accelerated transform: a voxel exactly at the margin stays.
+_DISTANCE_TOLERANCE_MM = 1e-4
 
 
 def combine(
@@ -113,13 +119,15 @@ def combine(
     in_lung = sub_lungs > 0
     outside = (lesions > 0) & ~in_lung
     nearest_label: npt.NDArray[np.uint8] | None = None
+    near_box: tuple[slice, ...] = ()
     if outside.any():
-        dist, idx = ndi.distance_transform_edt(~in_lung, sampling=spacing, return_indices=True)
-        far = outside & (dist > margin_mm)
+        # the nearest lung voxel of an outside lesion voxel within margin_mm of the lungs lies
+        # in the outside voxels' box grown by the margin; farther voxels are dropped anyway
+        near_box = _bbox(outside, margin_mm, spacing)
+        dist, nearest_label = nearest_label_distance_fast(sub_lungs[near_box], spacing)
+        far = outside[near_box] & (dist > margin_mm + _DISTANCE_TOLERANCE_MM)
         del dist
-        lesions[far] = 0
-        nearest_label = sub_lungs[tuple(idx)]
-        del idx
+        lesions[near_box][far] = 0
         logger.debug("combine: %d lesion voxels beyond %.1f mm dropped", int(far.sum()), margin_mm)
 
     lesions = _filter_components(
@@ -128,8 +136,8 @@ def combine(
 
     added = 0
     if nearest_label is not None:
-        add = (lesions > 0) & ~in_lung
-        sub_lungs[add] = nearest_label[add]
+        add = (lesions[near_box] > 0) & ~in_lung[near_box]
+        sub_lungs[near_box][add] = nearest_label[add]
         added = int(add.sum())
     lesions[sub_lungs == 0] = 0  # guaranteed subset, whatever happened above
     out_lesions[box] = lesions
@@ -164,8 +172,10 @@ def _filter_components(
     """Remove lesion components that are too small or lie (almost) entirely outside the lungs."""
     if (min_ml <= 0 and min_lung_fraction <= 0) or not lesions.any():
         return lesions
-    lab, n = label(lesions > 0, FULL_CONNECTIVITY)
-    counts = label_counts(lab, n)
+    found = lesions > 0
+    lab, n = label_fast(found, 26)
+    # counts over the lesion voxels only (index 0, the background, is not used)
+    counts = np.bincount(lab[found], minlength=n + 1)
     # counts of each component's voxels inside the lungs (bincount of an index, not of
     # float weights over the whole box: 3x faster on a 300-slice chest)
     inside = np.bincount(lab[in_lung], minlength=n + 1)

@@ -213,8 +213,17 @@ def segment_masks(segmentation: Segmentation) -> npt.NDArray[np.bool_]:
     np.equal(lungs, LungLabel.LEFT, out=planes[1])
     np.equal(lesions, LesionLabel.GGO, out=planes[2])
     np.equal(lesions, LesionLabel.CONSOLIDATION, out=planes[3])
-    stacked: npt.NDArray[np.bool_] = np.moveaxis(planes, 0, -1)
+    stacked = np.moveaxis(planes, 0, -1).view(_SegmentStack)
+    # right/left are one label map and GGO/consolidation another, so two segments share a
+    # pixel exactly where a lung label and a lesion label do (one pass, no 4-plane check)
+    stacked.overlap = bool(np.logical_and(lungs, lesions).any())
     return stacked
+
+
+class _SegmentStack(np.ndarray):
+    """A ``(z, y, x, n)`` boolean segment stack that knows whether its segments overlap."""
+
+    overlap: bool | None = None
 
 
 def segments_overlap(masks: npt.NDArray[np.bool_]) -> bool:
@@ -238,7 +247,9 @@ class _Segmentation(hd.seg.Segmentation):
     highdicom's ``_check_and_cast_pixel_array`` finds Segments Overlap by summing a
     ``(z, y, x, n)`` array over its last axis, which promotes to ``int64`` and takes ~2 s
     for 300 slices of 512 x 512 x 4. For a boolean stack the same answer is computed here
-    with ``uint8`` plane additions (~0.1 s); every other input goes to highdicom unchanged.
+    with plane-wise logical operations (~0.45 s), or taken from the stack when
+    :func:`segment_masks` already knows it from the two label maps (~0.05 s); every other
+    input goes to highdicom unchanged.
     The instance is a plain :class:`highdicom.seg.Segmentation` in every other respect.
     """
 
@@ -256,8 +267,9 @@ class _Segmentation(hd.seg.Segmentation):
             and pixel_array.dtype == np.bool_
             and pixel_array.shape[-1] == len(segment_numbers)
         ):
-            overlap = segments_overlap(pixel_array)
-            return pixel_array, (
+            known = getattr(pixel_array, "overlap", None)
+            overlap = segments_overlap(pixel_array) if known is None else known
+            return np.asarray(pixel_array), (
                 hd.seg.SegmentsOverlapValues.YES if overlap else hd.seg.SegmentsOverlapValues.NO
             )
         result: tuple[Any, hd.seg.SegmentsOverlapValues] = super()._check_and_cast_pixel_array(
