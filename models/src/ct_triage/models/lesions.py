@@ -98,7 +98,12 @@ def segment_slices(
     kbox = Box(box.y0, box.x0, box.height, box.width)
     # Fused window + crop-resize kernel (equal to preprocess.crop_resize(window(...)) within
     # float32 rounding; tests/unit/test_kernels.py), about 10x faster on 512x512 slices.
-    grid[needed] = window_crop_resize(hu[needed], kbox, size, lo, hi)
+    if needed.size == needed[-1] - needed[0] + 1:  # contiguous (the usual case): no gather copy
+        grid[needed[0] : needed[-1] + 1] = window_crop_resize(
+            hu[needed[0] : needed[-1] + 1], kbox, size, lo, hi
+        )
+    else:
+        grid[needed] = window_crop_resize(hu[needed], kbox, size, lo, hi)
     for start in range(0, slice_indices.size, batch_size):
         chunk = slice_indices[start : start + batch_size]
         batch = np.stack([_context_stack(grid, int(i), spec.channels) for i in chunk])
@@ -108,7 +113,10 @@ def segment_slices(
                 f"network returned shape {probs.shape} for an input batch of {batch.shape}"
             )
         classes, (ys, xs) = uncrop_argmax(probs, kbox, (h, w))
-        labels[chunk, ys, xs] = classes
+        if chunk[-1] - chunk[0] + 1 == chunk.size:  # consecutive slices: a view, no scatter
+            labels[chunk[0] : chunk[-1] + 1, ys, xs] = classes
+        else:
+            labels[chunk, ys, xs] = classes
     return labels
 
 

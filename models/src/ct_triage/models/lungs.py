@@ -39,11 +39,14 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
+from ct_triage.kernels.accelerated import (
+    fill_holes_inplane_fast,
+    label_fast,
+    label_inplane_fast,
+)
 from ct_triage.kernels.components import (
-    FACE_CONNECTIVITY,
     INPLANE_CONNECTIVITY,
     keep_components,
-    label,
     label_counts,
 )
 from ct_triage.models.errors import StudyDeclined
@@ -260,7 +263,7 @@ def _segment_coarse(
     smooth = ndi.uniform_filter(hu, size=box, mode="nearest")
     air_level = _air_level(hu, air & ~body)
     core = (smooth < air_level + _GAS_CORE_MARGIN_HU) & candidates
-    core_lab, n_core = label(core, FACE_CONNECTIVITY)
+    core_lab, n_core = label_fast(core, 6)
     gas = np.zeros_like(core)
     if n_core:
         core_counts = label_counts(core_lab, n_core)
@@ -279,7 +282,7 @@ def _segment_coarse(
     if gas.any():
         lung_cand &= ~_gas_contact_pieces(lung_cand, gas)
 
-    lab, n = label(lung_cand, FACE_CONNECTIVITY)
+    lab, n = label_fast(lung_cand, 6)
     if n == 0:
         return out
     counts = label_counts(lab, n)
@@ -340,7 +343,7 @@ def _gas_contact_pieces(
     cand: npt.NDArray[np.bool_], gas: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.bool_]:
     """In-plane pieces of ``cand`` that mostly border removed gas (bowel wall, faeces)."""
-    lab, n = label(cand, INPLANE_CONNECTIVITY)
+    lab, n = label_inplane_fast(cand)
     if n == 0:
         return np.zeros_like(cand)
     counts = label_counts(lab, n)
@@ -361,16 +364,16 @@ def _air_level(hu: npt.NDArray[np.float32], outside: npt.NDArray[np.bool_]) -> f
 
 def _body_mask(tissue: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     """Largest 3-D tissue component with its holes (lungs, airways, bowel gas) filled per slice."""
-    lab, n = label(tissue, FACE_CONNECTIVITY)
+    lab, n = label_fast(tissue, 6)
     if n == 0:
         return np.zeros_like(tissue)
     counts = label_counts(lab, n)
     counts[0] = 0
     body = lab == int(np.argmax(counts))
-    filled: npt.NDArray[np.bool_] = ndi.binary_fill_holes(body, INPLANE_CONNECTIVITY)
+    filled: npt.NDArray[np.bool_] = fill_holes_inplane_fast(body)
     pockets = _border_pockets(~tissue & ~filled, filled)
     if pockets.any():
-        filled = ndi.binary_fill_holes(filled | pockets, INPLANE_CONNECTIVITY)
+        filled = fill_holes_inplane_fast(filled | pockets)
     return filled
 
 
@@ -394,12 +397,14 @@ def _border_pockets(
     edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
     if not (air & edge[None]).any():
         return result
-    lab, n = label(air, INPLANE_CONNECTIVITY)
+    lab, n = label_inplane_fast(air)
     on_edge = lab[:, edge]
     touching = np.unique(on_edge[on_edge > 0])
-    cut = np.isin(lab, touching)
+    is_touching = np.zeros(n + 1, dtype=bool)
+    is_touching[touching] = True
+    cut = is_touching[lab]
     outline = cut & ~ndi.binary_erosion(
-        ndi.binary_fill_holes(cut, INPLANE_CONNECTIVITY), INPLANE_CONNECTIVITY, border_value=1
+        fill_holes_inplane_fast(cut), INPLANE_CONNECTIVITY, border_value=1
     )
     near_body = outline & ndi.binary_dilation(body, INPLANE_CONNECTIVITY)
     n_edge = np.bincount(on_edge.ravel(), minlength=n + 1).astype(np.float64)
@@ -429,7 +434,7 @@ def _split_component(
     seeds: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None
     for _ in range(_MAX_SPLIT_EROSIONS):
         eroded = ndi.binary_erosion(eroded, INPLANE_CONNECTIVITY)
-        lab, n = label(eroded, FACE_CONNECTIVITY)
+        lab, n = label_fast(eroded, 6)
         if n < 2:
             if n == 0:
                 break
@@ -480,6 +485,6 @@ def _close_and_fill(
     structure = disk[None, :, :]
     padded = np.pad(sub, ((0, 0), (r, r), (r, r)))
     closed = ndi.binary_erosion(ndi.binary_dilation(padded, structure), structure)[:, r:-r, r:-r]
-    closed = ndi.binary_fill_holes(closed | sub, INPLANE_CONNECTIVITY)
+    closed = fill_holes_inplane_fast(closed | sub)
     region = out[pad_sl]
     region[closed & (region == 0)] = lung
