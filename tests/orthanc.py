@@ -167,6 +167,11 @@ class OrthancServer:
         r.raise_for_status()
         return r.json()
 
+    def get_bytes(self, path: str) -> bytes:
+        r = httpx.get(f"{self.url}{path}", auth=self.auth, timeout=30.0)
+        r.raise_for_status()
+        return r.content
+
     def upload(self, files: list[Path]) -> None:
         """Store files through the REST API (the way a modality's push would end up)."""
         with httpx.Client(auth=self.auth, timeout=60.0) as client:

@@ -9,12 +9,15 @@ instance but still answers Success.)
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pydicom
 import pytest
 from dicom_factory import SeriesSpec, write_series
 from orthanc import OrthancServer, free_port
+from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
 
 from ct_triage.dicom_bridge.deliver import (
     CStoreDestination,
@@ -172,3 +175,52 @@ def test_unreachable_destination_dead_letters_after_max_attempts(tmp_path: Path)
     assert dead.id == delivery_id
     assert dead.last_error.startswith("gave up after 2 attempts")
     assert box.run_once(now=T0 + 1e6) == 0
+
+
+def test_cstore_streams_the_file_unchanged(orthanc: OrthancServer, tmp_path: Path) -> None:
+    """The file is sent in its own transfer syntax as it is on disk: Orthanc keeps the same
+    dataset (every element, pixel data included)."""
+    files = _results(tmp_path, n=2)
+    assert _cstore(orthanc).send(files).ok
+    for f in files:
+        ours = pydicom.dcmread(f)
+        [iid] = [
+            i
+            for i in orthanc.instances()
+            if orthanc.get(f"/instances/{i}")["MainDicomTags"]["SOPInstanceUID"]
+            == ours.SOPInstanceUID
+        ]
+        stored = pydicom.dcmread(io.BytesIO(orthanc.get_bytes(f"/instances/{iid}/file")))
+        assert stored.file_meta.TransferSyntaxUID == ours.file_meta.TransferSyntaxUID
+        assert stored == ours
+
+
+def test_cstore_re_encodes_for_a_peer_without_the_files_syntax(tmp_path: Path) -> None:
+    """A peer that takes only Implicit VR Little Endian gets the decoded dataset, re-encoded."""
+    received: list[pydicom.Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    ae = AE(ae_title="IMPLICIT")
+    ae.add_supported_context(CTImageStorage, ImplicitVRLittleEndian)
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        files = _results(tmp_path, n=2)
+        assert str(pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID) != ImplicitVRLittleEndian
+        node = PacsNode("IMPLICIT", "127.0.0.1", port)
+        result = CStoreDestination(node, client=DimseClient(connect_timeout_s=2)).send(files)
+    finally:
+        server.shutdown()
+    assert result.ok
+    assert sorted(str(ds.SOPInstanceUID) for ds in received) == _uids(files)
+    for ds in received:
+        assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        [src] = [f for f in files if pydicom.dcmread(f).SOPInstanceUID == ds.SOPInstanceUID]
+        assert ds.PixelData == pydicom.dcmread(src).PixelData

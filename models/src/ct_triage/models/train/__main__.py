@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="shared data dir")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument(
+        "--phantom-volumes", type=int, default=None, help="synthetic volumes to sample slices from"
+    )
     parser.add_argument("--version", default="0.2.0")
     parser.add_argument(
         "--cache", type=Path, default=None, help="folder to keep the cached phantom slices in"
@@ -62,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     if out.resolve() == WEIGHTS_DIR.resolve() and not args.allow_shipped:
         parser.error("refusing to overwrite the shipped weights without --allow-shipped")
-    cfg = get_config(args.config, steps=args.steps, eval_every=args.eval_every)
+    cfg = get_config(
+        args.config,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        phantom_volumes=args.phantom_volumes,
+    )
     data_dir = args.data or default_data_dir()
     result = train(cfg, data_dir, progress=not args.quiet, cache_dir=args.cache)
     spec = input_spec(cfg)
