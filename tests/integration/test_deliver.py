@@ -211,6 +211,7 @@ def test_cstore_re_encodes_for_a_peer_without_the_files_syntax(tmp_path: Path) -
     server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
     )
+    assert server is not None
     try:
         files = _results(tmp_path, n=2)
         assert str(pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID) != ImplicitVRLittleEndian
