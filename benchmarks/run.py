@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python -m benchmarks.run --slices 300 --repeats 3 --out benchmarks/results/$(hostname).json
     python -m benchmarks.run --quick                       # CI smoke: 64 slices, 1 repeat
     python -m benchmarks.run --slices 300 --batch 6        # I/O overlapped with compute
+    python -m benchmarks.run --slices 300 --batch 6 --batch-procs 2   # + 2 worker processes
     python -m benchmarks.run --slices 300 --orthanc        # series complete -> SEG+SR in Orthanc
 
 One synthetic chest CT (``ct_triage.models.phantom``, written as DICOM by
@@ -262,12 +263,64 @@ def worker_batch(series: Path, work: Path, n: int) -> dict[str, Any]:
     }
 
 
+def worker_batch_part(series: Path, work: Path, n: int) -> dict[str, Any]:
+    """One of several worker processes sharing a batch: ``n`` studies back to back.
+
+    Like extra ``ct-triage worker`` processes next to ``ct-triage serve``: each has its own
+    model session (``CT_TRIAGE_INFERENCE_THREADS`` set by the parent) and works through its
+    share; the wall-clock window is reported so the parent can take the union.
+    """
+    from ct_triage.server.pipeline import analyze_study
+
+    model, options = _load_ours()
+    tag = f"part{os.getpid()}"
+    t_start = time.time()
+    for i in range(n):
+        out = work / f"batch_{tag}_{i}"
+        shutil.rmtree(out, ignore_errors=True)
+        analyze_study(series, out, model, options)
+        shutil.rmtree(out, ignore_errors=True)
+    return {"n": n, "t_start": t_start, "t_end": time.time()}
+
+
 WORKERS = {
     "ours": worker_ours,
     "baseline": worker_baseline,
     "orthanc": worker_orthanc,
     "batch": worker_batch,
+    "batch_part": worker_batch_part,
 }
+
+
+def batch_processes(series: Path, work: Path, n: int, procs: int) -> dict[str, Any]:
+    """``n`` studies shared by ``procs`` worker processes (CPU threads split between them)."""
+    cpus = len(os.sched_getaffinity(0))
+    threads = max(1, cpus // procs)
+    shares = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+    env = dict(os.environ, CT_TRIAGE_INFERENCE_THREADS=str(threads))
+    running = []
+    for i, share in enumerate(shares):
+        out = work / f"batch_part_{i}.json"
+        cmd = [sys.executable, "-m", "benchmarks.run", "--worker", "batch_part"]
+        cmd += ["--series", str(series), "--work", str(work), "--count", str(share)]
+        cmd += ["--worker-out", str(out)]
+        running.append((subprocess.Popen(cmd, cwd=REPO, env=env), out))
+    parts = []
+    for proc, out in running:
+        if proc.wait() != 0:
+            raise RuntimeError(f"batch worker process failed with exit code {proc.returncode}")
+        parts.append(json.loads(out.read_text()))
+    wall = max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)
+    _say(f"batch in {procs} processes: {n} studies in {wall:.1f} s")
+    return {
+        "n": n,
+        "processes": procs,
+        "inference_threads_each": threads,
+        "wall_s": wall,
+        "studies_per_min": 60.0 * n / wall,
+        "projected_120_min": 120 * wall / n / 60.0,
+        "peak_rss_mb_each": [p["peak_rss_mb"] for p in parts],
+    }
 
 
 def _spawn(kind: str, series: Path, work: Path, count: int) -> dict[str, Any]:
@@ -333,6 +386,13 @@ def _print_table(results: dict[str, Any]) -> None:
             f"overlapped {b['studies_per_min_overlapped']:.2f} studies/min; 120 studies: "
             f"{b['projected_120_min_sequential']:.1f} / {b['projected_120_min_overlapped']:.1f} min"
         )
+    if "batch_processes" in results:
+        b = results["batch_processes"]
+        print(
+            f"batch of {b['n']} in {b['processes']} processes ({b['inference_threads_each']} "
+            f"inference thread(s) each): {b['studies_per_min']:.2f} studies/min; 120 studies: "
+            f"{b['projected_120_min']:.1f} min"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,6 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch", type=int, default=0, help="also run N studies, overlapped I/O")
+    p.add_argument(
+        "--batch-procs",
+        type=int,
+        default=0,
+        help="also run the batch in K worker processes (threads split between them)",
+    )
     p.add_argument("--orthanc", action="store_true", help="also time delivery to Orthanc")
     p.add_argument("--quick", action="store_true", help="CI smoke: 64 slices, 1 repeat")
     p.add_argument("--skip-baseline", action="store_true")
@@ -392,6 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["orthanc"] = res
         if args.batch:
             results["batch"] = _spawn("batch", series, work, args.batch)
+            if args.batch_procs > 1:
+                results["batch_processes"] = batch_processes(
+                    series, work, args.batch, args.batch_procs
+                )
     if "baseline" in results:
         results["ratio_baseline_over_ours"] = (
             results["baseline"]["stages"]["end_to_end"]["median"]

@@ -24,6 +24,7 @@ from ct_triage.models.identity import ModelIdentity
 from ct_triage.models.manifest import InputSpec, Manifest, load_manifest, verify_file
 from ct_triage.models.preprocess import CropBox, lung_box
 from ct_triage.models.runtime.base import Predictor
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.models.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -226,6 +227,7 @@ def load_lesion_segmenter(
     provider: str = "cpu",
     threads: int | None = None,
     strict: bool = False,
+    runtime: RuntimeConfig | None = None,
 ) -> LesionSegmenter:
     """Load the lesion model from a directory with ``manifest.json`` and the ONNX file.
 
@@ -239,6 +241,10 @@ def load_lesion_segmenter(
         CPU intra-op threads (``None``: ONNX Runtime's default).
     strict
         Refuse to fall back to another execution provider.
+    runtime
+        The whole runtime configuration (ONNX Runtime options, FP16, TensorRT engine cache,
+        IO binding, or a Triton server); when given, ``provider``, ``threads`` and ``strict``
+        are ignored.
 
     Raises
     ------
@@ -251,6 +257,19 @@ def load_lesion_segmenter(
     from ct_triage.models.runtime.onnx import OnnxPredictor
 
     directory = WEIGHTS_DIR if model_dir is None else Path(model_dir)
+    if runtime is not None:
+        from ct_triage.models.runtime.factory import create_predictor
+
+        configured = create_predictor(runtime, directory)
+        manifest = load_manifest(directory)
+        identity = ModelIdentity(
+            name=manifest.name,
+            version=manifest.version,
+            sha256=manifest.sha256,
+            provider=configured.provider,
+        )
+        logger.info("lesion model %s on %s", identity.algorithm_label, identity.provider)
+        return LesionSegmenter(configured, manifest, identity)
     manifest = load_manifest(directory)
     path = verify_file(manifest, directory)
     predictor = OnnxPredictor(path, provider=provider, threads=threads, strict=strict)

@@ -40,7 +40,9 @@ def load_model(settings: Settings) -> LesionSegmenter:
     """Load the lesion model named by the settings (validated against its manifest)."""
     from ct_triage.models.lesions import load_lesion_segmenter
 
-    return load_lesion_segmenter(settings.model_dir, provider=settings.provider)
+    model = load_lesion_segmenter(settings.model_dir, runtime=settings.runtime_config())
+    model.batch_size = settings.inference_batch
+    return model
 
 
 def phantom(

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ct_triage.models.quantify import TriageThresholds
+from ct_triage.models.runtime.factory import RuntimeConfig
 
 Provider = Literal["cpu", "cuda", "tensorrt"]
 
@@ -48,6 +49,29 @@ class Settings(BaseSettings):
     provider: Provider = "cpu"
     #: Threads for CPU inference; ``None`` lets ONNX Runtime decide.
     inference_threads: int | None = Field(default=None, ge=1, le=256)
+    #: Where the network runs: ONNX Runtime in this process, or a Triton Inference Server.
+    runtime: Literal["onnxruntime", "triton"] = "onnxruntime"
+    #: Refuse to start when the requested provider cannot run (no CPU fallback).
+    provider_strict: bool = False
+    #: FP16 compute on the GPU (TensorRT: FP16 kernels; CUDA: the verified FP16 model file).
+    fp16: bool = False
+    #: TensorRT engine cache; ``None`` = ``<data_dir>/tensorrt-cache``.
+    trt_cache_dir: Path | None = None
+    #: Bind inputs and outputs to GPU memory explicitly (CUDA / TensorRT; ignored on CPU).
+    io_binding: bool = True
+    #: Largest batch of slices per network call.
+    inference_batch: int = Field(default=16, ge=1, le=512)
+    #: Triton: ``host:port`` (or ``http://``, ``https://``, ``grpc://`` URL), protocol, model.
+    triton_url: str | None = None
+    triton_protocol: Literal["http", "grpc"] = "http"
+    triton_model_name: str = Field(default="ct_triage_lesion", min_length=1)
+    triton_model_version: str = ""
+    triton_timeout_s: float = Field(default=30.0, gt=0)
+    #: Triton over TLS: CA bundle, and client certificate + key for mutual TLS.
+    triton_ssl: bool = False
+    triton_ssl_ca: Path | None = None
+    triton_ssl_cert: Path | None = None
+    triton_ssl_key: Path | None = None
 
     #: Series selection.
     min_slices: int = Field(default=40, ge=1)
@@ -157,7 +181,33 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.pacs_dicomweb_token and self.pacs_dicomweb_user:
             raise ValueError("give either a DICOMweb user/password or a token, not both")
+        self.runtime_config()  # raises ValueError, e.g. runtime=triton without triton_url
         return self
+
+    def runtime_config(self) -> RuntimeConfig:
+        """The inference runtime as the compute type (validated there)."""
+        trt_cache = self.trt_cache_dir
+        if trt_cache is None and self.provider == "tensorrt":
+            trt_cache = self.data_dir / "tensorrt-cache"
+        return RuntimeConfig(
+            kind=self.runtime,
+            provider=self.provider,
+            strict=self.provider_strict,
+            threads=self.inference_threads,
+            max_batch=max(self.inference_batch, 1),
+            fp16=self.fp16,
+            trt_cache_dir=trt_cache,
+            io_binding=self.io_binding,
+            triton_url=self.triton_url,
+            triton_protocol=self.triton_protocol,
+            triton_model_name=self.triton_model_name,
+            triton_model_version=self.triton_model_version,
+            triton_timeout_s=self.triton_timeout_s,
+            triton_ssl=self.triton_ssl,
+            triton_ssl_ca=self.triton_ssl_ca,
+            triton_ssl_cert=self.triton_ssl_cert,
+            triton_ssl_key=self.triton_ssl_key,
+        )
 
     def resolved_job_store_url(self) -> str:
         """The job store URL, defaulting to SQLite under ``data_dir``."""

@@ -1,0 +1,105 @@
+"""``ct-triage analyze`` with the runtime chosen by configuration (``CT_TRIAGE_RUNTIME``...).
+
+The same study is analysed in-process with ONNX Runtime and through Triton over HTTP and
+gRPC. **Triton here is the fake in ``tests/fake_triton.py``** (the real KServe v2 wire
+protocols, ONNX Runtime behind them): no Triton Inference Server can run on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_triton import fake_model, grpc_server, http_server
+
+from ct_triage.dicom_bridge.synthetic import write_phantom_series
+from ct_triage.models.lesions import WEIGHTS_DIR
+from ct_triage.models.phantom import generate, spec_from_seed
+from ct_triage.models.runtime.triton import is_available
+from ct_triage.server.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ph = generate(spec_from_seed(13, n_slices=40, severity="moderate"))
+    folder = tmp_path_factory.mktemp("runtimes") / "dicom"
+    write_phantom_series(ph, folder)
+    return folder
+
+
+def _analyze(study: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
+    for key, value in env.items():
+        monkeypatch.setenv(f"CT_TRIAGE_{key.upper()}", value)
+    assert main(["analyze", str(study), "--out", str(out)]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(params=["http", "grpc"])
+def triton_url(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    protocol: str = request.param
+    if not is_available(protocol):
+        pytest.skip(f"tritonclient[{protocol}] is not installed (the 'triton' extra)")
+    model = fake_model(WEIGHTS_DIR)
+    if protocol == "http":
+        with http_server(model) as url:
+            yield protocol, url
+        return
+    server, port = grpc_server(model)
+    try:
+        yield protocol, f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)
+    assert model.infer_calls, "the analysis did not call the Triton server"
+
+
+def test_triton_runtime_gives_the_onnxruntime_result(
+    study: Path,
+    tmp_path: Path,
+    triton_url: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    local = _analyze(study, tmp_path / "onnx", monkeypatch, inference_threads="2")
+    protocol, url = triton_url
+    remote = _analyze(
+        study,
+        tmp_path / "triton",
+        monkeypatch,
+        runtime="triton",
+        triton_url=url,
+        triton_protocol=protocol,
+    )
+    assert local["model"]["execution_provider"] == "CPUExecutionProvider"
+    assert "triton" in remote["model"]["execution_provider"].lower()
+    assert protocol in remote["model"]["execution_provider"].lower()
+    for key in ("percent_involvement", "lesion_volume_ml", "lung_volume_ml", "triage"):
+        assert remote[key] == local[key], key
+
+
+def test_triton_runtime_without_a_server_fails_in_one_line(
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not is_available("http"):
+        pytest.skip("tritonclient[http] is not installed (the 'triton' extra)")
+    monkeypatch.setenv("CT_TRIAGE_RUNTIME", "triton")
+    monkeypatch.setenv("CT_TRIAGE_TRITON_URL", "127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("CT_TRIAGE_TRITON_TIMEOUT_S", "2")
+    out = tmp_path / "out"
+    assert main(["analyze", str(study), "--out", str(out)]) == 1  # not the input's fault
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "triton" in err[0].lower()
+    assert not out.exists()
+
+
+def test_triton_runtime_needs_a_url(
+    study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CT_TRIAGE_RUNTIME", "triton")
+    assert main(["analyze", str(study), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "triton_url" in err
