@@ -200,33 +200,45 @@ def _two_lungs(shape: tuple[int, int, int], seed: int) -> npt.NDArray[np.uint8]:
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.8)])
-def test_nearest_label_distance_fast_equals_reference(spacing: tuple[float, ...]) -> None:
+@pytest.mark.parametrize("max_distance", [3.0, 1e9])
+def test_nearest_label_within_fast_equals_reference(
+    spacing: tuple[float, ...], max_distance: float
+) -> None:
     labels = _two_lungs((16, 48, 56), seed=5)
-    ref_d, ref_n = components.nearest_label_distance(labels, spacing)
-    got_d, got_n = acc.nearest_label_distance_fast(labels, spacing)
-    np.testing.assert_allclose(got_d, ref_d, atol=1e-4)
+    query = _blobs(labels.shape, seed=6) | (labels == 0)
+    query[0, 0, 0] = True  # a corner
+    ref_d, ref_n = components.nearest_label_within(labels, spacing, query, max_distance)
+    got_d, got_n = acc.nearest_label_within_fast(labels, spacing, query, max_distance)
+    assert got_d.shape == ref_d.shape == (int(query.sum()),)
+    np.testing.assert_allclose(got_d, ref_d, rtol=0, atol=1e-9)
     # the nearest label may differ only where both labels are equally near
-    d1 = ndi.distance_transform_edt(labels != 1, sampling=spacing)
-    d2 = ndi.distance_transform_edt(labels != 2, sampling=spacing)
-    tie = np.abs(d1 - d2) <= 1e-4
+    d1 = ndi.distance_transform_edt(labels != 1, sampling=spacing)[query]
+    d2 = ndi.distance_transform_edt(labels != 2, sampling=spacing)[query]
+    tie = np.abs(d1 - d2) <= 1e-9
     assert (got_n != ref_n)[~tie].sum() == 0
-    assert set(np.unique(got_n)) == {1, 2}
-    assert (got_d[labels > 0] == 0).all()
-    np.testing.assert_array_equal(got_n[labels > 0], labels[labels > 0])
+    assert set(np.unique(got_n)) == ({0, 1, 2} if max_distance < 10 else {1, 2})
+    inside = labels[query] > 0
+    assert (got_d[inside] == 0).all()
+    np.testing.assert_array_equal(got_n[inside], labels[query][inside])
+    assert np.isinf(got_d[got_n == 0]).all()
 
 
-def test_nearest_label_distance_without_labels() -> None:
+def test_nearest_label_within_edge_cases() -> None:
     empty = np.zeros((3, 4, 5), dtype=np.uint8)
-    for fn in (components.nearest_label_distance, acc.nearest_label_distance_fast):
-        dist, nearest = fn(empty, (1.0, 1.0, 1.0))
+    query = np.ones(empty.shape, dtype=bool)
+    for fn in (components.nearest_label_within, acc.nearest_label_within_fast):
+        dist, nearest = fn(empty, (1.0, 1.0, 1.0), query, 10.0)
         assert np.isinf(dist).all()
         assert not nearest.any()
+        dist, nearest = fn(empty, (1.0, 1.0, 1.0), ~query, 10.0)
+        assert dist.size == nearest.size == 0
     with pytest.raises(ValueError, match=r"0\.\.255"):
-        components.nearest_label_distance(np.full((2, 2), 300), (1.0, 1.0))
+        components.nearest_label_within(np.full((2, 2), 300), (1.0, 1.0), query[0, :2, :2], 1)
+    with pytest.raises(ValueError, match="shape"):
+        acc.nearest_label_within_fast(empty, (1.0, 1.0, 1.0), query[0], 1.0)
 
 
 def test_backends_report_availability() -> None:
     assert isinstance(acc.torch_available(), bool)
     assert isinstance(acc.cc3d_available(), bool)
-    assert isinstance(acc.edt_available(), bool)
     assert acc.default_device() in {"cpu", "cuda"}

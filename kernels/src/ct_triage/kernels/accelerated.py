@@ -1,8 +1,7 @@
-"""Accelerated kernels: torch (CPU or CUDA), cc3d and edt, each optional and imported lazily.
+"""Accelerated kernels: torch (CPU or CUDA) and cc3d, each optional and imported lazily.
 
 Like pydicom's pixel decoder plugins, every backend says whether it can run
-(:func:`torch_available`, :func:`cuda_available`, :func:`cc3d_available`,
-:func:`edt_available`) and the functions
+(:func:`torch_available`, :func:`cuda_available`, :func:`cc3d_available`) and the functions
 fall back to the NumPy references of :mod:`ct_triage.kernels.preprocess`,
 :mod:`ct_triage.kernels.components` and :mod:`ct_triage.kernels.overlay` when it cannot.
 
@@ -13,9 +12,8 @@ Accuracy contract (checked by ``tests/unit/test_kernels.py`` and ``tests/gpu/``)
   1e-4 (CUDA, TF32 disabled here) on ``[0, 1]`` data;
 * arg-max classes (:func:`uncrop_argmax_torch`) equal it except where two class
   probabilities tie within that tolerance;
-* distances (:func:`nearest_label_distance_fast`, float32) equal the reference within
-  1e-4 mm, and the nearest label is the same except where two labels are equally near
-  within that tolerance.
+* distances (:func:`nearest_label_within_fast`) equal the reference within 1e-9 mm, and the
+  nearest label is the same except where two labels are equally near.
 """
 
 from __future__ import annotations
@@ -45,11 +43,10 @@ __all__ = [
     "cc3d_available",
     "cuda_available",
     "default_device",
-    "edt_available",
     "fill_holes_inplane_fast",
     "label_fast",
     "label_inplane_fast",
-    "nearest_label_distance_fast",
+    "nearest_label_within_fast",
     "remove_small_components_fast",
     "render_slices",
     "torch_available",
@@ -78,12 +75,6 @@ def cuda_available() -> bool:
 def cc3d_available() -> bool:
     """``True`` when ``cc3d`` (PyPI ``connected-components-3d``) can be imported."""
     return importlib.util.find_spec("cc3d") is not None
-
-
-@cache
-def edt_available() -> bool:
-    """``True`` when ``edt`` (PyPI ``edt``, multi-threaded anisotropic EDT) can be imported."""
-    return importlib.util.find_spec("edt") is not None
 
 
 def default_device() -> str:
@@ -273,52 +264,85 @@ def remove_small_components_fast(
     return components.keep_components(lab, counts >= min_voxels)
 
 
-def nearest_label_distance_fast(
+def nearest_label_within_fast(
     labels: npt.NDArray[np.integer],
     spacing: tuple[float, ...],
+    query: npt.NDArray[np.bool_],
+    max_distance: float,
     *,
-    threads: int | None = None,
-) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.uint8]]:
-    """:func:`ct_triage.kernels.components.nearest_label_distance` with ``edt`` when available.
+    workers: int | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
+    """:func:`ct_triage.kernels.components.nearest_label_within` with a k-d tree.
 
-    One multi-threaded distance transform per label value present (two for the lungs)
-    instead of scipy's single-threaded feature transform with an index array per axis:
-    about 5x faster and a third of the memory on a 300-slice chest box.
+    The nearest labelled voxel of an unlabelled voxel is always a surface voxel of the
+    labelled region (one with an unlabelled face neighbour: stepping from any other
+    candidate towards the query point along an axis where they differ gets strictly
+    closer), so only surface voxels go into a ``scipy.spatial.cKDTree`` (in mm) and only
+    the query voxels are looked up, bounded by ``max_distance``: no transform of the whole
+    array. About 4x faster than two ``edt`` transforms on a 300-slice chest, and the
+    distances are exact (float64).
 
     Parameters
     ----------
-    labels
-        Label image with values ``0..255`` (0 is unlabelled), 2-D or 3-D.
-    spacing
-        Voxel spacing per axis (mm).
-    threads
-        Worker threads for ``edt`` (``None``: the CPUs this process may use).
+    labels, spacing, query, max_distance
+        As for the reference.
+    workers
+        Query threads (``None``: the CPUs this process may use).
     """
-    if not edt_available() or labels.ndim not in (2, 3):
-        return components.nearest_label_distance(labels, spacing)
-    import edt
+    from scipy.spatial import cKDTree
 
+    if labels.shape != query.shape:
+        raise ValueError(f"labels {labels.shape} and query {query.shape} differ in shape")
     if labels.size and int(labels.max()) > 255:
         raise ValueError("labels must be in 0..255")
-    lab = np.ascontiguousarray(labels, dtype=np.uint8)
-    values = np.flatnonzero(np.bincount(lab.ravel(), minlength=1))
-    values = values[values > 0]
-    best = np.full(lab.shape, np.inf, dtype=np.float32)
-    nearest = np.zeros(lab.shape, dtype=np.uint8)
-    n_threads = threads or len(os.sched_getaffinity(0))
-    for value in values:
-        # a uint8 mask: edt runs about twice as fast on it as on a bool one
-        dist = edt.edt(
-            (lab != value).view(np.uint8),
-            anisotropy=tuple(float(s) for s in spacing),
-            black_border=False,
-            parallel=n_threads,
-        )
-        closer = dist < best
-        np.copyto(best, dist, where=closer)
-        nearest[closer] = value
-        del dist, closer
-    return best, nearest
+    lab = labels.astype(np.uint8, copy=False)
+    q = np.argwhere(query)
+    if q.shape[0] == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.uint8)
+    labelled = lab > 0
+    surface = _surface(labelled)
+    points = np.argwhere(surface)
+    if points.shape[0] == 0:
+        return np.full(q.shape[0], np.inf), np.zeros(q.shape[0], dtype=np.uint8)
+    scale = np.asarray(spacing, dtype=np.float64)
+    tree = cKDTree(points * scale, leafsize=32, balanced_tree=False, compact_nodes=False)
+    # the bound is exclusive in cKDTree: widen it a hair and apply the inclusive limit below
+    dist, idx = tree.query(
+        q * scale,
+        k=1,
+        distance_upper_bound=max_distance * (1 + 1e-9) + 1e-9,
+        workers=workers or len(os.sched_getaffinity(0)),
+    )
+    dist = np.asarray(dist, dtype=np.float64)
+    found = np.isfinite(dist) & (dist <= max_distance)
+    nearest = np.zeros(q.shape[0], dtype=np.uint8)
+    nearest[found] = lab[surface][idx[found]]
+    dist[~found] = np.inf
+    inside = labelled[query]  # labelled query voxels: distance 0, their own label
+    dist[inside] = 0.0
+    nearest[inside] = lab[query][inside]
+    return dist, nearest
+
+
+def _surface(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Voxels of ``mask`` with a face neighbour outside it (the array edge counts as outside)."""
+    inner = mask.copy()
+    for axis in range(mask.ndim):
+        n = mask.shape[axis]
+        if n < 2:
+            inner[...] = False
+            break
+        lo = [slice(None)] * mask.ndim
+        hi = [slice(None)] * mask.ndim
+        lo[axis], hi[axis] = slice(1, None), slice(None, -1)
+        inner[tuple(lo)] &= mask[tuple(hi)]
+        inner[tuple(hi)] &= mask[tuple(lo)]
+        edge = [slice(None)] * mask.ndim
+        edge[axis] = slice(0, 1)
+        inner[tuple(edge)] = False
+        edge[axis] = slice(n - 1, n)
+        inner[tuple(edge)] = False
+    return mask & ~inner
 
 
 def _outline_stack(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:

@@ -23,7 +23,7 @@ __all__ = [
     "keep_components",
     "label",
     "label_counts",
-    "nearest_label_distance",
+    "nearest_label_within",
     "remove_small_components",
 ]
 
@@ -118,12 +118,16 @@ def remove_small_components(
     return keep_components(lab, counts >= min_voxels)
 
 
-def nearest_label_distance(
-    labels: npt.NDArray[np.integer], spacing: tuple[float, ...]
+def nearest_label_within(
+    labels: npt.NDArray[np.integer],
+    spacing: tuple[float, ...],
+    query: npt.NDArray[np.bool_],
+    max_distance: float,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.uint8]]:
-    """Distance to, and value of, the nearest labelled voxel, for every voxel.
+    """Distance to, and value of, the nearest labelled voxel, for the ``query`` voxels.
 
-    The reference: one exact Euclidean feature transform (``scipy.ndimage``) with indices.
+    The reference: one exact Euclidean feature transform (``scipy.ndimage``) with indices
+    over the whole array.
 
     Parameters
     ----------
@@ -131,23 +135,33 @@ def nearest_label_distance(
         Label image with values ``0..255`` (0 is unlabelled).
     spacing
         Voxel spacing per axis (mm); distances are in the same unit.
+    query
+        Boolean mask (same shape) of the voxels asked about.
+    max_distance
+        Farther than this, the answer is ``inf`` and label 0.
 
     Returns
     -------
     distance, nearest
-        ``float64`` distance (0 on labelled voxels; ``inf`` everywhere when nothing is
-        labelled) and the ``uint8`` label of the nearest labelled voxel (its own label on
-        labelled voxels; 0 when nothing is labelled). Where two labels are equally near, either
-        may be returned.
+        For the query voxels in C order (``labels[query]``'s order): ``float64`` distance
+        (0 on labelled voxels) and the ``uint8`` label of the nearest labelled voxel. Where
+        two labels are equally near, either may be returned.
     """
+    if labels.shape != query.shape:
+        raise ValueError(f"labels {labels.shape} and query {query.shape} differ in shape")
     if labels.size and int(labels.max()) > 255:
         raise ValueError("labels must be in 0..255")
     lab = labels.astype(np.uint8, copy=False)
+    n = int(np.count_nonzero(query))
     if not lab.any():
-        return np.full(lab.shape, np.inf), np.zeros(lab.shape, dtype=np.uint8)
+        return np.full(n, np.inf), np.zeros(n, dtype=np.uint8)
     dist, idx = ndi.distance_transform_edt(lab == 0, sampling=spacing, return_indices=True)
-    nearest: npt.NDArray[np.uint8] = lab[tuple(idx)]
-    return np.asarray(dist, dtype=np.float64), nearest
+    d = np.asarray(dist[query], dtype=np.float64)
+    nearest = lab[tuple(i[query] for i in idx)]
+    far = d > max_distance
+    d[far] = np.inf
+    nearest[far] = 0
+    return d, nearest
 
 
 def fill_holes_inplane(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:

@@ -19,9 +19,9 @@
 3. the kept lesion voxels outside the lungs are added to the lung of the nearest lung voxel
    (Euclidean distance in mm), so that lung volumes include the lesions.
 
-Distances come from :func:`ct_triage.kernels.accelerated.nearest_label_distance_fast` (the
-``edt`` package, multi-threaded; scipy's feature transform when it is missing), computed only
-in the box of the lesion voxels outside the lungs grown by the margin.
+Distances come from :func:`ct_triage.kernels.accelerated.nearest_label_within_fast` (exact
+Euclidean distances from the lesion voxels outside the lungs to the lung surface, with a k-d
+tree), not from a distance transform of the whole box.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import logging
 import numpy as np
 import numpy.typing as npt
 
-from ct_triage.kernels.accelerated import label_fast, nearest_label_distance_fast
+from ct_triage.kernels.accelerated import label_fast, nearest_label_within_fast
 from ct_triage.kernels.components import keep_components
 from ct_triage.models.segmentation import LesionLabel, LungLabel, Segmentation
 from ct_triage.models.volume import Volume
@@ -46,8 +46,6 @@ LESION_MARGIN_MM: float = 25.0
 MIN_LESION_ML: float = 0.05
 #: Lesion components with a smaller fraction of their voxels inside the lungs are discarded.
 MIN_LUNG_FRACTION: float = 0.10
-#: Distances are float32 in the accelerated transform: a voxel exactly at the margin stays.
-_DISTANCE_TOLERANCE_MM = 1e-4
 
 
 def combine(
@@ -124,10 +122,13 @@ def combine(
         # the nearest lung voxel of an outside lesion voxel within margin_mm of the lungs lies
         # in the outside voxels' box grown by the margin; farther voxels are dropped anyway
         near_box = _bbox(outside, margin_mm, spacing)
-        dist, nearest_label = nearest_label_distance_fast(sub_lungs[near_box], spacing)
-        far = outside[near_box] & (dist > margin_mm + _DISTANCE_TOLERANCE_MM)
-        del dist
+        query = outside[near_box]
+        _, nearest = nearest_label_within_fast(sub_lungs[near_box], spacing, query, margin_mm)
+        far = np.zeros_like(query)
+        far[query] = nearest == 0  # nothing within the margin
         lesions[near_box][far] = 0
+        nearest_label = np.zeros(query.shape, dtype=np.uint8)
+        nearest_label[query] = nearest
         logger.debug("combine: %d lesion voxels beyond %.1f mm dropped", int(far.sum()), margin_mm)
 
     lesions = _filter_components(
