@@ -177,11 +177,13 @@ def test_unreachable_destination_dead_letters_after_max_attempts(tmp_path: Path)
     assert box.run_once(now=T0 + 1e6) == 0
 
 
-def test_cstore_streams_the_file_unchanged(orthanc: OrthancServer, tmp_path: Path) -> None:
-    """The file is sent in its own transfer syntax as it is on disk: Orthanc keeps the same
-    dataset (every element, pixel data included)."""
+@pytest.mark.parametrize("kind", ["cstore", "stow"])
+def test_files_are_sent_unchanged(orthanc: OrthancServer, tmp_path: Path, kind: str) -> None:
+    """The file is sent in its own transfer syntax as it is on disk (C-STORE: streamed;
+    STOW-RS: the PS3.10 bytes): Orthanc keeps the same dataset, pixel data included."""
     files = _results(tmp_path, n=2)
-    assert _cstore(orthanc).send(files).ok
+    dest: Destination = _cstore(orthanc) if kind == "cstore" else _stow(orthanc)
+    assert dest.send(files).ok
     for f in files:
         ours = pydicom.dcmread(f)
         [iid] = [

@@ -264,12 +264,12 @@ class StowDestination:
         return f"StowDestination({self.node.url})"
 
     def send(self, files: Sequence[Path]) -> SendResult:
-        """STOW-RS every file; FailedSOPSequence items are permanent, HTTP 5xx transient."""
-        datasets = [pydicom.dcmread(p) for p in files]
-        uids = [str(ds.SOPInstanceUID) for ds in datasets]
+        """STOW-RS every file as stored on disk; FailedSOPSequence items are permanent,
+        HTTP 5xx transient."""
+        uids = [_file_meta(p).sop_instance_uid for p in files]
         try:
             with DicomWebClient(self.node) as client:
-                result = client.store(datasets)
+                result = client.store(list(files))
         except PacsError as exc:
             LOGGER.warning("STOW-RS to %s: %s", self.node.url, exc)
             if exc.transient:

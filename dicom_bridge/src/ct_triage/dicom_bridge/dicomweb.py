@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -294,7 +295,9 @@ class DicomWebClient:
     def store(self, items: Sequence[Path | Dataset], *, batch_size: int = 32) -> StowResult:
         """STOW-RS StoreInstances (PS3.18 10.5), ``batch_size`` instances per request.
 
-        Returns per-instance outcomes parsed from the response (also for HTTP 400/409,
+        A file is sent as it is on disk (a PS3.10 file is what ``application/dicom`` means),
+        so a large SEG is not decoded and re-encoded on the way out; a dataset is encoded
+        once. Returns per-instance outcomes parsed from the response (also for HTTP 400/409,
         whose bodies list the failures). An instance the server neither referenced nor
         listed as failed is reported not stored.
 
@@ -304,31 +307,64 @@ class DicomWebClient:
             Credentials refused, network error, timeout, or an HTTP error without a
             usable STOW-RS response body.
         """
-        datasets = [pydicom.dcmread(i) if isinstance(i, Path) else i for i in items]
         outcomes: list[StowOutcome] = []
         http_status = 200
-        for start in range(0, len(datasets), batch_size):
-            batch = datasets[start : start + batch_size]
-            status, response = self._stow_batch(batch)
+        for start in range(0, len(items), batch_size):
+            batch = [_part10(i) for i in items[start : start + batch_size]]
+            status, response = self._stow_batch([data for _, data in batch])
             http_status = max(http_status, status)
-            outcomes += _outcomes(batch, response)
+            outcomes += _outcomes([uid for uid, _ in batch], response)
         failed = sum(not o.stored for o in outcomes)
         LOGGER.info(
             "STOW-RS to %s: %d stored, %d failed", self.node.url, len(outcomes) - failed, failed
         )
         return StowResult(http_status=http_status, outcomes=tuple(outcomes))
 
-    def _stow_batch(self, batch: Sequence[Dataset]) -> tuple[int, Dataset]:
+    def _stow_batch(self, parts: Sequence[bytes]) -> tuple[int, Dataset]:
+        boundary = uuid.uuid4().hex
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        body = b"".join(head + data + b"\r\n" for data in parts) + f"--{boundary}--\r\n".encode()
+        headers = {
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        }
         with self._translate("STOW-RS store"):
+            response = self._session.post(
+                f"{self.node.url.rstrip('/')}/studies",
+                data=body,
+                headers=headers,
+                timeout=self.node.timeout_s,
+            )
+            if response.status_code >= 400:
+                failure = _stow_body(response)
+                if failure is None:
+                    response.raise_for_status()
+                    raise AssertionError("unreachable")  # pragma: no cover
+                return response.status_code, failure
+            if not response.content:
+                return response.status_code, Dataset()
             try:
-                return 200, self._client.store_instances(list(batch))
-            except requests.HTTPError as exc:
-                response = exc.response
-                body = _stow_body(response)
-                if response is None or body is None:
-                    raise
-                return response.status_code, body
+                return response.status_code, Dataset.from_json(response.json())
+            except (ValueError, TypeError, KeyError) as exc:
+                raise DicomWebError(
+                    f"DICOMweb STOW-RS store at {self.node.url}: unreadable response ({exc})",
+                    transient=False,
+                    http_status=response.status_code,
+                ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _part10(item: Path | Dataset) -> tuple[str, bytes]:
+    """``(SOPInstanceUID, PS3.10 bytes)`` of a file (as stored) or a dataset (encoded)."""
+    if isinstance(item, Path):
+        meta = pydicom.filereader.read_file_meta_info(item)
+        uid = meta.get("MediaStorageSOPInstanceUID")
+        if uid is None:
+            uid = pydicom.dcmread(item, stop_before_pixels=True).SOPInstanceUID
+        return str(uid), item.read_bytes()
+    with io.BytesIO() as buf:
+        pydicom.dcmwrite(buf, item)
+        return str(item.get("SOPInstanceUID", "")), buf.getvalue()
 
 
 def _stow_body(response: requests.Response | None) -> Dataset | None:
@@ -352,7 +388,7 @@ def _stow_body(response: requests.Response | None) -> Dataset | None:
     return ds
 
 
-def _outcomes(batch: Sequence[Dataset], response: Dataset) -> list[StowOutcome]:
+def _outcomes(uids: Sequence[str], response: Dataset) -> list[StowOutcome]:
     stored: dict[str, int | None] = {}
     for item in response.get("ReferencedSOPSequence", []):
         uid = str(item.get("ReferencedSOPInstanceUID", ""))
@@ -364,8 +400,7 @@ def _outcomes(batch: Sequence[Dataset], response: Dataset) -> list[StowOutcome]:
         reason = item.get("FailureReason")
         failed[uid] = None if reason is None else int(reason)
     out: list[StowOutcome] = []
-    for ds in batch:
-        uid = str(ds.get("SOPInstanceUID", ""))
+    for uid in uids:
         if uid in failed:
             reason = failed[uid]
             text = "" if reason is None else f"FailureReason 0x{reason:04X}"
