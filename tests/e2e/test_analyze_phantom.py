@@ -74,6 +74,7 @@ def test_all_outputs_written(cases: dict[str, Case]) -> None:
         assert r["schema_version"]
         assert "NOT FOR PRIMARY DIAGNOSIS" in r["disclaimer"]
         assert r["model"]["execution_provider"] == "CPUExecutionProvider"
+        assert r["model"]["network_slice_step"] == 1  # 3 mm slices: every slice runs
         assert len(r["model"]["sha256"]) == 64
         for stage in (
             "discover",

@@ -136,3 +136,53 @@ def test_phantom_percent_involvement(segmenter: LesionSegmenter) -> None:
     truth = percent_involvement(ph)["total"]
     got = quantify(segment(ph.volume, segmenter)).percent_involvement.total
     assert abs(got - truth) < PHANTOM_POI_TOLERANCE_PP, (truth, got)
+
+
+def _linear_probs(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """A stand-in network: P(GGO) = the windowed intensity, P(background) = 1 - it."""
+    x = batch[:, :1]
+    return np.concatenate([1.0 - x, x, np.zeros_like(x)], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize(("n_slices", "z_step"), [(11, 2), (12, 2), (13, 3), (2, 5)])
+def test_z_step_runs_every_kth_slice_and_interpolates(
+    segmenter: LesionSegmenter, n_slices: int, z_step: int
+) -> None:
+    from ct_triage.models.lesions import segment_slices
+
+    # intensity linear in z: interpolating the stand-in's probabilities is exact, so the
+    # labels equal those of running every slice
+    z = np.arange(n_slices, dtype=np.float32)
+    hu = np.empty((n_slices, 40, 40), dtype=np.int16)
+    hu[:] = (-1000.0 + 1100.0 * z / max(n_slices - 1, 1)).astype(np.int16)[:, None, None]
+    hu[:, :, :5] = -1024  # some background in every slice
+    spec = segmenter.manifest.input
+    box = CropBox(y0=0.0, x0=0.0, height=40.0, width=40.0)
+    slices = np.arange(n_slices, dtype=np.intp)
+    seen: list[float] = []
+
+    def predict(batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        seen.extend(float(b[0, 20, 30]) for b in batch)
+        return _linear_probs(batch)
+
+    every = segment_slices(hu, slices, box, _linear_probs, spec, batch_size=4)
+    stepped = segment_slices(hu, slices, box, predict, spec, batch_size=4, z_step=z_step)
+    expected_run = sorted({*range(0, n_slices, z_step), n_slices - 1})
+    assert len(seen) == len(expected_run)
+    assert np.array_equal(every, stepped)
+    assert {0, 1} <= set(np.unique(every))
+
+
+def test_z_step_for_thin_and_thick_slices() -> None:
+    from ct_triage.models.lesions import z_step_for
+
+    assert z_step_for(1.0, 2.0) == 2
+    assert z_step_for(0.625, 2.0) == 3
+    assert z_step_for(2.5, 2.0) == 1
+    assert z_step_for(1.0, 0.0) == 1
+    from ct_triage.models.lesions import segment_slices
+
+    spec = load_lesion_segmenter().manifest.input
+    hu, slices = np.zeros((2, 8, 8), np.int16), np.arange(2, dtype=np.intp)
+    with pytest.raises(ValueError, match="z_step"):
+        segment_slices(hu, slices, CropBox(0.0, 0.0, 8.0, 8.0), _linear_probs, spec, z_step=0)

@@ -11,6 +11,7 @@ subpleural consolidation lies outside a classical lung mask, and
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,7 @@ def segment_slices(
     spec: InputSpec,
     *,
     batch_size: int = 16,
+    z_step: int = 1,
 ) -> npt.NDArray[np.uint8]:
     """Lesion labels for the chosen slices of a ``(z, y, x)`` HU array.
 
@@ -60,7 +62,7 @@ def segment_slices(
     hu
         ``(z, y, x)`` Hounsfield units.
     slice_indices
-        The z indices to segment; the others stay 0.
+        The z indices to segment (ascending); the others stay 0.
     box
         The in-plane crop box (source pixel units), the same for every slice.
     predict
@@ -70,6 +72,10 @@ def segment_slices(
         The manifest's input description (window, size, channels).
     batch_size
         Slices per network call.
+    z_step
+        Run the network on every ``z_step``-th of the chosen slices (always the first and the
+        last) and interpolate the class probabilities linearly in z for the slices between;
+        1 runs every slice.
 
     Returns
     -------
@@ -80,6 +86,8 @@ def segment_slices(
         raise ModelError(
             f"only square network inputs are supported, got {spec.height}x{spec.width}"
         )
+    if z_step < 1:
+        raise ValueError(f"z_step must be >= 1, got {z_step}")
     z, h, w = hu.shape
     labels = np.zeros((z, h, w), dtype=np.uint8)
     if slice_indices.size == 0:
@@ -87,9 +95,12 @@ def segment_slices(
     lo, hi = spec.hu_window
     size = spec.height
     half = spec.channels // 2
+    run = slice_indices[::z_step]
+    if run[-1] != slice_indices[-1]:
+        run = np.append(run, slice_indices[-1])
     needed = np.unique(
         np.clip(
-            (slice_indices[:, None] + np.arange(-half, spec.channels - half)[None, :]).ravel(),
+            (run[:, None] + np.arange(-half, spec.channels - half)[None, :]).ravel(),
             0,
             z - 1,
         )
@@ -105,19 +116,43 @@ def segment_slices(
         )
     else:
         grid[needed] = window_crop_resize(hu[needed], kbox, size, lo, hi)
-    for start in range(0, slice_indices.size, batch_size):
-        chunk = slice_indices[start : start + batch_size]
+
+    def network(chunk: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
         batch = np.stack([_context_stack(grid, int(i), spec.channels) for i in chunk])
         probs = predict(batch)
         if probs.ndim != 4 or probs.shape[0] != chunk.size or probs.shape[2:] != (size, size):
             raise InferenceError(
                 f"network returned shape {probs.shape} for an input batch of {batch.shape}"
             )
+        return np.asarray(probs, dtype=np.float32)
+
+    def put(chunk: npt.NDArray[np.intp], probs: npt.NDArray[np.float32]) -> None:
         classes, (ys, xs) = uncrop_argmax(probs, kbox, (h, w))
         if chunk[-1] - chunk[0] + 1 == chunk.size:  # consecutive slices: a view, no scatter
             labels[chunk[0] : chunk[-1] + 1, ys, xs] = classes
         else:
             labels[chunk, ys, xs] = classes
+
+    if run.size == slice_indices.size:
+        for start in range(0, slice_indices.size, batch_size):
+            chunk = slice_indices[start : start + batch_size]
+            put(chunk, network(chunk))
+        return labels
+    computed = np.concatenate(
+        [network(run[start : start + batch_size]) for start in range(0, run.size, batch_size)]
+    )
+    # each chosen slice between two computed ones gets their z-weighted mean
+    right = np.clip(np.searchsorted(run, slice_indices, side="left"), 0, run.size - 1)
+    left = np.clip(right - 1, 0, run.size - 1)
+    exact = run[right] == slice_indices
+    left[exact] = right[exact]
+    span = np.maximum(run[right] - run[left], 1).astype(np.float32)
+    weight = np.where(exact, 0.0, (slice_indices - run[left]) / span).astype(np.float32)
+    for start in range(0, slice_indices.size, batch_size):
+        sl = slice(start, start + batch_size)
+        wgt = weight[sl, None, None, None]
+        probs = computed[left[sl]] * (1.0 - wgt) + computed[right[sl]] * wgt
+        put(slice_indices[sl], probs.astype(np.float32, copy=False))
     return labels
 
 
@@ -128,11 +163,15 @@ def segment_volume(
     spec: InputSpec,
     *,
     batch_size: int = 16,
+    z_step_mm: float = 0.0,
 ) -> tuple[npt.NDArray[np.uint8], int]:
     """Lesion classes of a volume: the inference path shared by the segmenter and training.
 
     The crop box is the lung bounding box of the whole volume plus ``spec.crop_margin_mm``;
-    only slices that contain lung (``lungs > 0``) are run.
+    only slices that contain lung (``lungs > 0``) are segmented. With ``z_step_mm`` > 0 the
+    network runs on every k-th of them, ``k = floor(z_step_mm / slice spacing)`` (so slices
+    ``z_step_mm`` or thicker all run), and the class probabilities of the slices between are
+    interpolated linearly in z (see :func:`segment_slices`).
 
     Parameters
     ----------
@@ -146,6 +185,8 @@ def segment_volume(
         The manifest's input description.
     batch_size
         Slices per network call.
+    z_step_mm
+        Spacing in z at which the network runs on thin-slice series; 0 runs every slice.
 
     Returns
     -------
@@ -159,8 +200,19 @@ def segment_volume(
         logger.info("no lung in the volume: no lesion segmentation run")
         return np.zeros(volume.shape, dtype=np.uint8), 0
     slices = np.flatnonzero(lungs.any(axis=(1, 2))).astype(np.intp)
-    labels = segment_slices(volume.hu, slices, box, predict, spec, batch_size=batch_size)
-    return labels, int(slices.size)
+    z_step = z_step_for(float(volume.spacing[0]), z_step_mm)
+    labels = segment_slices(
+        volume.hu, slices, box, predict, spec, batch_size=batch_size, z_step=z_step
+    )
+    n_run = int(slices[::z_step].size + (1 if slices.size and (slices.size - 1) % z_step else 0))
+    return labels, n_run
+
+
+def z_step_for(slice_spacing_mm: float, z_step_mm: float) -> int:
+    """How many slices apart the network runs for ``z_step_mm`` (at least 1)."""
+    if z_step_mm <= 0 or not slice_spacing_mm > 0:
+        return 1
+    return max(1, math.floor(z_step_mm / slice_spacing_mm + 1e-6))
 
 
 class LesionSegmenter:
@@ -176,6 +228,9 @@ class LesionSegmenter:
         Name, version, SHA-256 of the loaded file and the provider actually used.
     batch_size
         Slices per network call.
+    z_step_mm
+        On series thinner than this, the network runs about every ``z_step_mm`` and the
+        slices between get interpolated class probabilities; 0 runs every slice.
     """
 
     def __init__(
@@ -185,11 +240,13 @@ class LesionSegmenter:
         identity: ModelIdentity,
         *,
         batch_size: int = 16,
+        z_step_mm: float = 0.0,
     ) -> None:
         self.predictor = predictor
         self.manifest = manifest
         self.identity = identity
         self.batch_size = batch_size
+        self.z_step_mm = z_step_mm
 
     def __call__(self, volume: Volume, lungs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         """Lesion classes on the volume grid: 0 none, 1 ground-glass opacity, 2 consolidation.
@@ -208,7 +265,12 @@ class LesionSegmenter:
             )
         t0 = time.perf_counter()
         labels, n_run = segment_volume(
-            volume, lungs, self.predictor.predict, self.manifest.input, batch_size=self.batch_size
+            volume,
+            lungs,
+            self.predictor.predict,
+            self.manifest.input,
+            batch_size=self.batch_size,
+            z_step_mm=self.z_step_mm,
         )
         if n_run:
             logger.info(

@@ -42,6 +42,7 @@ def load_model(settings: Settings) -> LesionSegmenter:
 
     model = load_lesion_segmenter(settings.model_dir, runtime=settings.runtime_config())
     model.batch_size = settings.inference_batch
+    model.z_step_mm = settings.inference_z_step_mm
     return model
 
 

@@ -29,6 +29,7 @@ from ct_triage.dicom_bridge.writers.sr import SrRequest, round_measurement, writ
 from ct_triage.models.analysis import LesionModel, segment
 from ct_triage.models.errors import InvalidInput
 from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
+from ct_triage.models.lesions import z_step_for
 from ct_triage.models.quantify import Quantification, TriageThresholds, quantify
 from ct_triage.models.segmentation import Segmentation
 from ct_triage.server.outputs import REPORT_NAME, atomic_output_dir, check_output_dir
@@ -79,6 +80,7 @@ def build_report(
     sr: Dataset,
     overlay: list[Dataset],
     timings: dict[str, float],
+    network_slice_step: int = 1,
 ) -> dict[str, Any]:
     """Assemble ``report.json`` (see DESIGN.md, "Contracts")."""
     q = _round_tree(quant.to_dict())
@@ -111,6 +113,8 @@ def build_report(
             "version": model.version,
             "sha256": model.sha256,
             "execution_provider": model.provider,
+            # the network ran on every n-th lung slice, the others interpolated in z
+            "network_slice_step": network_slice_step,
         },
         "lung_volume_ml": q["lung_volume_ml"],
         "lesion_volume_ml": q["lesion_volume_ml"],
@@ -305,6 +309,9 @@ def analyze_series(
             sr=sr,
             overlay=overlay,
             timings=timer.rounded(),
+            network_slice_step=z_step_for(
+                float(series.volume.spacing[0]), float(getattr(lesion_model, "z_step_mm", 0.0))
+            ),
         )
         (staging / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
     logger.info(
