@@ -73,11 +73,12 @@ def label_counts(labels: npt.NDArray[np.integer], n_labels: int) -> npt.NDArray[
         ``int64`` counts, index = label value (index 0 counts the background).
     """
     flat = labels.ravel()
-    if flat.size and int(flat.max()) > n_labels:
-        raise ValueError(f"label value {int(flat.max())} exceeds n_labels={n_labels}")
     if flat.dtype == np.uint64:
         flat = flat.astype(np.intp)
-    return np.bincount(flat, minlength=n_labels + 1).astype(np.int64, copy=False)
+    counts = np.bincount(flat, minlength=n_labels + 1)
+    if counts.size > n_labels + 1:  # checked after counting: no extra pass for the maximum
+        raise ValueError(f"label value {counts.size - 1} exceeds n_labels={n_labels}")
+    return counts.astype(np.int64, copy=False)
 
 
 def keep_components(

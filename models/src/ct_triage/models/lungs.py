@@ -210,11 +210,12 @@ def _upsample_labels(
     )
     grown = ndi.grey_dilation(labels, footprint=INPLANE_CONNECTIVITY)
     grown = np.where(mask, labels, grown)
-    up = labels
-    for axis, k in enumerate(f):
-        if k > 1:
-            up = np.repeat(up, k, axis=axis)
-    up = np.ascontiguousarray(up[: hu.shape[0], : hu.shape[1], : hu.shape[2]])
+    # replicate every coarse voxel into its f-block in one pass (a broadcast view, one copy)
+    zc, yc, xc = labels.shape
+    blocks = np.broadcast_to(
+        labels[:, None, :, None, :, None], (zc, f[0], yc, f[1], xc, f[2])
+    ).reshape(zc * f[0], yc * f[1], xc * f[2])
+    up = np.ascontiguousarray(blocks[: hu.shape[0], : hu.shape[1], : hu.shape[2]])
     coarse_idx = np.nonzero(band_c)
     values = grown[coarse_idx]
     offsets = np.indices(f).reshape(3, -1)
