@@ -110,6 +110,10 @@ def _load_ours() -> tuple[Any, Any]:
     from ct_triage.server.settings import Settings
 
     settings = Settings()
+    if settings.malloc_tuning:  # as the ct-triage command does at start-up
+        from ct_triage.server.tuning import tune_allocator
+
+        tune_allocator()
     if "CUDAExecutionProvider" in _ort_providers() and settings.provider == "cpu":
         settings = Settings(provider="cuda")
     return load_model(settings), options_from(settings)

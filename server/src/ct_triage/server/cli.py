@@ -175,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(
         level=logging.DEBUG if args.verbose else logging.INFO, fmt=settings.log_format
     )
+    if settings.malloc_tuning:
+        from ct_triage.server.tuning import tune_allocator
+
+        tune_allocator()
     job = uuid.uuid4().hex[:12]
     with job_context(job):
         try:

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     #: phantom 2 mm halves the network time and moves the total % of lung involved by
     #: 0.03 pp; series of 2 mm or thicker are not affected.
     inference_z_step_mm: float = Field(default=2.0, ge=0.0, le=10.0)
+    #: Keep large freed arrays in the heap for reuse (glibc; see ``ct_triage.server.tuning``).
+    malloc_tuning: bool = True
     #: Triton: ``host:port`` (or ``http://``, ``https://``, ``grpc://`` URL), protocol, model.
     triton_url: str | None = None
     triton_protocol: Literal["http", "grpc"] = "http"
