@@ -5,7 +5,9 @@ Usage (from the repository root)::
     python -m benchmarks.kernels                 # 300-slice phantom, median of 3
     python -m benchmarks.kernels --slices 64 --repeats 1 --out benchmarks/results/k.json
 
-Inputs come from the benchmark phantom (seed 7, moderate, 512 x 512, 1 mm slices): its HU
+Both sides run under the allocator tuning that ``ct-triage`` applies at start-up
+(``ct_triage.server.tuning``; ``--no-malloc-tuning`` to compare without). Inputs come from the
+benchmark phantom (seed 7, moderate, 512 x 512, 1 mm slices): its HU
 volume and its exact lung / lesion labels. For every kernel the table gives the reference
 time, the fast time, the ratio, and how the outputs compare (the same checks as
 ``tests/unit/test_kernels.py``, on real-sized data).
@@ -117,6 +119,13 @@ def run(n_slices: int, repeats: int) -> list[dict[str, Any]]:
         lambda: acc.label_fast(lung_mask, 26),
         lambda a, b: "identical" if a[1] == b[1] and np.array_equal(a[0], b[0]) else "DIFFER",
     )
+    lesion_mask = lesions > 0
+    add(
+        "3-D 26-connected label (lesions)",
+        lambda: components.label(lesion_mask, components.FULL_CONNECTIVITY),
+        lambda: acc.label_fast(lesion_mask, 26),
+        lambda a, b: "identical" if a[1] == b[1] and np.array_equal(a[0], b[0]) else "DIFFER",
+    )
     air = hu < -380
     add(
         "in-plane label (air, 8-connected per slice)",
@@ -147,7 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc's allocator as it is (the pipeline tunes it at start-up)",
+    )
     args = p.parse_args(argv)
+    if not args.no_malloc_tuning:
+        from ct_triage.server.tuning import tune_allocator
+
+        tune_allocator()  # as ct-triage does: both sides of every pair run under it
     print(f"{'kernel':<44} {'reference':>10} {'fast':>10} {'ratio':>7}  equality")
     rows = run(args.slices, args.repeats)
     if args.out:
