@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,7 +258,15 @@ def analyze_series(
     with timer.stage("quantify"):
         quant = quantify(segmentation, options.thresholds)
     source = series.datasets
-    with atomic_output_dir(out_dir) as staging:
+    with (
+        atomic_output_dir(out_dir) as staging,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-writers") as pool,
+    ):
+        # the overlay series and the preview (NumPy rendering, zlib) run beside the SEG and
+        # SR writers (pure-Python DICOM encoding): they need nothing from each other
+        images = pool.submit(
+            _write_images, staging, series, segmentation, quant, identity, options, timer
+        )
         with timer.stage("write_seg"):
             seg = write_seg(SegRequest(source=source, segmentation=segmentation, model=identity))
             seg.save_as(staging / "seg.dcm", enforce_file_format=True)
@@ -273,32 +282,7 @@ def analyze_series(
                 )
             )
             sr.save_as(staging / "sr.dcm", enforce_file_format=True)
-        with timer.stage("write_overlay"):
-            overlay = write_overlay_series(
-                OverlayRequest(
-                    source=source,
-                    hu=series.volume.hu,
-                    segmentation=segmentation,
-                    model=identity,
-                    slices="all" if options.overlay_slices == "all" else "key",
-                )
-            )
-            (staging / "overlay").mkdir()
-            for i, ds in enumerate(overlay, start=1):
-                ds.save_as(staging / "overlay" / f"SC{i:06d}.dcm", enforce_file_format=True)
-        with timer.stage("write_preview"):
-            pct = quant.percent_involvement
-            write_preview_png(
-                series.volume.hu,
-                segmentation,
-                staging / "preview.png",
-                title_lines=[
-                    f"{identity.algorithm_label} - triage {quant.triage.value.upper()}, "
-                    f"severity {quant.severity_score}/25",
-                    f"Lung involved: right {pct.right:.1f} %, left {pct.left:.1f} %, "
-                    f"total {pct.total:.1f} %",
-                ],
-            )
+        overlay = images.result()
         report = build_report(
             supersedes=supersedes,
             series=series,
@@ -321,3 +305,43 @@ def analyze_series(
         report["timings_s"]["total"],
     )
     return AnalysisResult(out_dir=out_dir.resolve(), report=report)
+
+
+def _write_images(
+    staging: Path,
+    series: LoadedSeries,
+    segmentation: Segmentation,
+    quant: Quantification,
+    identity: ModelIdentity,
+    options: AnalysisOptions,
+    timer: StageTimer,
+) -> list[Dataset]:
+    """The burned-in overlay series and the preview PNG of one result; the overlay datasets."""
+    source = series.datasets
+    with timer.stage("write_overlay"):
+        overlay = write_overlay_series(
+            OverlayRequest(
+                source=source,
+                hu=series.volume.hu,
+                segmentation=segmentation,
+                model=identity,
+                slices="all" if options.overlay_slices == "all" else "key",
+            )
+        )
+        (staging / "overlay").mkdir()
+        for i, ds in enumerate(overlay, start=1):
+            ds.save_as(staging / "overlay" / f"SC{i:06d}.dcm", enforce_file_format=True)
+    with timer.stage("write_preview"):
+        pct = quant.percent_involvement
+        write_preview_png(
+            series.volume.hu,
+            segmentation,
+            staging / "preview.png",
+            title_lines=[
+                f"{identity.algorithm_label} - triage {quant.triage.value.upper()}, "
+                f"severity {quant.severity_score}/25",
+                f"Lung involved: right {pct.right:.1f} %, left {pct.left:.1f} %, "
+                f"total {pct.total:.1f} %",
+            ],
+        )
+    return overlay
