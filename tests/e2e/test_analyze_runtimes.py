@@ -121,3 +121,13 @@ def test_thin_slices_run_the_network_every_other_slice(
         a, b = stepped["percent_involvement"][side], every["percent_involvement"][side]
         assert abs(a - b) < 0.1, (side, a, b)
     assert stepped["triage"] == every["triage"]
+
+
+def test_every_log_line_of_an_analysis_carries_its_job_id(
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Also the lines of the image writers, which run in their own thread."""
+    assert main(["analyze", str(study), "--out", str(tmp_path / "out")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "[job=" in line]
+    assert any("overlay series built" in line for line in lines)
+    assert not [line for line in lines if "[job=-]" in line]

@@ -8,6 +8,7 @@ neither adds logic of its own. Each step lives in the module that owns it:
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import tempfile
@@ -265,7 +266,15 @@ def analyze_series(
         # the overlay series and the preview (NumPy rendering, zlib) run beside the SEG and
         # SR writers (pure-Python DICOM encoding): they need nothing from each other
         images = pool.submit(
-            _write_images, staging, series, segmentation, quant, identity, options, timer
+            contextvars.copy_context().run,  # the job id of the log lines goes along
+            _write_images,
+            staging,
+            series,
+            segmentation,
+            quant,
+            identity,
+            options,
+            timer,
         )
         with timer.stage("write_seg"):
             seg = write_seg(SegRequest(source=source, segmentation=segmentation, model=identity))
