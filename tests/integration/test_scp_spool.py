@@ -345,14 +345,17 @@ def test_recover_reconciles_files_and_rows(tmp_path: Path) -> None:
         for p in paths[:2]:
             s.store(p.read_bytes())
     folder = root / "instances" / study / series
-    (folder / f"{sops[0]}.dcm").unlink()  # row without file
+    # the first stored instance (not sops[0]: sops are sorted, and their UIDs are random)
+    gone = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SOPInstanceUID)
+    (folder / f"{gone}.dcm").unlink()  # row without file
     extra = pydicom.dcmread(paths[2])
     (folder / f"{extra.SOPInstanceUID}.dcm").write_bytes(paths[2].read_bytes())  # no row
     (root / "tmp" / "partial.tmp").write_bytes(b"x")
     with Spool(root, quiet_period_s=QUIET_S) as s:
         assert s.instance_uids(series) == sorted(
-            u for u in sops if u != sops[0] and (folder / f"{u}.dcm").exists()
+            u for u in sops if u != gone and (folder / f"{u}.dcm").exists()
         )
+        assert gone not in s.instance_uids(series)
         assert str(extra.SOPInstanceUID) in s.instance_uids(series)
         assert not list((root / "tmp").iterdir())
 
