@@ -270,9 +270,10 @@ def worker_batch(series: Path, work: Path, n: int) -> dict[str, Any]:
 def worker_batch_part(series: Path, work: Path, n: int) -> dict[str, Any]:
     """One of several worker processes sharing a batch: ``n`` studies back to back.
 
-    Like extra ``ct-triage worker`` processes next to ``ct-triage serve``: each has its own
-    model session (``CT_TRIAGE_INFERENCE_THREADS`` set by the parent) and works through its
-    share; the wall-clock window is reported so the parent can take the union.
+    The compute of extra ``ct-triage worker`` processes taking batch jobs (each with its own
+    data folder and model session, ``CT_TRIAGE_INFERENCE_THREADS`` set by the parent); the
+    job store is not part of it. The wall-clock window is reported so the parent can take
+    the union.
     """
     from ct_triage.server.pipeline import analyze_study
 
