@@ -25,7 +25,7 @@ from ct_triage.models.identity import ModelIdentity
 from ct_triage.models.manifest import InputSpec, Manifest, load_manifest, verify_file
 from ct_triage.models.preprocess import CropBox, lung_box
 from ct_triage.models.runtime.base import Predictor
-from ct_triage.models.runtime.factory import RuntimeConfig
+from ct_triage.models.runtime.factory import RuntimeConfig, check_onnx_shapes, create_predictor
 from ct_triage.models.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,7 @@ def segment_slices(
     lo, hi = spec.hu_window
     size = spec.height
     half = spec.channels // 2
-    run = slice_indices[::z_step]
-    if run[-1] != slice_indices[-1]:
-        run = np.append(run, slice_indices[-1])
+    run = network_slices(slice_indices, z_step)
     needed = np.unique(
         np.clip(
             (run[:, None] + np.arange(-half, spec.channels - half)[None, :]).ravel(),
@@ -110,12 +108,8 @@ def segment_slices(
     kbox = Box(box.y0, box.x0, box.height, box.width)
     # Fused window + crop-resize kernel (equal to preprocess.crop_resize(window(...)) within
     # float32 rounding; tests/unit/test_kernels.py), about 10x faster on 512x512 slices.
-    if needed.size == needed[-1] - needed[0] + 1:  # contiguous (the usual case): no gather copy
-        grid[needed[0] : needed[-1] + 1] = window_crop_resize(
-            hu[needed[0] : needed[-1] + 1], kbox, size, lo, hi
-        )
-    else:
-        grid[needed] = window_crop_resize(hu[needed], kbox, size, lo, hi)
+    src = _as_index(needed)  # usually consecutive: a view, no gather copy
+    grid[src] = window_crop_resize(hu[src], kbox, size, lo, hi)
 
     def network(chunk: npt.NDArray[np.intp]) -> npt.NDArray[np.float32]:
         batch = np.stack([_context_stack(grid, int(i), spec.channels) for i in chunk])
@@ -128,10 +122,7 @@ def segment_slices(
 
     def put(chunk: npt.NDArray[np.intp], probs: npt.NDArray[np.float32]) -> None:
         classes, (ys, xs) = uncrop_argmax(probs, kbox, (h, w))
-        if chunk[-1] - chunk[0] + 1 == chunk.size:  # consecutive slices: a view, no scatter
-            labels[chunk[0] : chunk[-1] + 1, ys, xs] = classes
-        else:
-            labels[chunk, ys, xs] = classes
+        labels[_as_index(chunk), ys, xs] = classes
 
     if run.size == slice_indices.size:
         for start in range(0, slice_indices.size, batch_size):
@@ -204,8 +195,22 @@ def segment_volume(
     labels = segment_slices(
         volume.hu, slices, box, predict, spec, batch_size=batch_size, z_step=z_step
     )
-    n_run = int(slices[::z_step].size + (1 if slices.size and (slices.size - 1) % z_step else 0))
-    return labels, n_run
+    return labels, int(network_slices(slices, z_step).size)
+
+
+def network_slices(slice_indices: npt.NDArray[np.intp], z_step: int) -> npt.NDArray[np.intp]:
+    """The slices the network runs on: every ``z_step``-th, always the first and the last."""
+    run = slice_indices[::z_step]
+    if run.size and run[-1] != slice_indices[-1]:
+        run = np.append(run, slice_indices[-1])
+    return run
+
+
+def _as_index(idx: npt.NDArray[np.intp]) -> slice | npt.NDArray[np.intp]:
+    """A slice for ascending consecutive indices (a view, no gather or scatter), else ``idx``."""
+    if idx.size and int(idx[-1]) - int(idx[0]) + 1 == idx.size:
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
 
 
 def z_step_for(slice_spacing_mm: float, z_step_mm: float) -> int:
@@ -319,28 +324,14 @@ def load_lesion_segmenter(
     from ct_triage.models.runtime.onnx import OnnxPredictor
 
     directory = WEIGHTS_DIR if model_dir is None else Path(model_dir)
-    if runtime is not None:
-        from ct_triage.models.runtime.factory import create_predictor
-
-        configured = create_predictor(runtime, directory)
-        manifest = load_manifest(directory)
-        identity = ModelIdentity(
-            name=manifest.name,
-            version=manifest.version,
-            sha256=manifest.sha256,
-            provider=configured.provider,
-        )
-        logger.info("lesion model %s on %s", identity.algorithm_label, identity.provider)
-        return LesionSegmenter(configured, manifest, identity)
     manifest = load_manifest(directory)
-    path = verify_file(manifest, directory)
-    predictor = OnnxPredictor(path, provider=provider, threads=threads, strict=strict)
-    declared = predictor.input_shape
-    expected = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    if len(declared) != 4 or tuple(declared[1:]) != expected:
-        raise ModelError(
-            f"model {path} takes input {declared}, but its manifest says (N, *{expected})"
-        )
+    predictor: Predictor
+    if runtime is not None:
+        predictor = create_predictor(runtime, directory)
+    else:
+        path = verify_file(manifest, directory)
+        predictor = OnnxPredictor(path, provider=provider, threads=threads, strict=strict)
+        check_onnx_shapes(predictor, manifest)
     identity = ModelIdentity(
         name=manifest.name,
         version=manifest.version,
