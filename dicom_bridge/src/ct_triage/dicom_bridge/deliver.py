@@ -34,6 +34,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 
 from ct_triage.dicom_bridge.dicomweb import DicomWebClient, DicomWebNode
+from ct_triage.dicom_bridge.part10 import read_file_meta
 from ct_triage.dicom_bridge.query import (
     DimseClient,
     PacsError,
@@ -150,7 +151,7 @@ class CStoreDestination:
         send: no decode, no re-encode; a 300-slice SEG takes ~0.1 s instead of ~2 s); any
         other file is decoded and left to pynetdicom to re-encode.
         """
-        metas = [_file_meta(p) for p in files]
+        metas = [read_file_meta(p) for p in files]
         uids = [m.sop_instance_uid for m in metas]
         contexts: dict[str, list[str]] = {}
         for meta in metas:
@@ -229,31 +230,6 @@ class CStoreDestination:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _FileMeta:
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
-
-def _file_meta(path: Path) -> _FileMeta:
-    """The identifiers of a DICOM file from its File Meta Information (no dataset decode)."""
-    try:
-        meta = pydicom.filereader.read_file_meta_info(path)
-        return _FileMeta(
-            str(meta.MediaStorageSOPClassUID),
-            str(meta.MediaStorageSOPInstanceUID),
-            str(meta.TransferSyntaxUID),
-        )
-    except (AttributeError, pydicom.errors.InvalidDicomError):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return _FileMeta(
-            str(ds.SOPClassUID),
-            str(ds.SOPInstanceUID),
-            str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)),
-        )
-
-
 class StowDestination:
     """STOW-RS to one DICOMweb service (PS3.18 10.5)."""
 
@@ -266,7 +242,7 @@ class StowDestination:
     def send(self, files: Sequence[Path]) -> SendResult:
         """STOW-RS every file as stored on disk; FailedSOPSequence items are permanent,
         HTTP 5xx transient."""
-        uids = [_file_meta(p).sop_instance_uid for p in files]
+        uids = [read_file_meta(p).sop_instance_uid for p in files]
         try:
             with DicomWebClient(self.node) as client:
                 result = client.store(list(files))
@@ -431,14 +407,7 @@ class Outbox:
         """
         if not files:
             raise ValueError("nothing to deliver")
-        uids = [
-            str(
-                pydicom.dcmread(
-                    p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
-                ).SOPInstanceUID
-            )
-            for p in files
-        ]
+        uids = [read_file_meta(p).sop_instance_uid for p in files]
         names = [p.name for p in files]
         if len(set(names)) != len(names):
             raise ValueError("file names to deliver must be unique")

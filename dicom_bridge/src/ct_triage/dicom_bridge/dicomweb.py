@@ -33,6 +33,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from ct_triage.dicom_bridge.part10 import read_file_meta
 from ct_triage.dicom_bridge.query import (
     PacsError,
     SeriesMatch,
@@ -357,11 +358,7 @@ class DicomWebClient:
 def _part10(item: Path | Dataset) -> tuple[str, bytes]:
     """``(SOPInstanceUID, PS3.10 bytes)`` of a file (as stored) or a dataset (encoded)."""
     if isinstance(item, Path):
-        meta = pydicom.filereader.read_file_meta_info(item)
-        uid = meta.get("MediaStorageSOPInstanceUID")
-        if uid is None:
-            uid = pydicom.dcmread(item, stop_before_pixels=True).SOPInstanceUID
-        return str(uid), item.read_bytes()
+        return read_file_meta(item).sop_instance_uid, item.read_bytes()
     with io.BytesIO() as buf:
         pydicom.dcmwrite(buf, item)
         return str(item.get("SOPInstanceUID", "")), buf.getvalue()
