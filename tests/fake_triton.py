@@ -231,3 +231,24 @@ def grpc_server(model: FakeModel) -> tuple[Any, int]:
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port
+
+
+@contextmanager
+def serving(model: FakeModel, protocol: str) -> Iterator[str]:
+    """Serve ``model`` over ``"http"`` or ``"grpc"``; yields ``host:port``.
+
+    Skips the test when tritonclient lacks that protocol (the ``triton`` extra).
+    """
+    from ct_triage.models.runtime.triton import is_available
+
+    if not is_available(protocol):
+        pytest.skip(f"tritonclient[{protocol}] is not installed (the 'triton' extra)")
+    if protocol == "http":
+        with http_server(model) as url:
+            yield url
+        return
+    server, port = grpc_server(model)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None)

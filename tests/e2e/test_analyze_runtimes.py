@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_triton import fake_model, grpc_server, http_server
+from fake_triton import fake_model, serving
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.lesions import WEIGHTS_DIR
@@ -42,18 +42,9 @@ def _analyze(study: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **env: str
 @pytest.fixture(params=["http", "grpc"])
 def triton_url(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     protocol: str = request.param
-    if not is_available(protocol):
-        pytest.skip(f"tritonclient[{protocol}] is not installed (the 'triton' extra)")
     model = fake_model(WEIGHTS_DIR)
-    if protocol == "http":
-        with http_server(model) as url:
-            yield protocol, url
-        return
-    server, port = grpc_server(model)
-    try:
-        yield protocol, f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
+    with serving(model, protocol) as url:
+        yield protocol, url
     assert model.infer_calls, "the analysis did not call the Triton server"
 
 

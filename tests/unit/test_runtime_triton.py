@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from fake_triton import MODEL, FakeModel, fake_model, grpc_server, http_server
+from fake_triton import MODEL, FakeModel, fake_model, http_server, serving
 
 from ct_triage.models.errors import InferenceError, ModelError, RuntimeUnavailable
 from ct_triage.models.lesions import WEIGHTS_DIR
@@ -65,16 +65,8 @@ def http_url(fake: FakeModel) -> Iterator[str]:
 def served(request: pytest.FixtureRequest, fake: FakeModel) -> Iterator[tuple[str, str]]:
     """``(protocol, url)`` of a running fake Triton; skipped without tritonclient."""
     protocol: str = request.param
-    if not is_available(protocol):
-        pytest.skip(f"tritonclient[{protocol}] is not installed (the 'triton' extra)")
-    if protocol == "http":
-        yield protocol, request.getfixturevalue("http_url")
-        return
-    server, port = grpc_server(fake)
-    try:
-        yield protocol, f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
+    with serving(fake, protocol) as url:
+        yield protocol, url
 
 
 def _predictor(protocol: str, url: str, manifest: Manifest, **kw: Any) -> TritonPredictor:
