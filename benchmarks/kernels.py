@@ -60,6 +60,10 @@ def _probs(labels: npt.NDArray[np.uint8], size: int) -> npt.NDArray[np.float32]:
     return result
 
 
+def _compare_labels(a: Any, b: Any) -> str:
+    return "identical" if a[1] == b[1] and np.array_equal(a[0], b[0]) else "DIFFER"
+
+
 def _compare_nearest(a: Any, b: Any) -> str:
     (da, la), (db, lb) = a, b
     same_inf = bool(np.array_equal(np.isinf(da), np.isinf(db)))
@@ -113,25 +117,19 @@ def run(n_slices: int, repeats: int) -> list[dict[str, Any]]:
         lambda a, b: f"classes equal at {100.0 * float(np.mean(a == b)):.4f} % of pixels",
     )
     lung_mask = lungs > 0
-    add(
-        "3-D 26-connected label (lungs)",
-        lambda: components.label(lung_mask, components.FULL_CONNECTIVITY),
-        lambda: acc.label_fast(lung_mask, 26),
-        lambda a, b: "identical" if a[1] == b[1] and np.array_equal(a[0], b[0]) else "DIFFER",
-    )
-    lesion_mask = lesions > 0
-    add(
-        "3-D 26-connected label (lesions)",
-        lambda: components.label(lesion_mask, components.FULL_CONNECTIVITY),
-        lambda: acc.label_fast(lesion_mask, 26),
-        lambda a, b: "identical" if a[1] == b[1] and np.array_equal(a[0], b[0]) else "DIFFER",
-    )
+    for what, mask in (("lungs", lung_mask), ("lesions", lesions > 0)):
+        add(
+            f"3-D 26-connected label ({what})",
+            lambda m=mask: components.label(m, components.FULL_CONNECTIVITY),
+            lambda m=mask: acc.label_fast(m, 26),
+            _compare_labels,
+        )
     air = hu < -380
     add(
         "in-plane label (air, 8-connected per slice)",
         lambda: components.label(air, components.INPLANE_CONNECTIVITY),
         lambda: acc.label_inplane_fast(air),
-        lambda a, b: "identical" if a[1] == b[1] and np.array_equal(a[0], b[0]) else "DIFFER",
+        _compare_labels,
     )
     body = hu > -380
     add(
