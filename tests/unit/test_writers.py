@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from ct_triage.dicom_bridge.part10 import save_dataset
 from ct_triage.dicom_bridge.writers import codes
 from ct_triage.dicom_bridge.writers.overlay import (
     OverlayRequest,
@@ -527,3 +528,65 @@ def test_preview_png(tmp_path: Path, segmentation: Segmentation) -> None:
         assert img.mode == "RGB"
         assert img.width >= 480
         assert img.height > 64
+
+
+# --- part10.save_dataset ------------------------------------------------------------------
+
+
+def _pydicom_bytes(ds: Dataset, path: Path) -> bytes:
+    ds.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("which", ["seg", "sr", "overlay"])
+def test_save_dataset_writes_the_bytes_pydicom_writes(
+    tmp_path: Path, which: str, seg_ds: Dataset, sr_ds: Dataset, overlay: list[Dataset]
+) -> None:
+    ds = {"seg": seg_ds, "sr": sr_ds, "overlay": overlay[0]}[which]
+    save_dataset(ds, tmp_path / "fast.dcm")
+    assert (tmp_path / "fast.dcm").read_bytes() == _pydicom_bytes(ds, tmp_path / "ref.dcm")
+
+
+def test_save_dataset_hands_what_it_does_not_encode_to_pydicom(
+    tmp_path: Path, sr_ds: Dataset
+) -> None:
+    """Character sets, date objects, odd lengths, undefined-length sequences: same bytes."""
+    import datetime
+
+    from pydicom.valuerep import DA
+
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dataset.FileMetaDataset(sr_ds.file_meta)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = sr_ds.SOPClassUID
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientName = "Müller^Jürgen"
+    ds.StudyDate = DA(datetime.date(2024, 1, 2))
+    ds.ContentDate = "20240102"
+    ds.ImageType = ["DERIVED", "PRIMARY", "AXIAL"]
+    ds.PixelSpacing = [0.5, "0.703125"]
+    ds.InstanceNumber = 7
+    ds.Rows = 3
+    ds.add_new(0x00091010, "LO", "private ascii")
+    ds.ReferencedSeriesSequence = [pydicom.Dataset()]
+    ds.ReferencedSeriesSequence[0].SeriesInstanceUID = generate_uid()
+    ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence = []
+    ds["ReferencedSeriesSequence"].is_undefined_length = True
+    ds.ContentSequence = [pydicom.Dataset()]
+    ds.ContentSequence[0].SpecificCharacterSet = "ISO_IR 100"
+    ds.ContentSequence[0].TextValue = "Lunge rechts, Milchglas, Größe"
+    save_dataset(ds, tmp_path / "fast.dcm")
+    assert (tmp_path / "fast.dcm").read_bytes() == _pydicom_bytes(ds, tmp_path / "ref.dcm")
+    back = pydicom.dcmread(tmp_path / "fast.dcm")
+    assert str(back.PatientName) == "Müller^Jürgen"
+
+
+def test_save_dataset_other_transfer_syntaxes_go_to_pydicom(tmp_path: Path, sr_ds: Dataset) -> None:
+    ds = pydicom.Dataset(sr_ds)
+    ds.file_meta = pydicom.dataset.FileMetaDataset(sr_ds.file_meta)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    save_dataset(ds, tmp_path / "fast.dcm")
+    assert (tmp_path / "fast.dcm").read_bytes() == _pydicom_bytes(ds, tmp_path / "ref.dcm")
+    assert pydicom.dcmread(tmp_path / "fast.dcm").file_meta.TransferSyntaxUID == (
+        pydicom.uid.ImplicitVRLittleEndian
+    )

@@ -132,18 +132,23 @@ def segment_slices(
     computed = np.concatenate(
         [network(run[start : start + batch_size]) for start in range(0, run.size, batch_size)]
     )
-    # each chosen slice between two computed ones gets their z-weighted mean
-    right = np.clip(np.searchsorted(run, slice_indices, side="left"), 0, run.size - 1)
-    left = np.clip(right - 1, 0, run.size - 1)
-    exact = run[right] == slice_indices
-    left[exact] = right[exact]
-    span = np.maximum(run[right] - run[left], 1).astype(np.float32)
-    weight = np.where(exact, 0.0, (slice_indices - run[left]) / span).astype(np.float32)
-    for start in range(0, slice_indices.size, batch_size):
+    # the computed slices are written as they are; each chosen slice between two computed
+    # ones gets their z-weighted mean (in place: no temporaries beyond the two gathers)
+    for start in range(0, run.size, batch_size):
+        put(run[start : start + batch_size], computed[start : start + batch_size])
+    between = slice_indices[~np.isin(slice_indices, run)]
+    right = np.searchsorted(run, between, side="left")  # run[right - 1] < between < run[right]
+    left = right - 1
+    weight = ((between - run[left]) / (run[right] - run[left])).astype(np.float32)
+    for start in range(0, between.size, batch_size):
         sl = slice(start, start + batch_size)
         wgt = weight[sl, None, None, None]
-        probs = computed[left[sl]] * (1.0 - wgt) + computed[right[sl]] * wgt
-        put(slice_indices[sl], probs.astype(np.float32, copy=False))
+        probs = computed[left[sl]]
+        probs *= np.float32(1.0) - wgt
+        upper = computed[right[sl]]
+        upper *= wgt
+        probs += upper
+        put(between[sl], probs)
     return labels
 
 

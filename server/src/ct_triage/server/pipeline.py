@@ -12,7 +12,7 @@ import contextvars
 import json
 import logging
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from pydicom import Dataset, dcmread
 
 from ct_triage.dicom_bridge import inputs, select
 from ct_triage.dicom_bridge.load import LoadedSeries, load_series
+from ct_triage.dicom_bridge.part10 import save_dataset
 from ct_triage.dicom_bridge.writers.overlay import (
     OverlayRequest,
     write_overlay_series,
@@ -256,29 +257,34 @@ def analyze_series(
         tuple(round(s, 3) for s in series.volume.spacing),
     )
     segmentation: Segmentation = segment(series.volume, lesion_model, stage=timer.stage)
-    with timer.stage("quantify"):
-        quant = quantify(segmentation, options.thresholds)
     source = series.datasets
     with (
         atomic_output_dir(out_dir) as staging,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-writers") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writers") as pool,
     ):
-        # the overlay series and the preview (NumPy rendering, zlib) run beside the SEG and
-        # SR writers (pure-Python DICOM encoding): they need nothing from each other
+        # Two lines of work after the segmentation, one per core: the quantification, then
+        # the overlay series and the preview (NumPy, zlib: they release the GIL) in a thread,
+        # beside the SEG writer (pure-Python DICOM encoding). The SR needs the SEG and the
+        # quantification, the preview the quantification. Each task runs in a copy of the
+        # caller's context (the job id of the log lines).
+        measured = pool.submit(
+            contextvars.copy_context().run, _quantify, segmentation, options, timer
+        )
         images = pool.submit(
-            contextvars.copy_context().run,  # the job id of the log lines goes along
+            contextvars.copy_context().run,
             _write_images,
             staging,
             series,
             segmentation,
-            quant,
+            measured,
             identity,
             options,
             timer,
         )
         with timer.stage("write_seg"):
             seg = write_seg(SegRequest(source=source, segmentation=segmentation, model=identity))
-            seg.save_as(staging / "seg.dcm", enforce_file_format=True)
+            save_dataset(seg, staging / "seg.dcm")
+        quant = measured.result()
         with timer.stage("write_sr"):
             previous = _previous_sr(supersedes)
             sr = write_sr(
@@ -290,7 +296,7 @@ def analyze_series(
                     previous_versions=previous,
                 )
             )
-            sr.save_as(staging / "sr.dcm", enforce_file_format=True)
+            save_dataset(sr, staging / "sr.dcm")
         overlay = images.result()
         report = build_report(
             supersedes=supersedes,
@@ -316,16 +322,26 @@ def analyze_series(
     return AnalysisResult(out_dir=out_dir.resolve(), report=report)
 
 
+def _quantify(
+    segmentation: Segmentation, options: AnalysisOptions, timer: StageTimer
+) -> Quantification:
+    with timer.stage("quantify"):
+        return quantify(segmentation, options.thresholds)
+
+
 def _write_images(
     staging: Path,
     series: LoadedSeries,
     segmentation: Segmentation,
-    quant: Quantification,
+    measured: Future[Quantification],
     identity: ModelIdentity,
     options: AnalysisOptions,
     timer: StageTimer,
 ) -> list[Dataset]:
-    """The burned-in overlay series and the preview PNG of one result; the overlay datasets."""
+    """The burned-in overlay series and the preview PNG of one result; the overlay datasets.
+
+    The preview's title needs the quantification (``measured``), the overlay does not.
+    """
     source = series.datasets
     with timer.stage("write_overlay"):
         overlay = write_overlay_series(
@@ -339,7 +355,8 @@ def _write_images(
         )
         (staging / "overlay").mkdir()
         for i, ds in enumerate(overlay, start=1):
-            ds.save_as(staging / "overlay" / f"SC{i:06d}.dcm", enforce_file_format=True)
+            save_dataset(ds, staging / "overlay" / f"SC{i:06d}.dcm")
+    quant = measured.result()
     with timer.stage("write_preview"):
         pct = quant.percent_involvement
         write_preview_png(
