@@ -128,17 +128,15 @@ def _encode_dataset(ds: Dataset, encodings: list[str]) -> bytes:
         if elem.tag.group == 0x0002 or (elem.tag.element == 0 and elem.tag.group > 6):
             continue  # file meta is written apart; retired group lengths are not written
         if elem.VR == "SQ" and not elem.is_undefined_length:
-            items = []
-            for item in elem.value:
-                if "SpecificCharacterSet" in item:
-                    items = None
-                    break
-                body = _encode_dataset(item, encodings)
-                items.append(_ITEM + struct.pack("<I", len(body)) + body)
-            if items is not None:
-                body = b"".join(items)
-                parts.append(_header(elem.tag, "SQ", len(body)))
-                parts.append(body)
+            # an item with its own character set: the whole sequence goes to pydicom
+            if not any("SpecificCharacterSet" in item for item in elem.value):
+                items = []
+                for item in elem.value:
+                    body = _encode_dataset(item, encodings)
+                    items.append(_ITEM + struct.pack("<I", len(body)) + body)
+                value = b"".join(items)
+                parts.append(_header(elem.tag, "SQ", len(value)))
+                parts.append(value)
                 continue
         elif not elem.is_undefined_length and elem.VR != "PN":
             raw = _value_bytes(elem)
