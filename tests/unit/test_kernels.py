@@ -242,3 +242,20 @@ def test_backends_report_availability() -> None:
     assert isinstance(acc.torch_available(), bool)
     assert isinstance(acc.cc3d_available(), bool)
     assert acc.default_device() in {"cpu", "cuda"}
+
+
+def test_inplane_dilation_and_erosion_fast_equal_scipy() -> None:
+    mask = _blobs((9, 48, 40), seed=5)
+    mask[2] = False  # an empty slice
+    mask[3] = True  # a full slice: erosion keeps it (outside counts as True)
+    mask[5, 0, :] = True  # touching the edges
+    mask[5, :, -1] = True
+    for fast, ref in (
+        (acc.dilate_inplane_fast, components.dilate_inplane),
+        (acc.erode_inplane_fast, components.erode_inplane),
+    ):
+        want = ref(mask)
+        assert (want != mask).sum() > 100
+        np.testing.assert_array_equal(fast(mask), want)
+    assert acc.erode_inplane_fast(mask)[3].all()
+    assert not acc.dilate_inplane_fast(mask)[2].any()

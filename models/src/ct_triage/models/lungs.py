@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from ct_triage.kernels.accelerated import (
+    dilate_inplane_fast,
+    erode_inplane_fast,
     fill_holes_inplane_fast,
     label_fast,
     label_inplane_fast,
@@ -198,26 +201,66 @@ def _block_mean(
     return out
 
 
+#: The in-plane 8-neighbourhood as (dy, dx) offsets (INPLANE_CONNECTIVITY without the centre).
+_INPLANE_OFFSETS: Final = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _inplane_boundary(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Voxels with an in-plane 8-neighbour (inside the array) of the other value.
+
+    The same as ``binary_dilation(mask) & ~binary_erosion(mask, border_value=1)`` with
+    :data:`INPLANE_CONNECTIVITY`, from four shifted comparisons instead of two morphology
+    passes.
+    """
+    edge = np.zeros_like(mask)
+    for a, b in (
+        ((slice(None), slice(1, None), slice(None)), (slice(None), slice(None, -1), slice(None))),
+        ((slice(None), slice(None), slice(1, None)), (slice(None), slice(None), slice(None, -1))),
+        (
+            (slice(None), slice(1, None), slice(1, None)),
+            (slice(None), slice(None, -1), slice(None, -1)),
+        ),
+        (
+            (slice(None), slice(1, None), slice(None, -1)),
+            (slice(None), slice(None, -1), slice(1, None)),
+        ),
+    ):
+        differs = mask[a] != mask[b]
+        edge[a] |= differs
+        edge[b] |= differs
+    return edge
+
+
 def _upsample_labels(
     labels: npt.NDArray[np.uint8],
     f: tuple[int, int, int],
     hu: npt.NDArray[np.int16] | npt.NDArray[np.float32],
 ) -> npt.NDArray[np.uint8]:
-    """Replicate coarse labels; in the one-voxel boundary band, re-threshold the fine HU."""
-    mask = labels > 0
-    band_c = ndi.binary_dilation(mask, INPLANE_CONNECTIVITY) & ~ndi.binary_erosion(
-        mask, INPLANE_CONNECTIVITY, border_value=1
-    )
-    grown = ndi.grey_dilation(labels, footprint=INPLANE_CONNECTIVITY)
-    grown = np.where(mask, labels, grown)
-    # replicate every coarse voxel into its f-block in one pass (a broadcast view, one copy)
+    """Replicate coarse labels; in the one-voxel boundary band, re-threshold the fine HU.
+
+    A band voxel outside the coarse lungs takes the largest label of its in-plane
+    neighbours (a grey dilation, evaluated on the band only).
+    """
+    band_c = _inplane_boundary(labels > 0)
     zc, yc, xc = labels.shape
-    blocks = np.broadcast_to(
-        labels[:, None, :, None, :, None], (zc, f[0], yc, f[1], xc, f[2])
-    ).reshape(zc * f[0], yc * f[1], xc * f[2])
-    up = np.ascontiguousarray(blocks[: hu.shape[0], : hu.shape[1], : hu.shape[2]])
+    # replicate every coarse voxel into its f-block: x by np.repeat, then y and z by one
+    # broadcast assignment of whole rows (contiguous copies; 5x faster than one 6-D copy)
+    rows = np.repeat(labels, f[2], axis=2)
+    full = np.empty((zc * f[0], yc * f[1], xc * f[2]), dtype=np.uint8)
+    full.reshape(zc, f[0], yc, f[1], xc * f[2])[...] = rows[:, None, :, None, :]
+    up = np.ascontiguousarray(full[: hu.shape[0], : hu.shape[1], : hu.shape[2]])
     coarse_idx = np.nonzero(band_c)
-    values = grown[coarse_idx]
+    values = labels[coarse_idx]
+    empty = np.flatnonzero(values == 0)
+    if empty.size:
+        cz, cy, cx = (c[empty] for c in coarse_idx)
+        grown = values[empty]
+        for dy, dx in _INPLANE_OFFSETS:
+            # clipping at the array edge reads the voxel itself, as the dilation's reflection
+            ny = np.clip(cy + dy, 0, yc - 1)
+            nx = np.clip(cx + dx, 0, xc - 1)
+            np.maximum(grown, labels[cz, ny, nx], out=grown)
+        values[empty] = grown
     offsets = np.indices(f).reshape(3, -1)
     fine = [c[:, None] * k + o[None, :] for c, k, o in zip(coarse_idx, f, offsets, strict=True)]
     valid = (fine[0] < hu.shape[0]) & (fine[1] < hu.shape[1]) & (fine[2] < hu.shape[2])
@@ -287,7 +330,7 @@ def _segment_coarse(
     if n == 0:
         return out
     counts = label_counts(lab, n)
-    touching = lung_cand & ndi.binary_dilation(gas, INPLANE_CONNECTIVITY) if gas.any() else None
+    touching = lung_cand & dilate_inplane_fast(gas) if gas.any() else None
     contact = (
         np.bincount(lab[touching], minlength=n + 1) if touching is not None else np.zeros(n + 1)
     )
@@ -348,7 +391,7 @@ def _gas_contact_pieces(
     if n == 0:
         return np.zeros_like(cand)
     counts = label_counts(lab, n)
-    rim = cand & ndi.binary_dilation(gas, INPLANE_CONNECTIVITY)
+    rim = cand & dilate_inplane_fast(gas)
     contact = np.bincount(lab[rim], minlength=n + 1)
     frac = contact / np.maximum(counts, 1)
     return keep_components(lab, frac > _GAS_CONTACT_MAX)
@@ -404,10 +447,8 @@ def _border_pockets(
     is_touching = np.zeros(n + 1, dtype=bool)
     is_touching[touching] = True
     cut = is_touching[lab]
-    outline = cut & ~ndi.binary_erosion(
-        fill_holes_inplane_fast(cut), INPLANE_CONNECTIVITY, border_value=1
-    )
-    near_body = outline & ndi.binary_dilation(body, INPLANE_CONNECTIVITY)
+    outline = cut & ~erode_inplane_fast(fill_holes_inplane_fast(cut))
+    near_body = outline & dilate_inplane_fast(body)
     n_edge = np.bincount(on_edge.ravel(), minlength=n + 1).astype(np.float64)
     n_outline = np.bincount(lab[outline], minlength=n + 1).astype(np.float64)
     n_body = np.bincount(lab[near_body], minlength=n + 1).astype(np.float64)
