@@ -166,6 +166,28 @@ def test_push_analyse_and_deliver_by_c_store(
         ).raise_for_status()
         time.sleep(1.0)
         assert bridge.process_due() == []
+        # retention: a week after their arrival the received images go, the results stay
+        results = list(bridge.results_dir.rglob("*.dcm"))
+        assert bridge.purge_spool(now=time.time() + 6 * 86400).series == 0
+        purged = bridge.purge_spool(now=time.time() + 8 * 86400)
+        assert (purged.series, purged.instances) == (1, len(study))
+        assert not list(bridge.spool.instances_dir.rglob("*.dcm"))
+        assert results
+        assert all(p.exists() for p in results)
+
+
+def test_spool_retention_zero_keeps_everything(
+    study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", dicom_port=None, spool_retention_days=0)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        for p in study:
+            bridge.spool.store(p.read_bytes(), now=1000.0)
+        series_uid = str(pydicom.dcmread(study[0], stop_before_pixels=True).SeriesInstanceUID)
+        ready = bridge.spool.claim(series_uid, now=2000.0)
+        bridge.spool.mark_done(series_uid, ready.generation, "result")
+        assert bridge.purge_spool(now=time.time() + 1e9).series == 0
+        assert len(bridge.spool.instance_uids(series_uid)) == len(study)
 
 
 def test_pull_by_c_move_and_deliver_by_stow(

@@ -360,6 +360,81 @@ def test_recover_reconciles_files_and_rows(tmp_path: Path) -> None:
         assert not list((root / "tmp").iterdir())
 
 
+def test_purge_deletes_settled_series_past_retention_only(tmp_path: Path) -> None:
+    """Done and failed series older than the retention go; newer or unsettled ones stay."""
+    root = tmp_path / "spool"
+    t0 = 1_000_000.0
+    day = 86400.0
+    groups = {
+        name: _uids(_series(tmp_path / name, 3))
+        for name in ("done_old", "failed_old", "done_new", "receiving_old", "claimed_old")
+    }
+    with Spool(root, quiet_period_s=QUIET_S) as s:
+        for name, (_study, _series_uid, _sops) in groups.items():
+            arrived = t0 if name.endswith("old") else t0 + 9 * day
+            for p in sorted((tmp_path / name).iterdir()):
+                s.store(p.read_bytes(), now=arrived)
+        for name in ("done_old", "failed_old", "done_new", "claimed_old"):
+            series_uid = groups[name][1]
+            ready = s.claim(series_uid, now=t0 + 9 * day + QUIET_S + 1)
+            if name.startswith("done"):
+                s.mark_done(series_uid, ready.generation, f"result-{name}")
+            elif name.startswith("failed"):
+                s.mark_failed(series_uid, ready.generation, "declined")
+        report = s.purge(7 * day, now=t0 + 10 * day)
+        assert (report.series, report.instances) == (2, 6)
+        assert report.bytes == sum(
+            p.stat().st_size
+            for name in ("done_old", "failed_old")
+            for p in (tmp_path / name).iterdir()
+        )
+        for name, (study, series_uid, sops) in groups.items():
+            gone = name in ("done_old", "failed_old")
+            assert (s.state(series_uid) is None) is gone, name
+            assert s.instance_uids(series_uid) == ([] if gone else sops), name
+            assert (root / "instances" / study).exists() is not gone, name
+        assert not list((root / "tmp").iterdir())
+        assert s.purge(7 * day, now=t0 + 10 * day).series == 0  # idempotent
+        # a late instance of a purged series starts the series again, on its own
+        study, series_uid, _ = groups["done_old"]
+        late = sorted((tmp_path / "done_old").iterdir())[0]
+        assert s.store(late.read_bytes(), now=t0 + 10 * day).action == StoreAction.STORED
+        assert s.state(series_uid) == SeriesState.RECEIVING
+        assert len(s.instance_uids(series_uid)) == 1
+    with Spool(root, quiet_period_s=QUIET_S) as s:  # the index and the files still agree
+        assert s.state(groups["done_new"][1]) == SeriesState.DONE
+        assert s.instance_uids(groups["done_new"][1]) == groups["done_new"][2]
+
+
+def test_purge_crash_leaves_no_orphan_to_reanalyse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files moved out but not yet unlinked when the process dies: nothing comes back."""
+    root = tmp_path / "spool"
+    study, series_uid, _ = _uids(_series(tmp_path / "src", 3))
+    with Spool(root, quiet_period_s=QUIET_S) as s:
+        for p in sorted((tmp_path / "src").iterdir()):
+            s.store(p.read_bytes(), now=1000.0)
+        ready = s.claim(series_uid, now=2000.0)
+        s.mark_done(series_uid, ready.generation, "result")
+
+        def die(self: Path, *args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt  # the process stops between commit and unlink
+
+        monkeypatch.setattr(Path, "unlink", die)
+        with pytest.raises(KeyboardInterrupt):
+            s.purge(0.0, now=5000.0)
+        monkeypatch.undo()
+        assert list((root / "tmp").iterdir())  # moved aside, not yet deleted
+    with Spool(root, quiet_period_s=QUIET_S) as s:
+        assert s.state(series_uid) is None
+        assert s.due(now=1e9) == []
+        assert not list((root / "tmp").iterdir())
+        assert not (root / "instances" / study / series_uid).exists() or not list(
+            (root / "instances" / study / series_uid).iterdir()
+        )
+
+
 def test_second_process_cannot_open_a_held_spool(tmp_path: Path) -> None:
     root = tmp_path / "spool"
     with Spool(root):

@@ -26,6 +26,10 @@ Our own outputs coming back from the PACS (SEG, Comprehensive 3D SR, Secondary C
 Manufacturer ``chest-ct-triage``) are acknowledged but never spooled, so results never loop
 back into analysis; other non-image objects of those classes are ignored the same way.
 
+Instances of series that were analysed (or failed) are deleted ``max_age_s`` after their last
+arrival by :meth:`Spool.purge` (the bridge runs it hourly, ``CT_TRIAGE_SPOOL_RETENTION_DAYS``);
+the results stay.
+
 The spool survives a crash: on start-up :meth:`Spool.recover` reconciles the index with the
 files, and a series claimed but never marked done becomes due again. One process owns a
 spool folder at a time (a POSIX lock on ``spool.lock``); threads of that process may share
@@ -34,6 +38,7 @@ one :class:`Spool`.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import fcntl
@@ -66,6 +71,7 @@ from ct_triage.models.identity import PRODUCT_NAME
 __all__ = [
     "IGNORED_SOP_CLASSES",
     "InstanceHeader",
+    "PurgeReport",
     "ReadySeries",
     "SeriesState",
     "Spool",
@@ -227,6 +233,15 @@ class ReadySeries:
     missing_count: int
     previous_result_ref: str | None
     last_received: float
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What :meth:`Spool.purge` deleted."""
+
+    series: int
+    instances: int
+    bytes: int
 
 
 def _meta_end(data: bytes) -> int:
@@ -761,6 +776,81 @@ class Spool:
                 (series_uid,),
             ).fetchall()
         return [str(r[0]) for r in rows]
+
+    # -- retention ---------------------------------------------------------------------------
+    def purge(self, max_age_s: float, now: float | None = None) -> PurgeReport:
+        """Delete the instances of settled series that arrived more than ``max_age_s`` ago.
+
+        Only series whose current generation is ``done`` or ``failed`` go; a series still
+        receiving or claimed stays whatever its age. Their results (the SEG, SR and report
+        under the data folder, and what was delivered to the PACS) are not touched. The
+        files are first moved into ``tmp/`` while the index rows are deleted in the same
+        transaction, then unlinked: a crash in between leaves only temporary files (deleted
+        by :meth:`recover`) and never an orphan instance that would be adopted and analysed
+        again. A late instance arriving after its series was purged starts a new series.
+        """
+        if max_age_s < 0:
+            raise ValueError("max_age_s must be >= 0")
+        cutoff = (time.time() if now is None else now) - max_age_s
+        moved: list[Path] = []
+        purged_series = 0
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT series_uid, study_uid FROM series "
+                "WHERE state IN (?, ?) AND last_received < ?",
+                (SeriesState.DONE, SeriesState.FAILED, cutoff),
+            ).fetchall()
+            for series_uid, study_uid in rows:
+                folder = self.series_folder(str(study_uid), str(series_uid))
+                uids = [
+                    str(r[0])
+                    for r in db.execute(
+                        "SELECT sop_instance_uid FROM instances WHERE series_uid = ?",
+                        (series_uid,),
+                    )
+                ]
+                staged: list[tuple[Path, Path]] = []
+                try:
+                    for uid in uids:
+                        src = folder / f"{uid}.dcm"
+                        if src.exists():
+                            dst = self._tmp_dir / f"purge-{uid}.dcm"
+                            os.replace(src, dst)
+                            staged.append((src, dst))
+                except OSError as exc:
+                    for src, dst in reversed(staged):  # put back what moved; keep the series
+                        os.replace(dst, src)
+                    logger.warning("spool purge skipped a series: %s", exc)
+                    continue
+                db.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+                db.execute("DELETE FROM expected_counts WHERE series_uid = ?", (series_uid,))
+                db.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+                moved.extend(dst for _, dst in staged)
+                purged_series += 1
+        freed = 0
+        for path in moved:
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except OSError as exc:  # left for recover()
+                logger.warning("spool purge could not delete a file: %s", exc)
+        for series_uid, study_uid in rows:
+            for folder in (
+                self.series_folder(str(study_uid), str(series_uid)),
+                self.instances_dir / str(study_uid),
+            ):
+                with contextlib.suppress(OSError):  # only when empty: a late arrival's stays
+                    folder.rmdir()
+        report = PurgeReport(series=purged_series, instances=len(moved), bytes=freed)
+        if purged_series:
+            logger.info(
+                "spool purge: %d series, %d instances, %.1f MB older than %.1f days",
+                report.series,
+                report.instances,
+                freed / 1e6,
+                max_age_s / 86400,
+            )
+        return report
 
     # -- crash recovery ----------------------------------------------------------------------
     def recover(self) -> None:

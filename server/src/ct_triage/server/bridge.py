@@ -38,7 +38,7 @@ from ct_triage.dicom_bridge.dicomweb import BasicAuth, BearerToken, DicomWebClie
 from ct_triage.dicom_bridge.load import load_series
 from ct_triage.dicom_bridge.query import DimseClient, PacsNode, StudyMatch
 from ct_triage.dicom_bridge.scp import StorageSCP
-from ct_triage.dicom_bridge.spool import ReadySeries, SeriesState, Spool
+from ct_triage.dicom_bridge.spool import PurgeReport, ReadySeries, SeriesState, Spool
 from ct_triage.dicom_bridge.tls import client_ssl_context, server_ssl_context
 from ct_triage.models.analysis import LesionModel
 from ct_triage.models.errors import StudyDeclined, TriageError
@@ -160,6 +160,7 @@ class Bridge:
         self._state.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
         self._state.commit()
         self._lock = threading.Lock()
+        self._next_purge = 0.0  # monotonic time of the next spool purge (0: at the first step)
         self.scp: StorageSCP | None = None
         if settings.dicom_port is not None:
             self.scp = StorageSCP(
@@ -227,7 +228,7 @@ class Bridge:
         self.close()
 
     def run(self, stop: threading.Event, *, interval_s: float = 0.5) -> None:
-        """Process, deliver and poll until ``stop`` is set."""
+        """Process, deliver, poll and purge the spool until ``stop`` is set."""
         next_poll = 0.0
         while not stop.is_set():
             try:
@@ -236,11 +237,29 @@ class Bridge:
                 if self.settings.poll_interval_s and time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.settings.poll_interval_s
                     self.poll_once()
+                self.purge_spool_if_due()
             except TriageError as exc:  # logged once here; the loop goes on
                 logger.error("bridge step failed: %s", exc)
             except Exception:
                 logger.exception("bridge step failed unexpectedly")
             stop.wait(interval_s)
+
+    # -- retention -----------------------------------------------------------------------
+    #: How often :meth:`purge_spool_if_due` purges (seconds of monotonic time).
+    PURGE_INTERVAL_S: float = 3600.0
+
+    def purge_spool(self, now: float | None = None) -> PurgeReport:
+        """Delete spooled instances past ``spool_retention_days`` (see :meth:`Spool.purge`)."""
+        days = self.settings.spool_retention_days
+        if days <= 0:
+            return PurgeReport(0, 0, 0)
+        return self.spool.purge(days * 86400.0, now=now)
+
+    def purge_spool_if_due(self) -> None:
+        """:meth:`purge_spool` at start-up and then once every :attr:`PURGE_INTERVAL_S`."""
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self.PURGE_INTERVAL_S
+            self.purge_spool()
 
     # -- analysis ------------------------------------------------------------------------
     def process_due(self, now: float | None = None) -> list[StudyOutcome]:

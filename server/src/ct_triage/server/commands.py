@@ -172,6 +172,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
                         if settings.poll_interval_s and time.monotonic() >= next_poll:
                             next_poll = time.monotonic() + settings.poll_interval_s
                             bridge.poll_once()
+                        bridge.purge_spool_if_due()
                     except TriageError as exc:
                         logger.error("intake step failed: %s", exc)
                     except Exception:

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     allowed_calling_aets: list[str] = Field(default_factory=list)
     #: A series is complete after this many seconds without a new instance.
     quiet_period_s: float = Field(default=10.0, gt=0)
+    #: Received instances of analysed (or failed) series are deleted this many days after
+    #: their last arrival, checked hourly; results are kept. ``0`` keeps everything.
+    spool_retention_days: float = Field(default=7.0, ge=0)
     #: DICOM TLS (PS3.15 B.1): certificate + key enable TLS on the listener and client.
     tls_cert: Path | None = None
     tls_key: Path | None = None
