@@ -572,6 +572,9 @@ def test_save_dataset_hands_what_it_does_not_encode_to_pydicom(
     ds.ReferencedSeriesSequence[0].SeriesInstanceUID = generate_uid()
     ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence = []
     ds["ReferencedSeriesSequence"].is_undefined_length = True
+    ds.SourceImageSequence = [pydicom.Dataset()]
+    ds.SourceImageSequence[0].ReferencedSOPInstanceUID = generate_uid()
+    ds.SourceImageSequence[0].is_undefined_length_sequence_item = True
     ds.ContentSequence = [pydicom.Dataset()]
     ds.ContentSequence[0].SpecificCharacterSet = "ISO_IR 100"
     ds.ContentSequence[0].TextValue = "Lunge rechts, Milchglas, Größe"

@@ -128,8 +128,13 @@ def _encode_dataset(ds: Dataset, encodings: list[str]) -> bytes:
         if elem.tag.group == 0x0002 or (elem.tag.element == 0 and elem.tag.group > 6):
             continue  # file meta is written apart; retired group lengths are not written
         if elem.VR == "SQ" and not elem.is_undefined_length:
-            # an item with its own character set: the whole sequence goes to pydicom
-            if not any("SpecificCharacterSet" in item for item in elem.value):
+            # an item with its own character set or of undefined length (as read from a
+            # file): the whole sequence goes to pydicom
+            if not any(
+                "SpecificCharacterSet" in item
+                or getattr(item, "is_undefined_length_sequence_item", False)
+                for item in elem.value
+            ):
                 items = []
                 for item in elem.value:
                     body = _encode_dataset(item, encodings)
