@@ -23,7 +23,7 @@ SLICE_DICE_FLOOR = 0.77  # measured 0.867 with lesion_seg.onnx 0.2.0 (0.883 with
 #: Mean lesion Dice over the 10 validation slices recorded in the shipped manifest.
 MANIFEST_DICE_FLOOR = 0.74  # measured 0.776 with lesion_seg.onnx 0.2.0
 #: Percent-involvement error on phantom seed 13 (60 slices, moderate): truth 33.18 %.
-PHANTOM_POI_TOLERANCE_PP = 2.5  # measured 1.27 pp (model 34.45 %) with lesion_seg.onnx 0.2.0
+PHANTOM_POI_TOLERANCE_PP = 2.5  # measured 1.61 pp (model 34.79 %) with lesion_seg.onnx 0.2.0
 
 
 @pytest.fixture(scope="module")
