@@ -792,56 +792,33 @@ class Spool:
         if max_age_s < 0:
             raise ValueError("max_age_s must be >= 0")
         cutoff = (time.time() if now is None else now) - max_age_s
-        moved: list[Path] = []
-        purged_series = 0
-        with self._tx() as db:
-            rows = db.execute(
+        with self._db_lock:
+            rows = self._db.execute(
                 "SELECT series_uid, study_uid FROM series "
                 "WHERE state IN (?, ?) AND last_received < ?",
                 (SeriesState.DONE, SeriesState.FAILED, cutoff),
             ).fetchall()
-            for series_uid, study_uid in rows:
-                folder = self.series_folder(str(study_uid), str(series_uid))
-                uids = [
-                    str(r[0])
-                    for r in db.execute(
-                        "SELECT sop_instance_uid FROM instances WHERE series_uid = ?",
-                        (series_uid,),
-                    )
-                ]
-                staged: list[tuple[Path, Path]] = []
-                try:
-                    for uid in uids:
-                        src = folder / f"{uid}.dcm"
-                        if src.exists():
-                            dst = self._tmp_dir / f"purge-{uid}.dcm"
-                            os.replace(src, dst)
-                            staged.append((src, dst))
-                except OSError as exc:
-                    for src, dst in reversed(staged):  # put back what moved; keep the series
-                        os.replace(dst, src)
-                    logger.warning("spool purge skipped a series: %s", exc)
-                    continue
-                db.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
-                db.execute("DELETE FROM expected_counts WHERE series_uid = ?", (series_uid,))
-                db.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
-                moved.extend(dst for _, dst in staged)
-                purged_series += 1
-        freed = 0
-        for path in moved:
-            try:
-                freed += path.stat().st_size
-                path.unlink()
-            except OSError as exc:  # left for recover()
-                logger.warning("spool purge could not delete a file: %s", exc)
+        purged_series = instances = freed = 0
         for series_uid, study_uid in rows:
+            # one transaction per series: the receive path waits for one series at most
+            moved = self._purge_series(str(series_uid), str(study_uid), cutoff)
+            if moved is None:
+                continue
+            purged_series += 1
+            instances += len(moved)
+            for path in moved:
+                try:
+                    freed += path.stat().st_size
+                    path.unlink()
+                except OSError as exc:  # left for recover()
+                    logger.warning("spool purge could not delete a file: %s", exc)
             for folder in (
                 self.series_folder(str(study_uid), str(series_uid)),
                 self.instances_dir / str(study_uid),
             ):
                 with contextlib.suppress(OSError):  # only when empty: a late arrival's stays
                     folder.rmdir()
-        report = PurgeReport(series=purged_series, instances=len(moved), bytes=freed)
+        report = PurgeReport(series=purged_series, instances=instances, bytes=freed)
         if purged_series:
             logger.info(
                 "spool purge: %d series, %d instances, %.1f MB older than %.1f days",
@@ -851,6 +828,45 @@ class Spool:
                 max_age_s / 86400,
             )
         return report
+
+    def _purge_series(self, series_uid: str, study_uid: str, cutoff: float) -> list[Path] | None:
+        """Move one settled series' files into ``tmp/`` and drop its rows (one transaction).
+
+        Returns the moved files, or ``None`` when the series changed meanwhile (a late
+        instance re-opened it) or a file could not be moved (the moved ones are put back).
+        """
+        with self._tx() as db:
+            still = db.execute(
+                "SELECT 1 FROM series WHERE series_uid = ? AND state IN (?, ?) "
+                "AND last_received < ?",
+                (series_uid, SeriesState.DONE, SeriesState.FAILED, cutoff),
+            ).fetchone()
+            if still is None:
+                return None
+            folder = self.series_folder(study_uid, series_uid)
+            uids = [
+                str(r[0])
+                for r in db.execute(
+                    "SELECT sop_instance_uid FROM instances WHERE series_uid = ?", (series_uid,)
+                )
+            ]
+            staged: list[tuple[Path, Path]] = []
+            try:
+                for uid in uids:
+                    src = folder / f"{uid}.dcm"
+                    if src.exists():
+                        dst = self._tmp_dir / f"purge-{uid}.dcm"
+                        os.replace(src, dst)
+                        staged.append((src, dst))
+            except OSError as exc:
+                for src, dst in reversed(staged):  # put back what moved; keep the series
+                    os.replace(dst, src)
+                logger.warning("spool purge skipped a series: %s", exc)
+                return None
+            db.execute("DELETE FROM instances WHERE series_uid = ?", (series_uid,))
+            db.execute("DELETE FROM expected_counts WHERE series_uid = ?", (series_uid,))
+            db.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+        return [dst for _, dst in staged]
 
     # -- crash recovery ----------------------------------------------------------------------
     def recover(self) -> None:
