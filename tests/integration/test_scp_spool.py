@@ -37,7 +37,7 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from tlsca import make_ca
 
-from ct_triage.dicom_bridge import spool as spool_module
+from ct_triage.dicom_bridge.part10 import dataset_offset
 from ct_triage.dicom_bridge.scp import (
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
@@ -87,7 +87,7 @@ def _send(
 
 def _dataset_bytes(data: bytes) -> bytes:
     """The data set part of a Part 10 stream (after the File Meta Information)."""
-    return data[spool_module._meta_end(data) :]
+    return data[dataset_offset(data) :]
 
 
 def _series(folder: Path, n: int = 4, **kw: object) -> list[Path]:

@@ -24,7 +24,7 @@ from pydicom.filewriter import correct_ambiguous_vr, dcmwrite, write_data_elemen
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-__all__ = ["FileMeta", "read_file_meta", "save_dataset"]
+__all__ = ["FileMeta", "dataset_offset", "read_file_meta", "save_dataset"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,7 @@ def save_dataset(ds: Dataset, path: Path) -> None:
     dcmwrite(fp, head, enforce_file_format=True)
     meta = fp.getvalue()
     # ... minus the two elements written for the meta check; the whole dataset follows
-    meta = meta[: _meta_end(meta)]
+    meta = meta[: dataset_offset(meta)]
     correct_ambiguous_vr(ds, is_little_endian=True)  # "OB or OW" and the like, as pydicom does
     encodings = convert_encodings(ds.get("SpecificCharacterSet", "ISO_IR 6"))
     body = _encode_dataset(ds, encodings)
@@ -184,7 +184,15 @@ def save_dataset(ds: Dataset, path: Path) -> None:
         out.write(body)
 
 
-def _meta_end(raw: bytes) -> int:
-    """Offset of the first byte after the File Meta Information of a PS3.10 file."""
-    (group_length,) = struct.unpack_from("<I", raw, 128 + 4 + 8)
-    return 128 + 4 + 12 + int(group_length)
+def dataset_offset(data: bytes) -> int:
+    """Where the data set starts in PS3.10 bytes: after the File Meta Information.
+
+    0 when ``data`` has no preamble + ``DICM`` prefix or its meta group does not start with
+    the explicit-VR group length (0002,0000) UL.
+    """
+    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+        return 0
+    if data[136:138] == b"UL":
+        (length,) = struct.unpack_from("<I", data, 140)
+        return 128 + 4 + 12 + int(length)
+    return 0

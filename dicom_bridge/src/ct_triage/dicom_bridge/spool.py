@@ -48,7 +48,6 @@ import logging
 import os
 import re
 import sqlite3
-import struct
 import tempfile
 import threading
 import time
@@ -65,6 +64,7 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 
+from ct_triage.dicom_bridge.part10 import dataset_offset
 from ct_triage.models.errors import InvalidInput, TriageError
 from ct_triage.models.identity import PRODUCT_NAME
 
@@ -90,7 +90,6 @@ IGNORED_SOP_CLASSES: frozenset[str] = frozenset(
     {str(SegmentationStorage), str(Comprehensive3DSRStorage), str(SecondaryCaptureImageStorage)}
 )
 
-_PREAMBLE_AND_PREFIX = 132
 _STRIPES = 64
 
 _SCHEMA = """
@@ -242,16 +241,6 @@ class PurgeReport:
     series: int
     instances: int
     bytes: int
-
-
-def _meta_end(data: bytes) -> int:
-    """Offset where the data set starts after the File Meta Information (0 if unknown)."""
-    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
-        return 0
-    if data[136:138] == b"UL":
-        (length,) = struct.unpack_from("<I", data, 140)
-        return _PREAMBLE_AND_PREFIX + 12 + int(length)
-    return 0
 
 
 def read_instance_header(data: bytes) -> InstanceHeader:
@@ -459,7 +448,7 @@ class Spool:
                 False,
                 None,
             )
-        digest = hashlib.sha256(memoryview(raw)[_meta_end(raw) :]).hexdigest()
+        digest = hashlib.sha256(memoryview(raw)[dataset_offset(raw) :]).hexdigest()
         t = time.time() if now is None else now
         stripe = self._stripes[hash(hdr.sop_instance_uid) % _STRIPES]
         with stripe:
@@ -928,7 +917,7 @@ class Spool:
             if path.parent != self.series_folder(hdr.study_uid, hdr.series_uid):
                 logger.warning("spool file %s is in the wrong folder; ignored", path.name)
                 continue
-            digest = hashlib.sha256(memoryview(raw)[_meta_end(raw) :]).hexdigest()
+            digest = hashlib.sha256(memoryview(raw)[dataset_offset(raw) :]).hexdigest()
             self._record(hdr, digest, len(raw), "", path.stat().st_mtime)
             adopted += 1
         if adopted:
