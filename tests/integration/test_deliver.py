@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -227,3 +228,43 @@ def test_cstore_re_encodes_for_a_peer_without_the_files_syntax(tmp_path: Path) -
         assert ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         [src] = [f for f in files if pydicom.dcmread(f).SOPInstanceUID == ds.SOPInstanceUID]
         assert ds.PixelData == pydicom.dcmread(src).PixelData
+
+
+@pytest.mark.parametrize("shim", [True, False])
+def test_a_response_taken_by_the_reactor_reaches_the_sender(
+    orthanc: OrthancServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shim: bool
+) -> None:
+    """pynetdicom's reactor can win a race for the C-STORE response of the request just sent
+    (it then drops it as "unexpected" and the sender waits out the DIMSE timeout; seen in CI
+    under load). The race is made certain here: the first response the DIMSE provider
+    decodes goes to the reactor's handler instead of the queue. With our association shim
+    the sender still gets its status at once; without it (pynetdicom alone) it gets none."""
+    import ct_triage.dicom_bridge.query as query
+
+    if not shim:
+        monkeypatch.setattr(query, "keep_responses_for_waiting_sender", lambda assoc: None)
+    [path] = _results(tmp_path, n=1)
+    ts = str(pydicom.dcmread(path).file_meta.TransferSyntaxUID)
+    client = DimseClient(connect_timeout_s=2, acse_timeout_s=5, dimse_timeout_s=3)
+    node = PacsNode("ORTHANC", "127.0.0.1", orthanc.dicom_port)
+    with client.associate(node, [(CTImageStorage, [ts])], purpose="C-STORE") as assoc:
+        q = assoc.dimse.msg_queue
+        put = q.put
+        taken: list[Any] = []
+
+        def reactor_takes_first(item: Any, block: bool = True, timeout: Any = None) -> None:
+            cx, msg = item
+            if not taken and not msg.is_valid_request:
+                taken.append(msg)
+                assoc._serve_request(msg, cx)  # what the reactor does with a message it took
+                return
+            put(item, block, timeout)
+
+        monkeypatch.setattr(q, "put", reactor_takes_first)
+        status = assoc.send_c_store(path)
+    assert len(taken) == 1
+    if shim:
+        assert status.get("Status") == 0x0000
+        assert _stored_sop_uids(orthanc) == _uids([path])
+    else:
+        assert status.get("Status") is None  # pynetdicom alone: the answer was lost

@@ -26,6 +26,7 @@ import re
 import socket
 import ssl
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -317,6 +318,54 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def keep_responses_for_waiting_sender(assoc: Association) -> None:
+    """Hand a DIMSE response the association's reactor took back to the waiting sender.
+
+    pynetdicom (checked up to 3.0.4) pauses its reactor thread around each ``send_*`` call
+    with a flag that the reactor raises *before* it blocks. A reactor preempted between
+    that flag and its non-blocking queue read can take the response of the request just
+    sent, log "Received unexpected C-STORE service message" and drop it; the sender then
+    waits the whole DIMSE timeout (120 s) for an answer that came in milliseconds, and the
+    association is aborted. We saw it once in CI on a loaded 2-core machine (a batch's
+    delivery stalled past its test's limit).
+
+    This wraps the two ends on one association: ``dimse.get_msg`` counts the threads
+    blocked waiting for a message, and ``_serve_request`` (where the reactor hands what it
+    took) puts a non-request message back at the *front* of the queue (order kept: C-FIND
+    and C-GET answer one request with several responses) while a sender waits. With no
+    sender waiting, a stray response is still dropped and logged as pynetdicom does.
+    """
+    dimse = assoc.dimse
+    get_msg, serve_request = dimse.get_msg, assoc._serve_request
+    lock = threading.Lock()
+    waiting = [0]
+
+    def counted_get_msg(block: bool = False) -> Any:
+        if not block:
+            return get_msg(block)
+        with lock:
+            waiting[0] += 1
+        try:
+            return get_msg(block)
+        finally:
+            with lock:
+                waiting[0] -= 1
+
+    def serve(msg: Any, context_id: int) -> None:
+        if msg is not None and not msg.is_valid_request and waiting[0]:
+            q = dimse.msg_queue
+            with q.mutex:
+                q.queue.appendleft((context_id, msg))
+                q.unfinished_tasks += 1
+                q.not_empty.notify()
+            LOGGER.debug("returned a %s the reactor took to the waiting sender", msg.msg_type)
+            return
+        serve_request(msg, context_id)
+
+    dimse.get_msg = counted_get_msg  # type: ignore[method-assign]
+    assoc._serve_request = serve  # type: ignore[method-assign]
+
+
 class DimseClient:
     """A DIMSE SCU for one calling AE title, with its timeouts.
 
@@ -422,6 +471,7 @@ class DimseClient:
                     f"could not open a TCP connection to DICOM node {node}: {self._probe(node)}"
                 )
             raise self._association_error(assoc, node, what)
+        keep_responses_for_waiting_sender(assoc)
         try:
             yield assoc
         except BaseException:
