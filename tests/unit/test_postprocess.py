@@ -71,6 +71,21 @@ def test_components_outside_the_lungs_are_removed() -> None:
     assert kept.lesions[8:12, 50:53, 20:30].all()
 
 
+def test_a_large_component_with_enough_lung_inside_is_kept() -> None:
+    """Dense consolidation of a collapsed lobe lies mostly outside the aerated lungs: a
+    component with ``min_lung_ml`` inside the lungs is kept whatever its fraction."""
+    volume, lungs = _case()
+    lesions = np.zeros_like(lungs)
+    # one row inside the right lung (row 49: 12 x 30 voxels = 0.72 mL), ten rows below it
+    lesions[4:16, 49:60, 5:35] = LesionLabel.CONSOLIDATION  # 1/11 = 9 % inside
+    dropped = combine(volume, lungs, lesions, min_lung_ml=1.0)
+    assert not dropped.lesions.any()
+    kept = combine(volume, lungs, lesions, min_lung_ml=0.5)
+    np.testing.assert_array_equal(kept.lesions, lesions)
+    assert (kept.lungs[4:16, 49:60, 5:35] == LungLabel.RIGHT).all()
+    assert not combine(volume, lungs, lesions).lesions.any()  # default 5 mL
+
+
 def test_small_components_are_removed() -> None:
     volume, lungs = _case()
     lesions = np.zeros_like(lungs)

@@ -22,10 +22,42 @@ def test_configs() -> None:
     assert get_config("cpu", steps=7, eval_every=None).steps == 7
     assert not CONFIGS["smoke"].measure
     # the selection phantoms never overlap the training seeds (>= 1000)
-    for name in ("cpu", "gpu"):
+    # and are held out from the report phantoms of ``measure``
+    from ct_triage.models.train.measure import REPORT_PHANTOMS
+
+    report = {seed for seed, _, _ in REPORT_PHANTOMS}
+    for name in ("cpu", "gpu", "finetune"):
         assert all(seed < 1000 for seed, _ in CONFIGS[name].selection_phantoms)
+        assert not report & {seed for seed, _ in CONFIGS[name].selection_phantoms}
     with pytest.raises(KeyError):
         get_config("nope")
+    with pytest.raises(ValueError, match="poi_metric"):
+        get_config("cpu", poi_metric="median")
+
+
+def test_finetune_needs_init(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--config", "finetune", "--out", str(tmp_path / "m"), "--quiet"])
+
+
+@pytest.mark.slow
+def test_training_starts_from_init_weights(tmp_path: Path, shared_data: Path) -> None:
+    """``init`` loads the given weights: with a zero learning rate they come back unchanged."""
+    import torch
+
+    from ct_triage.models.nets import build_lesion_net
+    from ct_triage.models.train.loop import train
+
+    torch.manual_seed(123)
+    start = build_lesion_net(get_config("smoke").net).state_dict()
+    torch.save(start, tmp_path / "checkpoint.pt")
+    cfg = get_config("smoke", init=str(tmp_path / "checkpoint.pt"), lr=0.0)
+    result = train(cfg, shared_data, progress=False)
+    end = result.net.state_dict()
+    weights = [k for k in start if k.endswith(".weight")]
+    assert weights
+    for k in weights:
+        torch.testing.assert_close(end[k], start[k], rtol=0, atol=0)
 
 
 def test_refuses_to_overwrite_shipped_weights() -> None:

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phantom-volumes", type=int, default=None, help="synthetic volumes to sample slices from"
     )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="checkpoint.pt of an earlier run to start from"
+    )
     parser.add_argument("--version", default="0.2.0")
     parser.add_argument(
         "--cache", type=Path, default=None, help="folder to keep the cached phantom slices in"
@@ -70,7 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         eval_every=args.eval_every,
         phantom_volumes=args.phantom_volumes,
+        init=str(args.init) if args.init else None,
     )
+    if cfg.name == "finetune" and not cfg.init:
+        parser.error("--config finetune needs --init CHECKPOINT")
     data_dir = args.data or default_data_dir()
     result = train(cfg, data_dir, progress=not args.quiet, cache_dir=args.cache)
     spec = input_spec(cfg)
@@ -98,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             "MedSeg validation split; phantom_* = percent of lung involved through "
             "analysis.segment + quantify on held-out phantom seeds 11-14 (60 slices) and 31-36; "
             "totalseg_* on real_hu_ct/totalseg_example_ct_sm.npz. Weights of the training step "
-            f"{result.best_step} of {cfg.steps}, chosen on the MedSeg validation Dice and the "
-            "percent-involvement error of selection phantoms 21-24; background-logit bias "
+            f"{result.best_step} of {cfg.steps}"
+            + (f" (starting from {cfg.init})" if cfg.init else "")
+            + ", chosen on the MedSeg validation Dice and the "
+            f"{cfg.poi_metric} percent-involvement error of selection phantoms "
+            f"{', '.join(str(seed) for seed, _ in cfg.selection_phantoms)}; background-logit bias "
             f"{result.background_bias:g} baked into the exported softmax head (chosen on the "
             "same selection data)."
         ),

@@ -34,8 +34,10 @@ class TrainConfig:
     #: disjoint from the training seeds (>= 1000) and from the report seeds of ``measure``.
     selection_phantoms: tuple[tuple[int, str], ...] = ()
     selection_phantom_slices: int = 60
-    #: Checkpoint score: MedSeg validation lesion Dice - weight x phantom |POI error| (pp).
+    #: Checkpoint score: MedSeg validation lesion Dice - weight x phantom |POI error| (pp),
+    #: the error being the mean or the maximum over the selection phantoms (``poi_metric``).
     poi_weight: float = 0.01
+    poi_metric: str = "mean"
     #: Background-logit biases tried after training on the selection data (same score);
     #: the best is baked into the exported softmax head. Empty: no calibration.
     calibrate_biases: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -43,6 +45,9 @@ class TrainConfig:
     #: Measure the exported model on held-out phantoms and TotalSegmentator (about a minute).
     measure: bool = True
     seed: int = 0
+    #: Weights (``checkpoint.pt`` of an earlier run) to start from instead of a random
+    #: initialisation: fine-tuning.
+    init: str = ""
     device: str = "cpu"
     threads: int = 2
     net: LesionNetConfig = field(default_factory=LesionNetConfig)
@@ -54,6 +59,14 @@ class TrainConfig:
 
 
 SELECTION_PHANTOMS = ((21, "mild"), (22, "moderate"), (23, "severe"), (24, "moderate"))
+#: More selection phantoms for fine-tuning, where the checkpoint is chosen on the worst one.
+FINETUNE_SELECTION_PHANTOMS = (
+    *SELECTION_PHANTOMS,
+    (25, "mild"),
+    (26, "moderate"),
+    (27, "severe"),
+    (28, "moderate"),
+)
 
 CONFIGS: dict[str, TrainConfig] = {
     "smoke": TrainConfig(
@@ -74,6 +87,23 @@ CONFIGS: dict[str, TrainConfig] = {
         selection_phantoms=SELECTION_PHANTOMS,
         eval_every=500,
     ),
+    # Continue a trained model (``--init DIR/checkpoint.pt``) on more phantom slices at a low
+    # learning rate, choosing the checkpoint and the background bias on the worst of eight
+    # selection phantoms.
+    "finetune": TrainConfig(
+        name="finetune",
+        steps=2500,
+        batch_size=8,
+        lr=5e-4,
+        warmup_steps=50,
+        patch=160,
+        medseg_share=0.3,
+        phantom_volumes=96,
+        selection_phantoms=FINETUNE_SELECTION_PHANTOMS,
+        poi_weight=0.05,
+        poi_metric="max",
+        eval_every=250,
+    ),
     "gpu": TrainConfig(
         name="gpu",
         steps=20000,
@@ -93,4 +123,7 @@ def get_config(name: str, **overrides: object) -> TrainConfig:
     if name not in CONFIGS:
         raise KeyError(f"unknown training config {name!r}; choose one of {sorted(CONFIGS)}")
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return replace(CONFIGS[name], **clean)  # type: ignore[arg-type]
+    cfg = replace(CONFIGS[name], **clean)  # type: ignore[arg-type]
+    if cfg.poi_metric not in ("mean", "max"):
+        raise ValueError(f"poi_metric must be 'mean' or 'max', got {cfg.poi_metric!r}")
+    return cfg

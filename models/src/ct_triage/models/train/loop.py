@@ -195,6 +195,12 @@ def evaluate_phantoms(
     }
 
 
+def _selection_error(metrics: dict[str, float], cfg: TrainConfig) -> float:
+    """The phantom percent-involvement error (pp) the checkpoint score weighs."""
+    key = "phantom_poi_max_abs_error_pp" if cfg.poi_metric == "max" else "phantom_poi_abs_error_pp"
+    return metrics.get(key, 0.0)
+
+
 def train(
     cfg: TrainConfig,
     data_dir: Path,
@@ -206,7 +212,8 @@ def train(
 
     Every ``eval_every`` steps the network is scored on the MedSeg validation slices and the
     selection phantoms; the returned network holds the weights of the best score
-    (``lesion_dice - poi_weight x phantom_poi_abs_error_pp``). ``cache_dir`` keeps the cached
+    (``lesion_dice - poi_weight x`` the mean or maximum phantom POI error, see
+    ``cfg.poi_metric``). ``cache_dir`` keeps the cached
     phantom slices between runs.
     """
     torch.manual_seed(cfg.seed)
@@ -251,7 +258,11 @@ def train(
     pool_oh = [torch.from_numpy(np.stack([s.onehot for s in p])) for p in pools]
     pool_approx = [p[0].kind == "medseg" for p in pools]
 
-    net = build_lesion_net(cfg.net).to(device)
+    net = build_lesion_net(cfg.net)
+    if cfg.init:
+        net.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
+        logger.info("starting from the weights in %s", cfg.init)
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -292,7 +303,7 @@ def train(
             metrics = evaluate_slices(predict, val, spec)
             metrics["healthy_fp_fraction"] = healthy_false_positive(predict, healthy, spec)
             metrics.update(evaluate_phantoms(predict, selection, spec))
-            poi = metrics.get("phantom_poi_abs_error_pp", 0.0)
+            poi = _selection_error(metrics, cfg)
             metrics["score"] = metrics["lesion_dice"] - cfg.poi_weight * poi
             if metrics["score"] > best_score:
                 best_score, best_state = metrics["score"], copy.deepcopy(net.state_dict())
@@ -330,7 +341,7 @@ def train(
             predict = torch_predictor(net, device, bias)
             m = evaluate_slices(predict, val, spec)
             m.update(evaluate_phantoms(predict, selection, spec))
-            poi = m.get("phantom_poi_abs_error_pp", 0.0)
+            poi = _selection_error(m, cfg)
             m.update(background_bias=bias, score=m["lesion_dice"] - cfg.poi_weight * poi)
             result.calibration.append(m)
             logger.info(
