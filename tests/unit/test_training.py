@@ -118,3 +118,56 @@ def test_softmax_head_background_bias() -> None:
 
     with pytest.raises(ValueError, match="out_channels"):
         SoftmaxHead(Unknown(), 1.0)
+
+
+def test_biased_predictor_equals_the_exported_head() -> None:
+    """Re-weighting the bias-0 probabilities gives what SoftmaxHead(net, bias) gives."""
+    import torch
+
+    from ct_triage.models.nets import build_lesion_net
+    from ct_triage.models.train.calibrate import BiasedPredictor
+    from ct_triage.models.train.loop import torch_predictor
+
+    torch.manual_seed(1)
+    net = build_lesion_net(get_config("smoke").net).eval()
+    x = np.random.default_rng(0).random((2, 1, 64, 64), dtype=np.float32)
+    biased = BiasedPredictor(torch_predictor(net, torch.device("cpu")))
+    for bias in (0.0, 0.75, 2.0):
+        biased.bias = bias
+        want = torch_predictor(net, torch.device("cpu"), bias)(x)
+        np.testing.assert_allclose(biased(x), want, atol=2e-6)
+    assert len(biased._cache) == 1  # the network ran once
+
+
+def test_calibration_choice() -> None:
+    from ct_triage.models.train.calibrate import choose
+
+    rows = [
+        {
+            "background_bias": 0.0,
+            "lesion_dice": 0.80,
+            "max_abs_error_pp": 1.9,
+            "mean_abs_error_pp": 0.9,
+        },
+        {
+            "background_bias": 0.5,
+            "lesion_dice": 0.79,
+            "max_abs_error_pp": 1.2,
+            "mean_abs_error_pp": 0.7,
+        },
+        {
+            "background_bias": 1.0,
+            "lesion_dice": 0.76,
+            "max_abs_error_pp": 0.8,
+            "mean_abs_error_pp": 0.5,
+        },
+        {
+            "background_bias": 1.5,
+            "lesion_dice": 0.79,
+            "max_abs_error_pp": 1.2,
+            "mean_abs_error_pp": 0.6,
+        },
+    ]
+    assert choose(rows, 0.78)["background_bias"] == 1.5  # 1.0 is below the floor; tie on max
+    assert choose(rows, 0.70)["background_bias"] == 1.0
+    assert choose(rows, 0.99)["background_bias"] == 1.0  # nothing reaches the floor: best error
