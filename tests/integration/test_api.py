@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -501,7 +502,16 @@ def test_openapi_documents_every_route(live: Live) -> None:
 
     with live.client() as anon:
         doc = anon.get(f"{API}/openapi.json").json()
-        assert anon.get(f"{API}/docs").status_code == 200
+        page = anon.get(f"{API}/docs")
+        assert page.status_code == 200
+        # Swagger UI comes from this server, not a CDN (hospital networks are often closed)
+        assets = re.findall(r"""(?:src|href)=['"]([^'"]+\.(?:js|css))['"]""", page.text)
+        assert len(assets) == 2, page.text
+        for url in assets:
+            assert url.startswith(f"{API}/docs-static/"), url
+            got = anon.get(url)
+            assert got.status_code == 200, url
+            assert len(got.content) > 10_000, url
     paths = doc["paths"]
     api_routes = [
         r

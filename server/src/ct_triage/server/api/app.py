@@ -35,6 +35,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -225,13 +226,16 @@ def create_app(
             finally:
                 del app.state.ctx
 
-    app = FastAPI(
+    # The interactive API docs load Swagger UI from files bundled with fastapi-offline, not
+    # from a CDN: hospital networks often have no route to the internet.
+    app = FastAPIOffline(
         title="chest-ct-triage",
         version=PRODUCT_VERSION,
         description=_DESCRIPTION,
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
+        static_url=f"{API_PREFIX}/docs-static",
         lifespan=lifespan,
     )
     app.add_exception_handler(TriageError, _triage_error)
