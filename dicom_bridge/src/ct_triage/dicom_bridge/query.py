@@ -336,6 +336,11 @@ def keep_responses_for_waiting_sender(assoc: Association) -> None:
     sender waiting, a stray response is still dropped and logged as pynetdicom does.
     """
     dimse = assoc.dimse
+    queue = getattr(dimse, "msg_queue", None)
+    if not hasattr(assoc, "_serve_request") or not hasattr(queue, "mutex"):
+        # another pynetdicom layout: leave the association as it is (the race stays possible)
+        LOGGER.debug("pynetdicom internals changed: reactor response shim not installed")
+        return
     get_msg, serve_request = dimse.get_msg, assoc._serve_request
     lock = threading.Lock()
     waiting = [0]
