@@ -92,11 +92,14 @@ def measure_phantoms(
     errors, healthy, cases = [], [], []
     for seed, severity, n_slices in phantoms:
         ph = phantom.generate(phantom.spec_from_seed(seed, n_slices=n_slices, severity=severity))
-        truth = phantom.percent_involvement(ph)["total"]
-        pred = quantify(segment(ph.volume, seg)).percent_involvement.total
+        truths = phantom.percent_involvement(ph)
+        got = quantify(segment(ph.volume, seg)).percent_involvement
+        truth, pred = truths["total"], got.total
         cases.append(
             {"seed": seed, "severity": severity, "slices": ph.volume.shape[0],
-             "true_poi": truth, "pred_poi": pred}
+             "true_poi": truth, "pred_poi": pred,
+             "true_poi_right": truths["right"], "pred_poi_right": got.right,
+             "true_poi_left": truths["left"], "pred_poi_left": got.left}
         )  # fmt: skip
         logger.info("phantom %d %s: truth %.2f %% predicted %.2f %%", seed, severity, truth, pred)
         if severity == "none":
