@@ -30,14 +30,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ct_triage.models.lesions import WEIGHTS_DIR, PredictFn, segment_volume
+from ct_triage.models.lesions import WEIGHTS_DIR, PredictFn
 from ct_triage.models.manifest import load_manifest
 from ct_triage.models.nets import LesionNetConfig, build_lesion_net
-from ct_triage.models.postprocess import combine
-from ct_triage.models.quantify import quantify
-from ct_triage.models.train.data import PhantomCase, load_medseg, medseg_split, phantom_cases
+from ct_triage.models.train.data import load_medseg, medseg_split, phantom_cases
 from ct_triage.models.train.export import write_model_dir
-from ct_triage.models.train.loop import evaluate_slices, torch_predictor
+from ct_triage.models.train.loop import evaluate_slices, phantom_poi_errors, torch_predictor
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +84,6 @@ class BiasedPredictor:
         return p.astype(np.float32)
 
 
-def phantom_errors(
-    predict: PredictFn, cases: list[tuple[PhantomCase, str]], spec: object
-) -> list[float]:
-    """Signed total percent-involvement error (pp) of each case through the analyze path."""
-    out = []
-    for case, _ in cases:
-        labels, _ = segment_volume(case.volume, case.lungs, predict, spec)  # type: ignore[arg-type]
-        q = quantify(combine(case.volume, case.lungs, labels))
-        out.append(q.percent_involvement.total - case.true_percent)
-    return out
-
-
 def choose(rows: list[dict[str, float]], dice_floor: float) -> dict[str, float]:
     """The row with the smallest worst error among those at or above the Dice floor."""
     ok = [r for r in rows if r["lesion_dice"] >= dice_floor] or rows
@@ -137,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = BiasedPredictor(torch_predictor(net, torch.device("cpu")))
     val = [load_medseg(f) for f in medseg_split(data_dir)[1]]
     cases = [
-        (case, severity)
+        case
         for seed, severity, n in CALIBRATION_PHANTOMS
         for case in phantom_cases({seed: severity}, n)
     ]
@@ -146,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         predictor.bias = bias
         row: dict[str, float] = {"background_bias": bias}
         row.update(evaluate_slices(predictor, val, spec))
-        errors = phantom_errors(predictor, cases, spec)
+        errors = phantom_poi_errors(predictor, cases, spec)
         row["mean_abs_error_pp"] = float(np.mean(np.abs(errors)))
         row["max_abs_error_pp"] = float(np.max(np.abs(errors)))
-        row.update({c.name: e for (c, _), e in zip(cases, errors, strict=True)})
+        row.update({c.name: e for c, e in zip(cases, errors, strict=True)})
         rows.append(row)
         logger.info(
             "bias %.2f: MedSeg lesion Dice %.4f, calibration phantoms mean %.2f max %.2f pp",

@@ -167,28 +167,36 @@ def healthy_false_positive(predict: PredictFn, samples: list[Sample], spec: Inpu
     return float((probs.argmax(axis=1) > 0).mean())
 
 
-def evaluate_phantoms(
+def phantom_poi_errors(
     predict: PredictFn, cases: list[PhantomCase], spec: InputSpec
-) -> dict[str, float]:
-    """Percent-involvement error on held-out phantoms through the ``analyze`` compute path.
+) -> list[float]:
+    """Signed total percent-involvement error (pp) of each phantom through the ``analyze`` path.
 
     Lesion network (:func:`~ct_triage.models.lesions.segment_volume`), then
     :func:`~ct_triage.models.postprocess.combine` and
     :func:`~ct_triage.models.quantify.quantify`, exactly as
     :func:`ct_triage.models.analysis.segment` does (the classical lungs are computed once per
-    case, they do not depend on the network). Returns ``phantom_poi_abs_error_pp`` (mean)
-    and ``phantom_poi_max_abs_error_pp``; empty without cases.
+    case, they do not depend on the network).
     """
     from ct_triage.models.postprocess import combine
     from ct_triage.models.quantify import quantify
 
-    if not cases:
-        return {}
     errors = []
     for c in cases:
         labels, _ = segment_volume(c.volume, c.lungs, predict, spec)
         q = quantify(combine(c.volume, c.lungs, labels))
-        errors.append(abs(q.percent_involvement.total - c.true_percent))
+        errors.append(q.percent_involvement.total - c.true_percent)
+    return errors
+
+
+def evaluate_phantoms(
+    predict: PredictFn, cases: list[PhantomCase], spec: InputSpec
+) -> dict[str, float]:
+    """Mean and maximum absolute :func:`phantom_poi_errors` (``phantom_poi_abs_error_pp``,
+    ``phantom_poi_max_abs_error_pp``); empty without cases."""
+    if not cases:
+        return {}
+    errors = np.abs(phantom_poi_errors(predict, cases, spec))
     return {
         "phantom_poi_abs_error_pp": float(np.mean(errors)),
         "phantom_poi_max_abs_error_pp": float(np.max(errors)),
