@@ -336,7 +336,7 @@ def keep_responses_for_waiting_sender(assoc: Association) -> None:
     sender waiting, a stray response is still dropped and logged as pynetdicom does.
     """
     dimse = assoc.dimse
-    queue = getattr(dimse, "msg_queue", None)
+    queue: Any = getattr(dimse, "msg_queue", None)
     if not hasattr(assoc, "_serve_request") or not hasattr(queue, "mutex"):
         # another pynetdicom layout: leave the association as it is (the race stays possible)
         LOGGER.debug("pynetdicom internals changed: reactor response shim not installed")
@@ -358,11 +358,10 @@ def keep_responses_for_waiting_sender(assoc: Association) -> None:
 
     def serve(msg: Any, context_id: int) -> None:
         if msg is not None and not msg.is_valid_request and waiting[0]:
-            q = dimse.msg_queue
-            with q.mutex:
-                q.queue.appendleft((context_id, msg))
-                q.unfinished_tasks += 1
-                q.not_empty.notify()
+            with queue.mutex:
+                queue.queue.appendleft((context_id, msg))
+                queue.unfinished_tasks += 1
+                queue.not_empty.notify()
             LOGGER.debug("returned a %s the reactor took to the waiting sender", msg.msg_type)
             return
         serve_request(msg, context_id)
