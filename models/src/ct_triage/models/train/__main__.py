@@ -14,7 +14,7 @@ from ct_triage.models.lesions import WEIGHTS_DIR
 from ct_triage.models.manifest import TrainingInfo
 from ct_triage.models.train.config import CONFIGS, get_config
 from ct_triage.models.train.data import default_data_dir, medseg_split
-from ct_triage.models.train.export import write_model_dir
+from ct_triage.models.train.export import record_metrics, write_model_dir
 from ct_triage.models.train.loop import evaluate_slices, input_spec, train
 
 logger = logging.getLogger("ct_triage.models.train")
@@ -136,15 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
         metrics, details = measure_model(out, data_dir, threads=cfg.threads)
         (out / "measure.json").write_text(json.dumps(details, indent=1) + "\n")
-    final = write_model_dir(
-        result.net,
-        spec,
-        out,
-        version=args.version,
-        training=training,
-        metrics=metrics,
-        background_bias=bias,
-    )
+    final = record_metrics(manifest, out, metrics)
     history = {"steps": result.history, "calibration": result.calibration}
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     print(json.dumps({"out": str(out), "sha256": final.sha256, "metrics": final.metrics}, indent=1))

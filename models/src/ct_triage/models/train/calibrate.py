@@ -34,7 +34,7 @@ from ct_triage.models.lesions import WEIGHTS_DIR, PredictFn
 from ct_triage.models.manifest import load_manifest
 from ct_triage.models.nets import LesionNetConfig, build_lesion_net
 from ct_triage.models.train.data import load_medseg, medseg_split, phantom_cases
-from ct_triage.models.train.export import write_model_dir
+from ct_triage.models.train.export import record_metrics, write_model_dir
 from ct_triage.models.train.loop import evaluate_slices, phantom_poi_errors, torch_predictor
 
 logger = logging.getLogger(__name__)
@@ -157,15 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     training = source.training.model_copy(update={"notes": source.training.notes + note})
     version = args.version or source.version
     args.out.mkdir(parents=True, exist_ok=True)
-    write_model_dir(
+    manifest = write_model_dir(
         net, spec, args.out, version=version, training=training, metrics={},
         background_bias=bias,
     )  # fmt: skip
     metrics, details = measure_model(args.out, data_dir, threads=args.threads)
-    write_model_dir(
-        net, spec, args.out, version=version, training=training, metrics=metrics,
-        background_bias=bias,
-    )  # fmt: skip
+    record_metrics(manifest, args.out, metrics)
     torch.save(net.state_dict(), args.out / "checkpoint.pt")
     (args.out / "measure.json").write_text(json.dumps(details, indent=1) + "\n")
     (args.out / "calibration.json").write_text(

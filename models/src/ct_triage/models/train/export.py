@@ -101,3 +101,13 @@ def write_model_dir(
     )
     write_manifest(manifest, out_dir)
     return manifest
+
+
+def record_metrics(manifest: Manifest, out_dir: Path, metrics: dict[str, float]) -> Manifest:
+    """Add measured ``metrics`` to the manifest of an exported model in ``out_dir``.
+
+    The ONNX file is not touched: the numbers describe the very file that was measured.
+    """
+    updated = manifest.model_copy(update={"metrics": {**metrics, **manifest.metrics}})
+    write_manifest(updated, out_dir)
+    return updated
