@@ -139,6 +139,28 @@ def test_biased_predictor_equals_the_exported_head() -> None:
     assert len(biased._cache) == 1  # the network ran once
 
 
+def test_manifest_records_the_background_bias(tmp_path: Path) -> None:
+    """The bias baked into the exported head is a manifest field, not only prose."""
+    import torch
+
+    from ct_triage.models.manifest import TrainingInfo
+    from ct_triage.models.nets import build_lesion_net
+    from ct_triage.models.train.export import write_model_dir
+    from ct_triage.models.train.loop import input_spec
+
+    torch.manual_seed(2)
+    cfg = get_config("smoke")
+    net = build_lesion_net(cfg.net).eval()
+    training = TrainingInfo(data="test", licence="test")
+    write_model_dir(
+        net, input_spec(cfg), tmp_path, version="t", training=training, metrics={},
+        background_bias=0.75,
+    )  # fmt: skip
+    assert load_manifest(tmp_path).training.background_bias == 0.75
+    # manifests written before the field existed still load, the bias unknown
+    assert TrainingInfo(data="old", licence="old").background_bias is None
+
+
 def test_calibration_choice() -> None:
     from ct_triage.models.train.calibrate import choose
 

@@ -66,6 +66,9 @@ class TrainingInfo(_Frozen):
     seed: int = 0
     config: str = ""
     notes: str = ""
+    #: The constant subtracted from the background logit in the exported softmax head (a
+    #: calibration, see the model card); ``None`` where the manifest predates this field.
+    background_bias: float | None = None
 
 
 class Manifest(_Frozen):

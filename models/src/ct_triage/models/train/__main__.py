@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="shared data dir")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
     parser.add_argument(
         "--phantom-volumes", type=int, default=None, help="synthetic volumes to sample slices from"
     )
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config,
         steps=args.steps,
         eval_every=args.eval_every,
+        lr=args.lr,
         phantom_volumes=args.phantom_volumes,
         init=str(args.init) if args.init else None,
     )

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("chosen background bias %.2f", bias)
     note = (
         f" Background bias re-chosen by `python -m ct_triage.models.train.calibrate` as "
-        f"{bias:g} (was {_bias_of(source.training.notes)}): the smallest worst "
+        f"{bias:g} (was {_recorded(source.training.background_bias)}): the smallest worst "
         "percent-involvement error on calibration phantoms "
         f"{', '.join(str(s) for s, _, _ in CALIBRATION_PHANTOMS)} with the MedSeg validation "
         f"lesion Dice >= {args.dice_floor:g}."
@@ -172,11 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bias_of(notes: str) -> str:
-    marker = "background-logit bias "
-    if marker not in notes:
-        return "unknown"
-    return notes.split(marker, 1)[1].split(" ", 1)[0]
+def _recorded(bias: float | None) -> str:
+    return "not recorded" if bias is None else f"{bias:g}"
 
 
 if __name__ == "__main__":

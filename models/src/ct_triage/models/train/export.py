@@ -96,7 +96,7 @@ def write_model_dir(
         sha256=sha256_of(path),
         input=spec,
         labels=LABELS,
-        training=training,
+        training=training.model_copy(update={"background_bias": background_bias}),
         metrics={**metrics, "onnx_parity_max_abs_diff": diff},
     )
     write_manifest(manifest, out_dir)
