@@ -23,12 +23,16 @@ def test_configs() -> None:
     assert not CONFIGS["smoke"].measure
     # the selection phantoms never overlap the training seeds (>= 1000)
     # and are held out from the report phantoms of ``measure``
-    from ct_triage.models.train.measure import REPORT_PHANTOMS
+    from ct_triage.models.train.calibrate import CALIBRATION_PHANTOMS
+    from ct_triage.models.train.measure import REPORT_PHANTOMS, SECOND_PHANTOMS
 
     report = {seed for seed, _, _ in REPORT_PHANTOMS}
+    second = {seed for seed, _, _ in SECOND_PHANTOMS}
+    assert not report & second
+    assert not (report | second) & {seed for seed, _, _ in CALIBRATION_PHANTOMS}
     for name in ("cpu", "gpu", "finetune"):
         assert all(seed < 1000 for seed, _ in CONFIGS[name].selection_phantoms)
-        assert not report & {seed for seed, _ in CONFIGS[name].selection_phantoms}
+        assert not (report | second) & {seed for seed, _ in CONFIGS[name].selection_phantoms}
     with pytest.raises(KeyError):
         get_config("nope")
     with pytest.raises(ValueError, match="poi_metric"):
@@ -193,3 +197,17 @@ def test_calibration_choice() -> None:
     assert choose(rows, 0.78)["background_bias"] == 1.5  # 1.0 is below the floor; tie on max
     assert choose(rows, 0.70)["background_bias"] == 1.0
     assert choose(rows, 0.99)["background_bias"] == 1.0  # nothing reaches the floor: best error
+
+
+def test_measure_phantom_sets() -> None:
+    from ct_triage.models.train.measure import REPORT_PHANTOMS, SECOND_PHANTOMS, parse_phantoms
+
+    assert parse_phantoms("second") == SECOND_PHANTOMS
+    assert len(SECOND_PHANTOMS) == 12
+    assert parse_phantoms("71:mild:60, 77:severe:all") == ((71, "mild", 60), (77, "severe", None))
+    assert parse_phantoms(",".join(f"{s}:{v}:{n or 'all'}" for s, v, n in REPORT_PHANTOMS)) == (
+        REPORT_PHANTOMS
+    )
+    for bad in ("71:mild", "x:mild:60", "71:awful:60", "71:mild:4", "71:mild:sixty", ""):
+        with pytest.raises(ValueError, match="phantom"):
+            parse_phantoms(bad)

@@ -14,6 +14,8 @@
 * ``real_hu_ct/totalseg_example_ct_sm.npz``: ``totalseg_lung_dice`` of the classical lungs
   against the TotalSegmentator reference and ``totalseg_healthy_poi_pp``, the percent of
   that (lesion-free) lung the pipeline calls lesion;
+* ``--phantoms second|SEED:SEVERITY:SLICES|all,...``: another held-out phantom set instead of
+  the report phantoms (``second``: :data:`SECOND_PHANTOMS`);
 * ``--speed``: seconds of the lesion segmenter on a 300-slice 512 x 512 phantom.
 
 No torch: this runs with the inference dependencies only.
@@ -54,6 +56,14 @@ REPORT_PHANTOMS: tuple[tuple[int, str, int | None], ...] = (
     (34, "severe", None),
     (35, "mild", None),
     (36, "moderate", None),
+)
+
+#: A second held-out set (``--phantoms second``), added for model 0.4.0's decision and never
+#: used for training, checkpoint selection or calibration: three of each severity at 60
+#: slices and as whole thoraxes.
+SECOND_PHANTOMS: tuple[tuple[int, str, int | None], ...] = tuple(
+    (seed, ("mild", "moderate", "severe")[i % 3], 60 if i < 6 else None)
+    for i, seed in enumerate(range(71, 83))
 )
 
 
@@ -145,13 +155,49 @@ def measure_speed(seg: LesionSegmenter, *, n_slices: int = 300, seed: int = 41) 
     return time.perf_counter() - t0
 
 
+def parse_phantoms(text: str) -> tuple[tuple[int, str, int | None], ...]:
+    """``"71:mild:60,77:severe:all"`` -> ``((71, "mild", 60), (77, "severe", None))``;
+    ``"second"``: :data:`SECOND_PHANTOMS`.
+
+    Raises
+    ------
+    ValueError
+        A malformed entry, an unknown severity or a slice count below 8.
+    """
+    from ct_triage.models.phantom import SEVERITIES
+
+    if text.strip() == "second":
+        return SECOND_PHANTOMS
+    out: list[tuple[int, str, int | None]] = []
+    for entry in text.split(","):
+        parts = entry.strip().split(":")
+        if len(parts) != 3 or not parts[0].isdigit():
+            raise ValueError(f"phantom {entry!r}: expected SEED:SEVERITY:SLICES|all")
+        seed, severity, n = int(parts[0]), parts[1], parts[2]
+        if severity not in SEVERITIES:
+            raise ValueError(f"phantom {entry!r}: severity must be one of {sorted(SEVERITIES)}")
+        if n != "all" and not (n.isdigit() and int(n) >= 8):
+            raise ValueError(f"phantom {entry!r}: slices must be a number >= 8 or 'all'")
+        out.append((seed, severity, None if n == "all" else int(n)))
+    return tuple(out)
+
+
 def measure_model(
-    model_dir: Path | None, data_dir: Path, *, threads: int = 2, speed: bool = False
+    model_dir: Path | None,
+    data_dir: Path,
+    *,
+    threads: int = 2,
+    speed: bool = False,
+    phantoms: tuple[tuple[int, str, int | None], ...] = REPORT_PHANTOMS,
 ) -> tuple[dict[str, float], dict[str, object]]:
-    """All manifest metrics of the model in ``model_dir`` (``None``: the shipped one)."""
+    """All manifest metrics of the model in ``model_dir`` (``None``: the shipped one).
+
+    ``phantoms`` replaces the report phantoms (then the ``phantom_*`` numbers describe that
+    set, not the manifest's).
+    """
     seg = load_lesion_segmenter(model_dir, provider="cpu", threads=threads)
     metrics = measure_medseg(seg, data_dir)
-    ph_metrics, cases = measure_phantoms(seg)
+    ph_metrics, cases = measure_phantoms(seg, phantoms)
     metrics.update(ph_metrics)
     metrics.update(measure_totalseg(seg, data_dir))
     if speed:
@@ -168,10 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--speed", action="store_true", help="also time a 300-slice study")
+    parser.add_argument(
+        "--phantoms",
+        default=None,
+        help="measure these phantoms instead of the report set: 'second' or "
+        "SEED:SEVERITY:SLICES|all,...",
+    )
     args = parser.parse_args(argv)
+    try:
+        phantoms = parse_phantoms(args.phantoms) if args.phantoms else REPORT_PHANTOMS
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics, details = measure_model(
-        args.model, args.data or default_data_dir(), threads=args.threads, speed=args.speed
+        args.model,
+        args.data or default_data_dir(),
+        threads=args.threads,
+        speed=args.speed,
+        phantoms=phantoms,
     )
     text = json.dumps({"metrics": metrics, **details}, indent=1)
     if args.json:
