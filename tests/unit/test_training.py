@@ -30,7 +30,7 @@ def test_configs() -> None:
     second = {seed for seed, _, _ in SECOND_PHANTOMS}
     assert not report & second
     assert not (report | second) & {seed for seed, _, _ in CALIBRATION_PHANTOMS}
-    for name in ("cpu", "gpu", "finetune"):
+    for name in ("cpu", "gpu", "finetune", "finetune-context"):
         assert all(seed < 1000 for seed, _ in CONFIGS[name].selection_phantoms)
         assert not (report | second) & {seed for seed, _ in CONFIGS[name].selection_phantoms}
     with pytest.raises(KeyError):
@@ -211,3 +211,23 @@ def test_measure_phantom_sets() -> None:
     for bad in ("71:mild", "x:mild:60", "71:awful:60", "71:mild:4", "71:mild:sixty", ""):
         with pytest.raises(ValueError, match="phantom"):
             parse_phantoms(bad)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_augment_flips_only_when_asked(flip: bool) -> None:
+    """``flip=False`` keeps the left-right anatomy (the mass stays on its side)."""
+    import torch
+
+    from ct_triage.models.train.loop import augment
+
+    cfg = get_config("smoke", flip=flip, patch=0)
+    hu = torch.full((64, 1, 64, 64), -1000.0)
+    hu[..., :16] = 40.0  # soft tissue in the left quarter of the image
+    onehot = torch.zeros(64, 3, 64, 64)
+    onehot[:, 0] = 1.0
+    x, _ = augment(hu, onehot, cfg, torch.Generator().manual_seed(0))
+    cols = torch.arange(64, dtype=torch.float32)
+    bright = (x[:, 0] > 0.5).float()
+    centre = (bright.sum(dim=1) * cols).sum(dim=1) / bright.sum(dim=(1, 2))
+    on_right = int((centre > 32).sum())
+    assert (on_right > 10) if flip else (on_right == 0)

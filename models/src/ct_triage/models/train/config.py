@@ -23,6 +23,9 @@ class TrainConfig:
     #: validation always run on the whole grid.
     patch: int = 0
     crop_margin_mm: float = 10.0
+    #: Left-right flip augmentation. Off keeps the anatomy's asymmetry (heart and descending
+    #: aorta on the left) that tells paramediastinal consolidation from the mediastinum.
+    flip: bool = True
     hu_window: tuple[float, float] = (-1024.0, 150.0)
     #: Expected share of each batch drawn from the MedSeg slices and the real healthy slices;
     #: the rest are phantom slices (or, without phantoms, healthy slices).
@@ -99,6 +102,23 @@ CONFIGS: dict[str, TrainConfig] = {
         patch=160,
         medseg_share=0.3,
         phantom_volumes=96,
+        selection_phantoms=FINETUNE_SELECTION_PHANTOMS,
+        poi_weight=0.05,
+        poi_metric="max",
+        eval_every=250,
+    ),
+    # A second fine-tune for anatomical context: whole 224 x 224 inputs (no patches) and no
+    # left-right flips, so the network sees the mediastinum the way CT shows it.
+    "finetune-context": TrainConfig(
+        name="finetune-context",
+        steps=2500,
+        batch_size=8,
+        lr=5e-4,
+        warmup_steps=50,
+        patch=0,
+        flip=False,
+        medseg_share=0.3,
+        phantom_volumes=128,
         selection_phantoms=FINETUNE_SELECTION_PHANTOMS,
         poi_weight=0.05,
         poi_metric="max",

@@ -68,7 +68,8 @@ def augment(
     gen: torch.Generator,
     approx_hu: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CT augmentations on a batch: HU scale/shift, rotation, zoom, shift, left-right flip, noise.
+    """CT augmentations on a batch: HU scale/shift, rotation, zoom, shift, left-right flip
+    (``cfg.flip``), noise.
 
     ``hu`` is ``(B, 1, S, S)`` HU, ``onehot`` ``(B, K, S, S)``; ``approx_hu`` (``(B,)`` bool)
     marks samples whose HU are only approximate (MedSeg): they get a wide calibration jitter
@@ -92,6 +93,8 @@ def augment(
     theta_r = u(-15.0, 15.0) * math.pi / 180.0
     zoom = torch.exp(u(math.log(0.8), math.log(1.25)))
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    if not cfg.flip:
+        flip = torch.ones_like(flip)
     cos, sin = torch.cos(theta_r) / zoom, torch.sin(theta_r) / zoom
     mat = torch.zeros(b, 2, 3)
     mat[:, 0, 0], mat[:, 0, 1], mat[:, 0, 2] = cos * flip, -sin, u(-0.1, 0.1)
