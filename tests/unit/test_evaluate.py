@@ -487,8 +487,9 @@ def test_shipped_model_on_real_hu_ct(shared_data: Path) -> None:
 def test_shipped_model_on_medseg_validation_slices(shared_data: Path, tmp_path: Path) -> None:
     """Regression guard: the shipped model through ``evaluate`` on its held-out real slices.
 
-    Measured 0.673 lesion Dice on these 10 slices with 0.4.0 (0.674 with 0.3.0; models/MODEL_CARD.md); the floor
-    leaves room for float noise only, so a real regression in any step of the path fails here.
+    Measured 0.673 lesion Dice on these 10 slices with 0.4.0 (0.674 with 0.3.0;
+    models/MODEL_CARD.md); the floor leaves room for float noise only, so a real regression
+    in any step of the path fails here.
     """
     import json
 
