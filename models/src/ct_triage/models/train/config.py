@@ -71,6 +71,21 @@ FINETUNE_SELECTION_PHANTOMS = (
     (28, "moderate"),
 )
 
+_FINETUNE = TrainConfig(
+    name="finetune",
+    steps=2500,
+    batch_size=8,
+    lr=5e-4,
+    warmup_steps=50,
+    patch=160,
+    medseg_share=0.3,
+    phantom_volumes=96,
+    selection_phantoms=FINETUNE_SELECTION_PHANTOMS,
+    poi_weight=0.05,
+    poi_metric="max",
+    eval_every=250,
+)
+
 CONFIGS: dict[str, TrainConfig] = {
     "smoke": TrainConfig(
         name="smoke",
@@ -93,36 +108,11 @@ CONFIGS: dict[str, TrainConfig] = {
     # Continue a trained model (``--init DIR/checkpoint.pt``) on more phantom slices at a low
     # learning rate, choosing the checkpoint and the background bias on the worst of eight
     # selection phantoms.
-    "finetune": TrainConfig(
-        name="finetune",
-        steps=2500,
-        batch_size=8,
-        lr=5e-4,
-        warmup_steps=50,
-        patch=160,
-        medseg_share=0.3,
-        phantom_volumes=96,
-        selection_phantoms=FINETUNE_SELECTION_PHANTOMS,
-        poi_weight=0.05,
-        poi_metric="max",
-        eval_every=250,
-    ),
+    "finetune": _FINETUNE,
     # A second fine-tune for anatomical context: whole 224 x 224 inputs (no patches) and no
     # left-right flips, so the network sees the mediastinum the way CT shows it.
-    "finetune-context": TrainConfig(
-        name="finetune-context",
-        steps=2500,
-        batch_size=8,
-        lr=5e-4,
-        warmup_steps=50,
-        patch=0,
-        flip=False,
-        medseg_share=0.3,
-        phantom_volumes=128,
-        selection_phantoms=FINETUNE_SELECTION_PHANTOMS,
-        poi_weight=0.05,
-        poi_metric="max",
-        eval_every=250,
+    "finetune-context": replace(
+        _FINETUNE, name="finetune-context", patch=0, flip=False, phantom_volumes=128
     ),
     "gpu": TrainConfig(
         name="gpu",
