@@ -32,7 +32,7 @@ from ct_triage.models.runtime.onnx import OnnxPredictor
 pytestmark = pytest.mark.gpu
 
 FP32_MAX_ABS, FP32_ARGMAX = 2e-3, 0.999
-FP16_MAX_ABS, FP16_MEAN_ABS, FP16_ARGMAX = 5e-2, 1e-3, 0.995
+FP16_MAX_ABS, FP16_MEAN_ABS, FP16_ARGMAX = 1e-1, 1e-3, 0.995  # see test_runtime_providers
 
 
 def _usable(provider: str) -> str | None:

@@ -24,9 +24,11 @@ from ct_triage.models.runtime import onnx as ort_runtime
 from ct_triage.models.runtime.factory import RuntimeConfig, check_runtime, create_predictor
 from ct_triage.models.runtime.onnx import CudaOptions, OnnxPredictor, TensorrtOptions
 
-#: FP16 vs FP32 on realistic inputs. Rounding the weights alone to float16 moves single
-#: probabilities by up to ~0.025 near class boundaries; the mean moves by ~2e-4.
-FP16_MAX_ABS = 5e-2
+#: FP16 vs FP32 on realistic inputs. Rounding the weights to float16 moves single
+#: probabilities near class boundaries: by up to 0.025 with model 0.3.0 and 0.065 with 0.4.0
+#: (52 of 3.6 M values above 0.05; mean 1.1e-4, arg-max agreement 99.98 %). The mean and the
+#: arg-max agreement are the bounds that matter; the maximum only catches a broken conversion.
+FP16_MAX_ABS = 1e-1
 FP16_MEAN_ABS = 1e-3
 FP16_ARGMAX_AGREEMENT = 0.995
 
