@@ -92,6 +92,7 @@ def augment(
     x = (hu.clamp(lo, hi) - lo) / (hi - lo)
     theta_r = u(-15.0, 15.0) * math.pi / 180.0
     zoom = torch.exp(u(math.log(0.8), math.log(1.25)))
+    # drawn with or without flips, so both settings give the other augmentations the same draws
     flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
     if not cfg.flip:
         flip = torch.ones_like(flip)
