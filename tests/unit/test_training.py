@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 pytest.importorskip("torch")
@@ -15,6 +16,7 @@ from ct_triage.models.manifest import load_manifest, verify_file
 from ct_triage.models.train.__main__ import main
 from ct_triage.models.train.config import CONFIGS, get_config
 from ct_triage.models.train.data import phantom_samples
+from ct_triage.models.volume import Volume
 
 
 def test_configs() -> None:
@@ -30,7 +32,7 @@ def test_configs() -> None:
     second = {seed for seed, _, _ in SECOND_PHANTOMS}
     assert not report & second
     assert not (report | second) & {seed for seed, _, _ in CALIBRATION_PHANTOMS}
-    for name in ("cpu", "gpu", "finetune", "finetune-context"):
+    for name in ("cpu", "gpu", "finetune", "finetune-context", "finetune-soft-tissue"):
         assert all(seed < 1000 for seed, _ in CONFIGS[name].selection_phantoms)
         assert not (report | second) & {seed for seed, _ in CONFIGS[name].selection_phantoms}
     with pytest.raises(KeyError):
@@ -39,9 +41,11 @@ def test_configs() -> None:
         get_config("cpu", poi_metric="median")
 
 
-def test_finetune_needs_init(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["finetune", "finetune-context", "finetune-soft-tissue"])
+def test_finetune_needs_init(tmp_path: Path, name: str) -> None:
+    assert CONFIGS[name].needs_init
     with pytest.raises(SystemExit):
-        main(["--config", "finetune", "--out", str(tmp_path / "m"), "--quiet"])
+        main(["--config", name, "--out", str(tmp_path / "m"), "--quiet"])
 
 
 @pytest.mark.slow
@@ -211,6 +215,45 @@ def test_measure_phantom_sets() -> None:
     for bad in ("71:mild", "x:mild:60", "71:awful:60", "71:mild:4", "71:mild:sixty", ""):
         with pytest.raises(ValueError, match="phantom"):
             parse_phantoms(bad)
+
+
+def test_measure_phantoms_without_a_lesion_free_phantom_writes_plain_json() -> None:
+    """A set without a lesion-free phantom has no healthy metric (it was NaN, not JSON)."""
+    import json
+
+    from ct_triage.models.train.measure import measure_phantoms
+
+    def nothing(volume: Volume, lungs: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        return np.zeros(volume.shape, dtype=np.uint8)
+
+    metrics, cases = measure_phantoms(nothing, ((71, "moderate", 12),))
+    assert "phantom_healthy_max_poi_pp" not in metrics
+    assert cases[0]["pred_poi"] == 0.0
+    assert float(cases[0]["true_poi"]) > 5.0  # type: ignore[arg-type]
+    assert metrics["phantom_poi_max_abs_error_pp"] == pytest.approx(cases[0]["true_poi"])
+    json.dumps(metrics, allow_nan=False)
+    metrics, _ = measure_phantoms(nothing, ((11, "none", 12), (71, "moderate", 12)))
+    assert metrics["phantom_healthy_max_poi_pp"] == 0.0
+
+
+def test_soft_tissue_ce_weighs_only_dense_pixels() -> None:
+    """The extra loss of ``soft_tissue_weight`` counts the soft-tissue pixels only."""
+    import torch
+    import torch.nn.functional as nnf
+
+    from ct_triage.models.train.loop import soft_tissue_ce
+
+    cfg = get_config("smoke")
+    x = torch.zeros(1, 1, 4, 4)  # -1024 HU everywhere
+    x[..., :2] = (40.0 - cfg.hu_window[0]) / (cfg.hu_window[1] - cfg.hu_window[0])  # 40 HU
+    y = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[:, 2, :, 2:] = 9.0  # confidently wrong on the air half only
+    ce = soft_tissue_ce(logits, x, y, cfg)
+    assert float(ce) == pytest.approx(float(nnf.cross_entropy(logits[..., :2], y[:, 0, :, :2])))
+    logits[:, 2, :, :2] = 9.0  # now wrong on the soft tissue too: the loss grows
+    assert float(soft_tissue_ce(logits, x, y, cfg)) > 5.0
+    assert float(soft_tissue_ce(logits, torch.zeros_like(x), y, cfg)) == 0.0
 
 
 @pytest.mark.parametrize("flip", [True, False])

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         phantom_volumes=args.phantom_volumes,
         init=str(args.init) if args.init else None,
     )
-    if cfg.name.startswith("finetune") and not cfg.init:
+    if cfg.needs_init and not cfg.init:
         parser.error(f"--config {cfg.name} needs --init CHECKPOINT")
     data_dir = args.data or default_data_dir()
     result = train(cfg, data_dir, progress=not args.quiet, cache_dir=args.cache)

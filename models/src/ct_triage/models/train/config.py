@@ -27,6 +27,10 @@ class TrainConfig:
     #: aorta on the left) that tells paramediastinal consolidation from the mediastinum.
     flip: bool = True
     hu_window: tuple[float, float] = (-1024.0, 150.0)
+    #: Extra cross-entropy weight on the soft-tissue pixels of the input (above
+    #: :data:`SOFT_TISSUE_HU`): consolidation, heart, mediastinum and chest wall, which have
+    #: the same density and are told apart by shape alone. 0: the plain Dice + CE loss.
+    soft_tissue_weight: float = 0.0
     #: Expected share of each batch drawn from the MedSeg slices and the real healthy slices;
     #: the rest are phantom slices (or, without phantoms, healthy slices).
     medseg_share: float = 0.45
@@ -51,6 +55,8 @@ class TrainConfig:
     #: Weights (``checkpoint.pt`` of an earlier run) to start from instead of a random
     #: initialisation: fine-tuning.
     init: str = ""
+    #: A fine-tuning configuration: refuses to start without ``init``.
+    needs_init: bool = False
     device: str = "cpu"
     threads: int = 2
     net: LesionNetConfig = field(default_factory=LesionNetConfig)
@@ -84,7 +90,11 @@ _FINETUNE = TrainConfig(
     poi_weight=0.05,
     poi_metric="max",
     eval_every=250,
+    needs_init=True,
 )
+
+#: Pixels denser than this (HU, before augmentation jitter) get ``soft_tissue_weight``.
+SOFT_TISSUE_HU: float = -300.0
 
 CONFIGS: dict[str, TrainConfig] = {
     "smoke": TrainConfig(
@@ -113,6 +123,19 @@ CONFIGS: dict[str, TrainConfig] = {
     # left-right flips, so the network sees the mediastinum the way CT shows it.
     "finetune-context": replace(
         _FINETUNE, name="finetune-context", patch=0, flip=False, phantom_volumes=128
+    ),
+    # A third fine-tune against the false lesion along the mediastinum and chest wall next to
+    # consolidation (same density, told apart by shape): the context fine-tune with twice the
+    # cross-entropy weight on soft-tissue pixels, at a lower learning rate.
+    "finetune-soft-tissue": replace(
+        _FINETUNE,
+        name="finetune-soft-tissue",
+        patch=0,
+        flip=False,
+        phantom_volumes=128,
+        soft_tissue_weight=1.0,
+        lr=3e-4,
+        steps=2000,
     ),
     "gpu": TrainConfig(
         name="gpu",

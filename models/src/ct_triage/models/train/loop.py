@@ -22,7 +22,7 @@ from ct_triage.models.manifest import InputSpec
 from ct_triage.models.metrics import class_dice, dice
 from ct_triage.models.nets import SoftmaxHead, build_lesion_net
 from ct_triage.models.preprocess import whole_image_box
-from ct_triage.models.train.config import TrainConfig
+from ct_triage.models.train.config import SOFT_TISSUE_HU, TrainConfig
 from ct_triage.models.train.data import (
     MedsegSlice,
     PhantomCase,
@@ -113,6 +113,22 @@ def augment(
     sigma = u(0.0, 0.03).view(b, 1, 1, 1)
     x = x + sigma * torch.randn(x.shape, generator=gen)
     return x.float(), y
+
+
+def soft_tissue_ce(
+    logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig
+) -> torch.Tensor:
+    """Mean cross-entropy over the pixels whose windowed input is soft tissue.
+
+    ``x`` is the windowed input in ``[0, 1]`` (channel 0 is the slice itself), ``y`` the
+    integer labels ``(B, 1, S, S)``; 0 when no pixel is soft tissue.
+    """
+    lo, hi = cfg.hu_window
+    dense = x[:, 0] > (SOFT_TISSUE_HU - lo) / (hi - lo)
+    if not bool(dense.any()):
+        return logits.sum() * 0.0
+    ce = nnf.cross_entropy(logits, y[:, 0].long(), reduction="none")
+    return ce[dense].mean()
 
 
 def torch_predictor(
@@ -302,7 +318,10 @@ def train(
                 approx += [pool_approx[k]] * int(n)
         x, y = augment(torch.cat(his), torch.cat(ohs), cfg, gen, torch.tensor(approx))
         x, y = x.to(device), y.to(device)
-        loss = loss_fn(net(x), y)
+        logits = net(x)
+        loss = loss_fn(logits, y)
+        if cfg.soft_tissue_weight > 0:
+            loss = loss + cfg.soft_tissue_weight * soft_tissue_ce(logits, x, y, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

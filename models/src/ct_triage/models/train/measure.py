@@ -10,7 +10,7 @@
   then :func:`ct_triage.models.quantify.quantify`, against the phantom truth:
   ``phantom_poi_abs_error_pp`` (mean absolute error of the total percent of lung involved,
   percentage points), its maximum, and the predicted involvement of the lesion-free
-  phantoms (``phantom_healthy_max_poi_pp``);
+  phantoms (``phantom_healthy_max_poi_pp``, absent when the set has none);
 * ``real_hu_ct/totalseg_example_ct_sm.npz``: ``totalseg_lung_dice`` of the classical lungs
   against the TotalSegmentator reference and ``totalseg_healthy_poi_pp``, the percent of
   that (lesion-free) lung the pipeline calls lesion;
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ct_triage.models.analysis import segment
+from ct_triage.models.analysis import LesionModel, segment
 from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.lungs import segment_lungs
 from ct_triage.models.metrics import class_dice, dice
@@ -93,7 +93,7 @@ def measure_medseg(seg: LesionSegmenter, data_dir: Path) -> dict[str, float]:
 
 
 def measure_phantoms(
-    seg: LesionSegmenter,
+    seg: LesionModel,
     phantoms: tuple[tuple[int, str, int | None], ...] = REPORT_PHANTOMS,
 ) -> tuple[dict[str, float], list[dict[str, object]]]:
     """Percent-involvement error on held-out phantoms through ``segment`` + ``quantify``."""
@@ -119,8 +119,9 @@ def measure_phantoms(
     metrics = {
         "phantom_poi_abs_error_pp": float(np.mean(errors)),
         "phantom_poi_max_abs_error_pp": float(np.max(errors)),
-        "phantom_healthy_max_poi_pp": float(np.max(healthy)) if healthy else float("nan"),
     }
+    if healthy:  # absent (not NaN, which is not JSON) for a set without a lesion-free phantom
+        metrics["phantom_healthy_max_poi_pp"] = float(np.max(healthy))
     return metrics, cases
 
 
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         speed=args.speed,
         phantoms=phantoms,
     )
-    text = json.dumps({"metrics": metrics, **details}, indent=1)
+    text = json.dumps({"metrics": metrics, **details}, indent=1, allow_nan=False)
     if args.json:
         args.json.write_text(text + "\n", encoding="utf-8")
     print(text)
