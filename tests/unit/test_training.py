@@ -26,15 +26,19 @@ def test_configs() -> None:
     # the selection phantoms never overlap the training seeds (>= 1000)
     # and are held out from the report phantoms of ``measure``
     from ct_triage.models.train.calibrate import CALIBRATION_PHANTOMS
-    from ct_triage.models.train.measure import REPORT_PHANTOMS, SECOND_PHANTOMS
+    from ct_triage.models.train.measure import DEV_PHANTOMS, REPORT_PHANTOMS, SECOND_PHANTOMS
 
     report = {seed for seed, _, _ in REPORT_PHANTOMS}
     second = {seed for seed, _, _ in SECOND_PHANTOMS}
+    dev = {seed for seed, _, _ in DEV_PHANTOMS}
+    assert len(dev) == 12
     assert not report & second
-    assert not (report | second) & {seed for seed, _, _ in CALIBRATION_PHANTOMS}
+    assert not dev & (report | second)
+    assert not (report | second | dev) & {seed for seed, _, _ in CALIBRATION_PHANTOMS}
     for name in ("cpu", "gpu", "finetune", "finetune-context", "finetune-soft-tissue"):
         assert all(seed < 1000 for seed, _ in CONFIGS[name].selection_phantoms)
-        assert not (report | second) & {seed for seed, _ in CONFIGS[name].selection_phantoms}
+        held = report | second | dev
+        assert not held & {seed for seed, _ in CONFIGS[name].selection_phantoms}
     with pytest.raises(KeyError):
         get_config("nope")
     with pytest.raises(ValueError, match="poi_metric"):
@@ -204,9 +208,15 @@ def test_calibration_choice() -> None:
 
 
 def test_measure_phantom_sets() -> None:
-    from ct_triage.models.train.measure import REPORT_PHANTOMS, SECOND_PHANTOMS, parse_phantoms
+    from ct_triage.models.train.measure import (
+        DEV_PHANTOMS,
+        REPORT_PHANTOMS,
+        SECOND_PHANTOMS,
+        parse_phantoms,
+    )
 
     assert parse_phantoms("second") == SECOND_PHANTOMS
+    assert parse_phantoms("dev") == DEV_PHANTOMS
     assert len(SECOND_PHANTOMS) == 12
     assert parse_phantoms("71:mild:60, 77:severe:all") == ((71, "mild", 60), (77, "severe", None))
     assert parse_phantoms(",".join(f"{s}:{v}:{n or 'all'}" for s, v, n in REPORT_PHANTOMS)) == (
@@ -234,6 +244,43 @@ def test_measure_phantoms_without_a_lesion_free_phantom_writes_plain_json() -> N
     json.dumps(metrics, allow_nan=False)
     metrics, _ = measure_phantoms(nothing, ((11, "none", 12), (71, "moderate", 12)))
     assert metrics["phantom_healthy_max_poi_pp"] == 0.0
+
+
+def test_decompose_splits_a_known_error() -> None:
+    """A hand-made truth and prediction give the volumes and the split of the error."""
+    from ct_triage.models.train.diagnose import decompose
+
+    shape = (2, 10, 10)
+    true_lungs = np.zeros(shape, dtype=bool)
+    true_lungs[:, :, :5] = True  # 100 voxels
+    true_les = np.zeros(shape, dtype=bool)
+    true_les[:, :4, :5] = True  # 40 voxels: 40 %
+    pred_lungs = true_lungs.copy()
+    pred_lungs[:, :2, 5] = True  # 4 voxels of false lung (chest wall)
+    pred_les = np.zeros(shape, dtype=bool)
+    pred_les[:, :3, :5] = True  # 30 of the 40 found, 10 missed
+    pred_les[:, :2, 5] = True  # 4 false outside the true lungs
+    pred_les[:, 5, 0] = True  # 2 false inside the lungs, on a vessel
+    hu = np.full(shape, -800.0)
+    hu[:, 5, 0] = 40.0
+    d = decompose(true_lungs, true_les, pred_lungs, pred_les, hu, voxel_ml=0.5)
+    assert d["true_poi"] == pytest.approx(40.0)
+    assert d["lesion_true_ml"] == pytest.approx(20.0)
+    assert d["lesion_pred_ml"] == pytest.approx(18.0)  # 36 voxels
+    assert d["lesion_missed_ml"] == pytest.approx(5.0)
+    assert d["lesion_missed_outside_pred_lungs_ml"] == 0.0
+    assert d["lesion_false_ml"] == pytest.approx(3.0)
+    assert d["lesion_false_outside_true_lungs_ml"] == pytest.approx(2.0)
+    assert d["lesion_false_dense_in_lungs_ml"] == pytest.approx(1.0)
+    assert d["lung_false_ml"] == pytest.approx(2.0)
+    assert d["lung_missed_ml"] == 0.0
+    assert d["poi_error_pp"] == pytest.approx(100 * 36 / 104 - 40.0)
+    assert d["numerator_pp"] == pytest.approx(-4.0)
+    assert d["numerator_pp"] + d["denominator_pp"] == pytest.approx(d["poi_error_pp"])
+    with pytest.raises(ValueError, match="same shape"):
+        decompose(true_lungs, true_les[0], pred_lungs, pred_les, hu, 0.5)
+    with pytest.raises(ValueError, match="empty"):
+        decompose(true_lungs, true_les, np.zeros(shape, bool), pred_les, hu, 0.5)
 
 
 def test_soft_tissue_ce_weighs_only_dense_pixels() -> None:

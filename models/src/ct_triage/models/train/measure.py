@@ -14,8 +14,9 @@
 * ``real_hu_ct/totalseg_example_ct_sm.npz``: ``totalseg_lung_dice`` of the classical lungs
   against the TotalSegmentator reference and ``totalseg_healthy_poi_pp``, the percent of
   that (lesion-free) lung the pipeline calls lesion;
-* ``--phantoms second|SEED:SEVERITY:SLICES|all,...``: another held-out phantom set instead of
-  the report phantoms (``second``: :data:`SECOND_PHANTOMS`);
+* ``--phantoms second|dev|SEED:SEVERITY:SLICES|all,...``: another phantom set instead of
+  the report phantoms (``second``: the held-out :data:`SECOND_PHANTOMS`; ``dev``: the
+  development set :data:`DEV_PHANTOMS`, not held out);
 * ``--speed``: seconds of the lesion segmenter on a 300-slice 512 x 512 phantom.
 
 No torch: this runs with the inference dependencies only.
@@ -64,6 +65,16 @@ REPORT_PHANTOMS: tuple[tuple[int, str, int | None], ...] = (
 SECOND_PHANTOMS: tuple[tuple[int, str, int | None], ...] = tuple(
     (seed, ("mild", "moderate", "severe")[i % 3], 60 if i < 6 else None)
     for i, seed in enumerate(range(71, 83))
+)
+
+
+#: A development set (``--phantoms dev``) for error analysis (:mod:`.diagnose`) and as a
+#: criterion of model-adoption rules written before a candidate is measured (from
+#: 2026-11-26): never trained on, nor used for checkpoint selection or calibration, but looked
+#: at while deciding, so it is *not* a held-out set. Same layout as :data:`SECOND_PHANTOMS`.
+DEV_PHANTOMS: tuple[tuple[int, str, int | None], ...] = tuple(
+    (seed, ("severe", "moderate", "mild")[i % 3], 60 if i < 6 else None)
+    for i, seed in enumerate(range(41, 53))
 )
 
 
@@ -158,7 +169,7 @@ def measure_speed(seg: LesionSegmenter, *, n_slices: int = 300, seed: int = 41) 
 
 def parse_phantoms(text: str) -> tuple[tuple[int, str, int | None], ...]:
     """``"71:mild:60,77:severe:all"`` -> ``((71, "mild", 60), (77, "severe", None))``;
-    ``"second"``: :data:`SECOND_PHANTOMS`.
+    ``"second"``: :data:`SECOND_PHANTOMS`; ``"dev"``: :data:`DEV_PHANTOMS`.
 
     Raises
     ------
@@ -169,6 +180,8 @@ def parse_phantoms(text: str) -> tuple[tuple[int, str, int | None], ...]:
 
     if text.strip() == "second":
         return SECOND_PHANTOMS
+    if text.strip() == "dev":
+        return DEV_PHANTOMS
     out: list[tuple[int, str, int | None]] = []
     for entry in text.split(","):
         parts = entry.strip().split(":")
@@ -218,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--phantoms",
         default=None,
-        help="measure these phantoms instead of the report set: 'second' or "
-        "SEED:SEVERITY:SLICES|all,...",
+        help="measure these phantoms instead of the report set: "
+        "second|dev|SEED:SEVERITY:SLICES|all,...",
     )
     args = parser.parse_args(argv)
     try:
