@@ -283,6 +283,27 @@ def test_decompose_splits_a_known_error() -> None:
         decompose(true_lungs, true_les, np.zeros(shape, bool), pred_les, hu, 0.5)
 
 
+def test_diagnose_command_agrees_with_quantify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command runs the shipped model on a phantom and its split adds up to the error."""
+    import json
+
+    from ct_triage.models.train.diagnose import main as diagnose
+
+    out = tmp_path / "d.json"
+    assert diagnose(["--phantoms", "13:moderate:16", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["seed"] == 13
+    assert row["slices"] == 16
+    assert row["numerator_pp"] + row["denominator_pp"] == pytest.approx(row["poi_error_pp"])
+    assert row["lesion_true_ml"] > 0
+    assert abs(row["poi_error_pp"]) < 5.0  # the shipped model, not an empty prediction
+    assert "worst" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        diagnose(["--phantoms", "13:awful:16"])
+
+
 def test_soft_tissue_ce_weighs_only_dense_pixels() -> None:
     """The extra loss of ``soft_tissue_weight`` counts the soft-tissue pixels only."""
     import torch
