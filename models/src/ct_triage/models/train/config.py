@@ -93,7 +93,7 @@ _FINETUNE = TrainConfig(
     needs_init=True,
 )
 
-#: Pixels denser than this (HU, before augmentation jitter) get ``soft_tissue_weight``.
+#: Pixels denser than this (HU of the augmented input) get ``soft_tissue_weight``.
 SOFT_TISSUE_HU: float = -300.0
 
 CONFIGS: dict[str, TrainConfig] = {
@@ -125,8 +125,9 @@ CONFIGS: dict[str, TrainConfig] = {
         _FINETUNE, name="finetune-context", patch=0, flip=False, phantom_volumes=128
     ),
     # A third fine-tune against the false lesion along the mediastinum and chest wall next to
-    # consolidation (same density, told apart by shape): the context fine-tune with twice the
-    # cross-entropy weight on soft-tissue pixels, at a lower learning rate.
+    # consolidation (same density, told apart by shape): the context fine-tune plus a
+    # cross-entropy term averaged over the soft-tissue pixels, at a lower learning rate.
+    # Measured and not adopted (MODEL_CARD, "two candidates not adopted").
     "finetune-soft-tissue": replace(
         _FINETUNE,
         name="finetune-soft-tissue",
