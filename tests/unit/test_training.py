@@ -35,9 +35,9 @@ def test_configs() -> None:
     assert not report & second
     assert not dev & (report | second)
     assert not (report | second | dev) & {seed for seed, _, _ in CALIBRATION_PHANTOMS}
+    held = report | second | dev
     for name in ("cpu", "gpu", "finetune", "finetune-context", "finetune-soft-tissue"):
         assert all(seed < 1000 for seed, _ in CONFIGS[name].selection_phantoms)
-        held = report | second | dev
         assert not held & {seed for seed, _ in CONFIGS[name].selection_phantoms}
     with pytest.raises(KeyError):
         get_config("nope")

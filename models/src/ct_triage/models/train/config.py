@@ -93,6 +93,10 @@ _FINETUNE = TrainConfig(
     needs_init=True,
 )
 
+_FINETUNE_CONTEXT = replace(
+    _FINETUNE, name="finetune-context", patch=0, flip=False, phantom_volumes=128
+)
+
 #: Pixels denser than this (HU of the augmented input) get ``soft_tissue_weight``.
 SOFT_TISSUE_HU: float = -300.0
 
@@ -121,22 +125,13 @@ CONFIGS: dict[str, TrainConfig] = {
     "finetune": _FINETUNE,
     # A second fine-tune for anatomical context: whole 224 x 224 inputs (no patches) and no
     # left-right flips, so the network sees the mediastinum the way CT shows it.
-    "finetune-context": replace(
-        _FINETUNE, name="finetune-context", patch=0, flip=False, phantom_volumes=128
-    ),
+    "finetune-context": _FINETUNE_CONTEXT,
     # A third fine-tune against the false lesion along the mediastinum and chest wall next to
     # consolidation (same density, told apart by shape): the context fine-tune plus a
     # cross-entropy term averaged over the soft-tissue pixels, at a lower learning rate.
     # Measured and not adopted (MODEL_CARD, "two candidates not adopted").
     "finetune-soft-tissue": replace(
-        _FINETUNE,
-        name="finetune-soft-tissue",
-        patch=0,
-        flip=False,
-        phantom_volumes=128,
-        soft_tissue_weight=1.0,
-        lr=3e-4,
-        steps=2000,
+        _FINETUNE_CONTEXT, name="finetune-soft-tissue", soft_tissue_weight=1.0, lr=3e-4, steps=2000
     ),
     "gpu": TrainConfig(
         name="gpu",

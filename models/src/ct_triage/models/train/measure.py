@@ -59,23 +59,29 @@ REPORT_PHANTOMS: tuple[tuple[int, str, int | None], ...] = (
     (36, "moderate", None),
 )
 
+
+def _three_of_each(
+    first_seed: int, severities: tuple[str, str, str]
+) -> tuple[tuple[int, str, int | None], ...]:
+    """Twelve phantoms from ``first_seed`` on, the severities in turn: six at 60 slices, then
+    six whole thoraxes."""
+    return tuple(
+        (seed, severities[i % 3], 60 if i < 6 else None)
+        for i, seed in enumerate(range(first_seed, first_seed + 12))
+    )
+
+
 #: A second held-out set (``--phantoms second``), added for model 0.4.0's decision and never
 #: used for training, checkpoint selection or calibration: three of each severity at 60
 #: slices and as whole thoraxes.
-SECOND_PHANTOMS: tuple[tuple[int, str, int | None], ...] = tuple(
-    (seed, ("mild", "moderate", "severe")[i % 3], 60 if i < 6 else None)
-    for i, seed in enumerate(range(71, 83))
-)
+SECOND_PHANTOMS = _three_of_each(71, ("mild", "moderate", "severe"))
 
 
 #: A development set (``--phantoms dev``) for error analysis (:mod:`.diagnose`) and as a
 #: criterion of model-adoption rules written before a candidate is measured (from
 #: 2026-11-26): never trained on, nor used for checkpoint selection or calibration, but looked
 #: at while deciding, so it is *not* a held-out set. Same layout as :data:`SECOND_PHANTOMS`.
-DEV_PHANTOMS: tuple[tuple[int, str, int | None], ...] = tuple(
-    (seed, ("severe", "moderate", "mild")[i % 3], 60 if i < 6 else None)
-    for i, seed in enumerate(range(41, 53))
-)
+DEV_PHANTOMS = _three_of_each(41, ("severe", "moderate", "mild"))
 
 
 def measure_medseg(seg: LesionSegmenter, data_dir: Path) -> dict[str, float]:
@@ -178,10 +184,9 @@ def parse_phantoms(text: str) -> tuple[tuple[int, str, int | None], ...]:
     """
     from ct_triage.models.phantom import SEVERITIES
 
-    if text.strip() == "second":
-        return SECOND_PHANTOMS
-    if text.strip() == "dev":
-        return DEV_PHANTOMS
+    named = {"second": SECOND_PHANTOMS, "dev": DEV_PHANTOMS}.get(text.strip())
+    if named is not None:
+        return named
     out: list[tuple[int, str, int | None]] = []
     for entry in text.split(","):
         parts = entry.strip().split(":")
