@@ -30,6 +30,25 @@ RLE Lossless. SimpleITK would also apply the rescale before padding can be compa
 stored values, pick one pixel type from the first file, and hide which file is broken, so
 the pydicom path is kept. Rescale uses exact int32 arithmetic when the slope is 1 and the
 intercept an integer (identical to the float64 path, 3x faster); otherwise float64.
+
+Intake checks (a one-line :class:`~ct_triage.models.errors.StudyDeclined` each, before any
+pixel buffer is allocated), because the results must be filed with the CT and a careless
+header must never crash the writers after a full analysis:
+
+* Study, Series and Frame of Reference UIDs present on every image or on none (then one
+  is generated for the results, with a logged note: an anonymised export cannot be linked
+  to a PACS study anyway), one study, and every UID (those and SOP Instance / SOP Class
+  UIDs) of PS3.5 9.1 syntax: digits and dots, no empty component, at most 64 characters
+  (leading zeros are tolerated: the results must carry the UIDs exactly as the PACS knows
+  them). SOP Instance UIDs unique; SOP Class CT Image Storage.
+* Size and physical extent: at most :data:`MAX_MATRIX` pixels a side and
+  :data:`MAX_VOXELS` voxels; PixelSpacing finite, within
+  :data:`PIXEL_SPACING_RANGE_MM`, near-square, and a field of view of at most
+  :data:`MAX_FIELD_OF_VIEW_MM`; slice spacing at most :data:`MAX_SLICE_SPACING_MM` and a
+  stack of at most :data:`MAX_Z_EXTENT_MM`.
+* Unusable optional attributes are dropped with a logged note instead of being trusted: a
+  SpecificCharacterSet pydicom does not know (text is then read in the default
+  repertoire, PS3.5 6.1.2.2) and a SliceThickness that is not a finite positive number.
 """
 
 from __future__ import annotations
@@ -37,6 +56,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,12 +66,24 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pydicom
+from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from ct_triage.models.errors import InvalidInput, StudyDeclined
 from ct_triage.models.volume import Volume
 
-__all__ = ["AIR_HU", "LoadedSeries", "load_series"]
+__all__ = [
+    "AIR_HU",
+    "MAX_FIELD_OF_VIEW_MM",
+    "MAX_MATRIX",
+    "MAX_SLICE_SPACING_MM",
+    "MAX_VOXELS",
+    "MAX_Z_EXTENT_MM",
+    "PIXEL_SPACING_RANGE_MM",
+    "LoadedSeries",
+    "load_series",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +101,27 @@ _GAP_FACTOR = 1.5
 _IRREGULAR_FRACTION = 0.10
 _TILT_TOL_DEG = 0.01
 
+#: Largest accepted Rows or Columns (CT matrices are 512, sometimes 1024 or 2048).
+MAX_MATRIX = 4096
+#: Largest accepted series, in voxels (2000 slices of 512 x 512; 1 GiB of int16 HU).
+MAX_VOXELS = 2000 * 512 * 512
+#: Accepted PixelSpacing values, mm (CT pixels are about 0.2-1.5 mm).
+PIXEL_SPACING_RANGE_MM = (0.05, 5.0)
+#: Largest ratio between the two PixelSpacing values (CT pixels are square).
+_MAX_PIXEL_ASPECT = 3.0
+#: Largest accepted field of view (Rows or Columns times the pixel size), mm; a CT gantry
+#: bore is about 700-800 mm wide.
+MAX_FIELD_OF_VIEW_MM = 1000.0
+#: Largest accepted distance between slice centres, mm.
+MAX_SLICE_SPACING_MM = 20.0
+#: Largest accepted stack length (slices times their spacing), mm: a whole body.
+MAX_Z_EXTENT_MM = 2500.0
+#: SOP Class UID of the CT Image Storage IOD (PS3.4 B.5, PS3.3 A.3), the one we analyse.
+_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+#: UID syntax (PS3.5 9.1) as checked here: digits and dots, no empty component.
+_UID_SYNTAX = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_MAX_UID_LENGTH = 64
+
 
 @dataclass(frozen=True)
 class LoadedSeries:
@@ -83,7 +136,8 @@ class LoadedSeries:
         highdicom ``source_images``). An empty SOPInstanceUID / SOPClassUID is filled from
         the file meta information (PS3.10 7.1), as some anonymised exports blank them.
     study_instance_uid, series_instance_uid, frame_of_reference_uid
-        From the headers; ``""`` when the source lacks them (anonymised exports).
+        From the headers; ``""`` when the source lacks them (anonymised exports: the
+        headers in ``datasets`` then carry a generated UID, for the writers).
     series_number, series_description, modality
         From the first header.
     """
@@ -114,7 +168,29 @@ def _read(path: Path) -> Dataset:
         raise InvalidInput(
             f"Cannot read DICOM file {path.name}: truncated or corrupt (no data elements)"
         )
+    _drop_unknown_character_set(ds, path.name)
     return ds
+
+
+def _drop_unknown_character_set(ds: Dataset, name: str) -> None:
+    """Remove a SpecificCharacterSet pydicom cannot decode (its text is then default).
+
+    pydicom already reads such text in the default repertoire (with a warning); removing the
+    value keeps the writers from copying a character set that no reader knows.
+    """
+    if "SpecificCharacterSet" not in ds:
+        return
+    raw = ds.SpecificCharacterSet
+    values = [raw] if isinstance(raw, str) else list(raw or [])
+    unknown = [str(v) for v in values if str(v).strip() not in python_encoding]
+    if unknown:
+        logger.warning(
+            "%s: SpecificCharacterSet %r is not a known character set; its text is read "
+            "and written in the default repertoire",
+            name,
+            "\\".join(unknown)[:64],
+        )
+        del ds.SpecificCharacterSet
 
 
 def _floats(ds: Dataset, keyword: str, count: int, name: str) -> npt.NDArray[np.float64]:
@@ -146,6 +222,161 @@ def _stored_padding(ds: Dataset, keyword: str) -> int | None:
     if int(ds.get("PixelRepresentation", 0) or 0) == 1 and iv >= 1 << (bits - 1):
         iv -= 1 << bits  # read as US but the pixels are signed
     return iv
+
+
+def _fill_sop_from_meta(ds: Dataset) -> None:
+    """Fill an empty SOPInstanceUID / SOPClassUID from the file meta information (PS3.10 7.1)."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        return
+    if not _text(ds, "SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    if not _text(ds, "SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+
+
+def _check_uid(value: str, keyword: str) -> None:
+    if len(value) > _MAX_UID_LENGTH or not _UID_SYNTAX.fullmatch(value):
+        raise StudyDeclined(
+            f"{keyword} {value[:_MAX_UID_LENGTH]!r} is not a valid DICOM UID "
+            "(digits and dots, at most 64 characters; PS3.5 9.1); results could not be "
+            "linked to the images"
+        )
+
+
+def _check_identity(datasets: Sequence[Dataset], names: Sequence[str]) -> None:
+    """Decline a series whose UIDs cannot be carried into the SEG and SR (see module doc).
+
+    A Study, Series or Frame of Reference UID missing from *every* image (an over-anonymised
+    export) is generated, the same for the same instances (so a re-run gives the same
+    result UIDs), and set on the headers the writers copy; ``LoadedSeries`` still reports it
+    as ``""``. Missing from only some images, it is declined: those images may belong
+    elsewhere.
+    """
+    n = len(datasets)
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        values = [_text(ds, keyword) for ds in datasets]
+        lacking = values.count("")
+        if lacking == n:
+            generated = str(
+                generate_uid(
+                    entropy_srcs=[
+                        "ct-triage",
+                        keyword,
+                        *sorted(_text(d, "SOPInstanceUID") for d in datasets),
+                    ]
+                )
+            )
+            logger.warning(
+                "series of %s has no %s (an anonymised export): the results carry a generated "
+                "one and cannot be linked to the images in a PACS",
+                names[0],
+                keyword,
+            )
+            for ds in datasets:
+                setattr(ds, keyword, generated)
+            continue
+        if lacking:
+            raise StudyDeclined(
+                f"{lacking} of {n} images of the series have no {keyword} (an incomplete "
+                "export); results could not be linked to the images"
+            )
+        for value in set(values):
+            _check_uid(value, keyword)
+    studies = {_text(ds, "StudyInstanceUID") for ds in datasets}
+    if len(studies) > 1:
+        raise StudyDeclined(f"Images of the series belong to {len(studies)} different studies")
+    seen: set[str] = set()
+    for ds in datasets:
+        sop_class = _text(ds, "SOPClassUID")
+        sop_instance = _text(ds, "SOPInstanceUID")
+        if not sop_class or not sop_instance:
+            raise StudyDeclined(
+                "An image of the series has no SOPInstanceUID or SOPClassUID (an incomplete export)"
+            )
+        _check_uid(sop_instance, "SOPInstanceUID")
+        _check_uid(sop_class, "SOPClassUID")
+        if sop_class != _CT_IMAGE_STORAGE:
+            raise StudyDeclined(
+                f"Images of the series are stored as SOP Class {sop_class}, not as CT Image "
+                f"Storage ({_CT_IMAGE_STORAGE})"
+            )
+        if sop_instance in seen:
+            raise StudyDeclined(
+                "Two different files of the series carry the same SOPInstanceUID "
+                f"{sop_instance}; resend the study"
+            )
+        seen.add(sop_instance)
+
+
+def _check_extent(first: Dataset, n_slices: int, name: str) -> None:
+    """Decline a matrix or pixel size no CT has, before any pixel buffer is allocated."""
+    try:
+        rows, cols = int(first.get("Rows")), int(first.get("Columns"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} has no valid Rows/Columns (image size)") from exc
+    if not (1 <= rows <= MAX_MATRIX and 1 <= cols <= MAX_MATRIX):
+        raise StudyDeclined(
+            f"Images of {rows}x{cols} pixels are not supported (at most {MAX_MATRIX}x{MAX_MATRIX})"
+        )
+    voxels = n_slices * rows * cols
+    if voxels > MAX_VOXELS:
+        raise StudyDeclined(
+            f"The series is too large to analyse: {n_slices} slices of {rows}x{cols} pixels "
+            f"({voxels / 1e6:.0f} million voxels, limit {MAX_VOXELS / 1e6:.0f} million)"
+        )
+    spacing = _floats(first, "PixelSpacing", 2, name)
+    lo, hi = PIXEL_SPACING_RANGE_MM
+    if not np.all((spacing >= lo) & (spacing <= hi)):
+        raise StudyDeclined(
+            f"PixelSpacing {spacing[0]:g} x {spacing[1]:g} mm is not a CT pixel size "
+            f"({lo:g} to {hi:g} mm)"
+        )
+    if float(np.max(spacing)) > _MAX_PIXEL_ASPECT * float(np.min(spacing)):
+        raise StudyDeclined(
+            f"PixelSpacing {spacing[0]:g} x {spacing[1]:g} mm: pixels this far from square "
+            "are not a CT image"
+        )
+    fov = (rows * float(spacing[0]), cols * float(spacing[1]))
+    if max(fov) > MAX_FIELD_OF_VIEW_MM:
+        raise StudyDeclined(
+            f"The images cover {fov[0]:.0f} x {fov[1]:.0f} mm, more than a CT field of view "
+            f"({MAX_FIELD_OF_VIEW_MM:.0f} mm); PixelSpacing or the image size is wrong"
+        )
+
+
+def _check_stack(dz: float, n_slices: int) -> None:
+    """Decline a slice spacing or stack length no chest CT has."""
+    if not (math.isfinite(dz) and 0 < dz <= MAX_SLICE_SPACING_MM):
+        raise StudyDeclined(
+            f"Slices are {dz:g} mm apart (at most {MAX_SLICE_SPACING_MM:g} mm is supported)"
+        )
+    if n_slices * dz > MAX_Z_EXTENT_MM:
+        raise StudyDeclined(
+            f"The slices span {n_slices * dz:.0f} mm, more than a whole body "
+            f"({MAX_Z_EXTENT_MM:.0f} mm); slice positions are wrong"
+        )
+
+
+def _drop_invalid_slice_thickness(datasets: Sequence[Dataset], names: Sequence[str]) -> None:
+    """Remove a SliceThickness that is not a finite positive number (writers never see it)."""
+    dropped = 0
+    for ds in datasets:
+        if "SliceThickness" not in ds:
+            continue
+        try:
+            value = float(ds.SliceThickness)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            del ds.SliceThickness
+            dropped += 1
+    if dropped:
+        logger.warning(
+            "%d image(s) (e.g. %s) have an invalid SliceThickness; it is ignored",
+            dropped,
+            names[0],
+        )
 
 
 def _check_uniform(datasets: Sequence[Dataset], names: Sequence[str]) -> None:
@@ -299,7 +530,9 @@ def load_series(paths: Sequence[Path], *, max_workers: int | None = None) -> Loa
     StudyDeclined
         The series is not a regular stack: mixed orientations, sizes or pixel spacings,
         duplicate positions, missing slices, irregular spacing, gantry tilt,
-        non-MONOCHROME2 or multi-frame images, or several series mixed.
+        non-MONOCHROME2 or multi-frame images, or several series mixed; or some of its
+        images lack a Study / Series / Frame of Reference UID, a UID is invalid, or its
+        size or physical extent is not a CT's (see the module docstring).
     """
     if not paths:
         raise InvalidInput("No files to load")
@@ -307,13 +540,24 @@ def load_series(paths: Sequence[Path], *, max_workers: int | None = None) -> Loa
     files = [Path(p) for p in paths]
     datasets = _pmap(_read, files, workers, "dcm-read")
     names = [p.name for p in files]
+    for ds in datasets:
+        _fill_sop_from_meta(ds)
+    # As the source has them ("" when absent), before _check_identity generates missing ones.
+    given = {
+        kw: _text(datasets[0], kw)
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+    }
     series_uids = {_text(ds, "SeriesInstanceUID") for ds in datasets}
     if len(series_uids) > 1:
         raise StudyDeclined(f"The files hold {len(series_uids)} series; load one series at a time")
+    _check_identity(datasets, names)
     _check_uniform(datasets, names)
-    order, dz, z_axis, pos_sorted = _geometry(datasets, names)
-
     first = datasets[0]
+    _check_extent(first, len(files), names[0])
+    order, dz, z_axis, pos_sorted = _geometry(datasets, names)
+    _check_stack(dz, len(files))
+    _drop_invalid_slice_thickness(datasets, names)
+
     rows, cols = int(first.Rows), int(first.Columns)
     hu = np.empty((len(files), rows, cols), dtype=np.int16)
 
@@ -339,13 +583,6 @@ def load_series(paths: Sequence[Path], *, max_workers: int | None = None) -> Loa
     _pmap(decode, list(range(len(files))), workers, "dcm-decode")
 
     sorted_ds = tuple(datasets[int(i)] for i in order)
-    for ds in sorted_ds:
-        meta = getattr(ds, "file_meta", None)
-        if meta is not None:
-            if not _text(ds, "SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
-                ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-            if not _text(ds, "SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
-                ds.SOPClassUID = meta.MediaStorageSOPClassUID
     iop = _floats(first, "ImageOrientationPatient", 6, names[0])
     spacing_rc = _floats(first, "PixelSpacing", 2, names[0])
     row_dir, col_dir = iop[:3], iop[3:]
@@ -364,15 +601,13 @@ def load_series(paths: Sequence[Path], *, max_workers: int | None = None) -> Loa
     loaded = LoadedSeries(
         volume=volume,
         datasets=sorted_ds,
-        study_instance_uid=_text(first, "StudyInstanceUID"),
-        series_instance_uid=_text(first, "SeriesInstanceUID"),
-        frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
+        study_instance_uid=given["StudyInstanceUID"],
+        series_instance_uid=given["SeriesInstanceUID"],
+        frame_of_reference_uid=given["FrameOfReferenceUID"],
         series_number=series_number,
         series_description=_text(first, "SeriesDescription"),
         modality=_text(first, "Modality"),
     )
-    if not loaded.series_instance_uid:
-        logger.warning("loaded series %s has no SeriesInstanceUID", series_number)
     logger.info(
         "loaded series %s (%s): %d slices %dx%d, spacing %.3f x %.3f x %.3f mm",
         series_number,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
 from ct_triage.dicom_bridge.writers import codes
-from ct_triage.dicom_bridge.writers.seg import validate_source
+from ct_triage.dicom_bridge.writers.seg import output_character_set, validate_source
 from ct_triage.kernels import overlay as kov
 from ct_triage.models.identity import DISCLAIMER, DISCLAIMER_SHORT, ModelIdentity
 from ct_triage.models.segmentation import Segmentation
@@ -50,9 +51,9 @@ DERIVATION_DESCRIPTION: Final = (
 )
 
 #: Patient, General Study and Patient Study attributes copied from the source slice
-#: (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2).
+#: (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2). SpecificCharacterSet is checked first
+#: (:func:`~ct_triage.dicom_bridge.writers.seg.output_character_set`).
 _COPIED: Final = (
-    "SpecificCharacterSet",
     "PatientName",
     "PatientID",
     "IssuerOfPatientID",
@@ -172,6 +173,16 @@ def banner_height(rows: int, columns: int, n_lines: int = 2) -> int:
     return min(rows, (size + max(2, size // 4)) * n_lines + 4)
 
 
+def _finite_numbers(src: Dataset, keyword: str) -> bool:
+    """Whether every value of the DS attribute ``keyword`` is a finite number."""
+    value = src.get(keyword)
+    values = [value] if isinstance(value, str | float | int) else list(value or [None])
+    try:
+        return all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
 def _reference(src: Dataset) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = src.SOPClassUID
@@ -196,6 +207,9 @@ def _sc_dataset(
     ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    charset = output_character_set(src)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
     for kw in _COPIED:
         if kw in src:
             ds[kw] = src[kw]
@@ -241,7 +255,7 @@ def _sc_dataset(
     ds.FrameOfReferenceUID = src.FrameOfReferenceUID
     ds.PositionReferenceIndicator = src.get("PositionReferenceIndicator", None)
     for kw in _PLANE:
-        if kw in src:
+        if kw in src and _finite_numbers(src, kw):
             ds[kw] = src[kw]
     # Image Pixel (C.7.6.3)
     ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -152,21 +153,87 @@ _TYPE2_PATIENT_STUDY: Final = (
 )
 
 
-def with_type2_defaults(source: Sequence[Dataset]) -> list[Dataset]:
+#: Specific Character Set values highdicom writes (PS3.3 C.12.1.1.2).
+_CHARACTER_SETS: Final = frozenset(v.value for v in hd.SpecificCharacterSetValues)
+#: Multi-byte code extensions, which may not come first in a multi-valued character set.
+_MULTI_BYTE_EXTENSIONS: Final = frozenset(
+    {"ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149", "ISO 2022 IR 58"}
+)
+
+
+def output_character_set(ds: Dataset) -> str | list[str] | None:
+    """The Specific Character Set (0008,0005) to write for text copied from ``ds``.
+
+    A valid value is kept. Empty means the default repertoire and gives ``None`` (the
+    attribute is then omitted, PS3.3 C.12.1.1.2). A value that is not a defined term, or a
+    malformed combination of code extensions, is not trusted: ``None`` (default repertoire)
+    with a logged note, never a failure after the analysis.
+    """
+    raw = ds.get("SpecificCharacterSet")
+    if raw is None:
+        return None
+    values = [str(raw).strip()] if isinstance(raw, str) else [str(v).strip() for v in raw]
+    if len(values) > 1 and values[0] == "":
+        values[0] = "ISO 2022 IR 6"  # an empty first value: default repertoire + extensions
+    if not values or values == [""]:
+        return None
+    if len(values) == 1:
+        ok = values[0] in _CHARACTER_SETS and not values[0].startswith("ISO 2022")
+    else:
+        ok = (
+            all(v in _CHARACTER_SETS and v.startswith("ISO 2022") for v in values)
+            and values[0] not in _MULTI_BYTE_EXTENSIONS
+        )
+    if ok:
+        return values[0] if len(values) == 1 else values
+    logger.warning(
+        "SpecificCharacterSet %r of the source is not valid; the results use the default "
+        "repertoire",
+        "\\".join(values)[:64],
+    )
+    return None
+
+
+def _positive_ds(ds: Dataset, keyword: str) -> bool:
+    """Whether ``keyword`` holds one finite positive number (DS attributes of the source)."""
+    try:
+        value = float(ds.get(keyword))
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def with_type2_defaults(
+    source: Sequence[Dataset], *, slice_thickness_mm: float | None = None
+) -> list[Dataset]:
     """Return ``source`` with a completed copy of its first header.
 
     highdicom copies the Patient and General Study modules from the first source image and
     requires their Type 2 attributes to be present. Anonymised or minimal headers often omit
     them, so the first header is deep-copied (the caller's dataset is left untouched; it
     holds no Pixel Data, so the copy is cheap) and each missing one is added empty.
+
+    highdicom also takes the Pixel Measures (PS3.3 C.7.6.16.2.1) of a SEG from the first
+    source image, where SliceThickness is Type 1: when the source lacks a finite positive
+    one, ``slice_thickness_mm`` (the slice spacing of the grid) is used instead, and a
+    SpacingBetweenSlices that is not a finite positive number is left out.
     """
     first = source[0]
     missing = [kw for kw in _TYPE2_PATIENT_STUDY if kw not in first]
-    if not missing:
+    bad_thickness = slice_thickness_mm is not None and not _positive_ds(first, "SliceThickness")
+    bad_spacing = "SpacingBetweenSlices" in first and not _positive_ds(
+        first, "SpacingBetweenSlices"
+    )
+    if not missing and not bad_thickness and not bad_spacing:
         return list(source)
     completed = copy.deepcopy(first)
     for kw in missing:
         setattr(completed, kw, None)
+    if bad_thickness and slice_thickness_mm is not None:
+        logger.info("source has no valid SliceThickness; the SEG uses the slice spacing")
+        completed.SliceThickness = round(float(slice_thickness_mm), 6)
+    if bad_spacing:
+        del completed.SpacingBetweenSlices
     return [completed, *source[1:]]
 
 
@@ -340,7 +407,9 @@ def write_seg(req: SegRequest) -> hd.seg.Segmentation:
     t0 = time.perf_counter()
     masks = segment_masks(req.segmentation)
     seg = _Segmentation(
-        source_images=with_type2_defaults(req.source),
+        source_images=with_type2_defaults(
+            req.source, slice_thickness_mm=float(req.segmentation.spacing[0])
+        ),
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=_segment_descriptions(req.model),
@@ -358,6 +427,7 @@ def write_seg(req: SegRequest) -> hd.seg.Segmentation:
         series_description=SERIES_DESCRIPTION,
         omit_empty_frames=True,
         transfer_syntax_uid=ExplicitVRLittleEndian,
+        specific_character_set=output_character_set(req.source[0]),
     )
     seg.ImageComments = DISCLAIMER
     logger.info(

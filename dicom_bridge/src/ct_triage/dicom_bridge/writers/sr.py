@@ -45,6 +45,7 @@ from ct_triage.dicom_bridge.writers.seg import (
     SEGMENT_GGO,
     SEGMENT_LEFT_LUNG,
     SEGMENT_RIGHT_LUNG,
+    output_character_set,
     validate_source,
     with_type2_defaults,
 )
@@ -378,6 +379,7 @@ def write_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
         is_verified=False,
         series_description=SERIES_DESCRIPTION,
         previous_versions=list(req.previous_versions) or None,
+        specific_character_set=output_character_set(req.source[0]),
     )
     sr.ManufacturerModelName = req.model.algorithm_label
     sr.SoftwareVersions = codes.SOFTWARE_VERSION
