@@ -9,14 +9,21 @@ with a group 0x0002/0x0008 tag, as legacy "raw dataset" files do, and parse as a
 a SOP Class UID. Everything else (README, thumbnails, DICOMDIR media directories, ...) is
 skipped and counted.
 
+The same instance found twice (the same SOP Instance UID in two files, as when a study is
+exported twice into one folder) is read once when the files are byte-identical; two
+*different* files with one SOP Instance UID cannot both be right, and the input is declined.
+
 Zip archives are untrusted input: entries are extracted into a caller-given folder after
 checks against zip-slip (absolute names, ``..``), symbolic links, encryption, entry count,
 total uncompressed size and compression ratio (zip bombs). Each violation raises
-:class:`~ct_triage.models.errors.InvalidInput`.
+:class:`~ct_triage.models.errors.InvalidInput`. Entries whose names clash are all kept:
+a repeated name (or a file named like a folder of the archive) is extracted under a new
+name (``name~2``); byte-identical repeats are extracted once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -39,6 +46,7 @@ __all__ = [
     "UnreadableFile",
     "ZipLimits",
     "discover",
+    "drop_duplicate_instances",
     "extract_zip",
     "read_headers",
 ]
@@ -212,6 +220,7 @@ def extract_zip(zip_path: Path, dest: Path, *, limits: ZipLimits | None = None) 
                 f"Zip archive {name} looks like a zip bomb: it expands "
                 f"{total_declared / max(total_compressed, 1):.0f}x (limit {lim.max_ratio:.0f}x)"
             )
+        plan = _unclash(plan, infos, name)
         dest_resolved = dest.resolve()
         try:
             written = _extract_planned(archive, plan, dest_resolved, name, lim)
@@ -219,6 +228,52 @@ def extract_zip(zip_path: Path, dest: Path, *, limits: ZipLimits | None = None) 
             raise InvalidInput(f"Zip archive {name} is corrupt or unsupported: {exc}") from exc
     logger.info("extracted %d entries (%d bytes) from zip archive %s", len(plan), written, name)
     return dest
+
+
+def _unclash(
+    plan: Sequence[tuple[zipfile.ZipInfo, PurePosixPath]],
+    infos: Sequence[zipfile.ZipInfo],
+    zip_name: str,
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Give every file entry its own path: none overwrites another, none blocks a folder.
+
+    A repeated name with the same size and CRC-32 as an entry already planned is skipped
+    (the same file added twice); any other clash (a repeated name with other content, or a
+    file named like a folder of the archive) is extracted as ``name~N``.
+    """
+    folders: set[PurePosixPath] = set()
+    for info in infos:
+        rel = PurePosixPath(info.filename.replace("\\", "/"))
+        folders.update(rel.parents if not info.is_dir() else (rel, *rel.parents))
+    taken: dict[PurePosixPath, zipfile.ZipInfo] = {}
+    out: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
+    renamed = skipped = 0
+    for info, rel in plan:
+        earlier = taken.get(rel)
+        if earlier is not None and (earlier.CRC, earlier.file_size) == (
+            info.CRC,
+            info.file_size,
+        ):
+            skipped += 1
+            continue
+        target = rel
+        n = 1
+        while target in taken or target in folders:
+            n += 1
+            target = rel.with_name(f"{rel.name}~{n}")
+        if target != rel:
+            renamed += 1
+        taken[target] = info
+        out.append((info, target))
+    if renamed or skipped:
+        logger.warning(
+            "zip archive %s: %d entr(ies) with a clashing name extracted under a new name, "
+            "%d repeated identical entr(ies) skipped",
+            zip_name,
+            renamed,
+            skipped,
+        )
+    return out
 
 
 def _extract_planned(
@@ -307,6 +362,62 @@ def _read_one(path: Path) -> DicomHeader | UnreadableFile | None:
     return DicomHeader(path, ds)
 
 
+def _sop_instance_uid(ds: Dataset) -> str:
+    uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    if not uid:
+        meta = getattr(ds, "file_meta", None)
+        uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip() if meta else ""
+    return uid
+
+
+def _digest(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_COPY_CHUNK):
+            h.update(chunk)
+    return h.digest()
+
+
+def drop_duplicate_instances(headers: Sequence[DicomHeader]) -> tuple[DicomHeader, ...]:
+    """Keep one file of each SOP Instance UID (PS3.3 C.12.1: it identifies one instance).
+
+    Byte-identical copies are the same instance sent twice: the first by path is kept and
+    the others are dropped (logged). Only files that share a UID are read again (hashed).
+
+    Raises
+    ------
+    InvalidInput
+        Two files carry the same SOP Instance UID but differ: which one is right cannot be
+        told, so the input is declined.
+    """
+    by_uid: dict[str, list[DicomHeader]] = {}
+    for header in headers:
+        uid = _sop_instance_uid(header.dataset)
+        if uid:
+            by_uid.setdefault(uid, []).append(header)
+    dropped: set[Path] = set()
+    for group in by_uid.values():
+        if len(group) < 2:
+            continue
+        try:
+            digests = {_digest(h.path) for h in group}
+        except OSError as exc:
+            raise InvalidInput(f"Cannot read {group[0].path.name}: {exc.strerror or exc}") from exc
+        if len(digests) > 1:
+            raise InvalidInput(
+                f"{len(group)} different files carry the same SOPInstanceUID "
+                f"({group[0].path.name} and {group[1].path.name}): one image in two versions; "
+                "remove the wrong copy and resend"
+            )
+        dropped.update(h.path for h in group[1:])
+    if not dropped:
+        return tuple(headers)
+    logger.info(
+        "ignored %d exact duplicate file(s) (same SOPInstanceUID, same bytes)", len(dropped)
+    )
+    return tuple(h for h in headers if h.path not in dropped)
+
+
 def read_headers(
     paths: Sequence[Path], *, root: Path, max_workers: int | None = None
 ) -> DiscoveredInput:
@@ -367,7 +478,9 @@ def discover(
     Raises
     ------
     InvalidInput
-        The input does not exist, is an unsafe archive, or holds no readable DICOM file.
+        The input does not exist, is an unsafe archive, or holds no readable DICOM file,
+        or two different files carry one SOP Instance UID (byte-identical copies are read
+        once, see :func:`drop_duplicate_instances`).
     """
     if not input_path.exists():
         raise InvalidInput(f"Input {input_path} does not exist")
@@ -388,6 +501,9 @@ def discover(
         root = input_path
         files = list(_iter_files(root))
     found = read_headers(files, root=root, max_workers=max_workers)
+    unique = drop_duplicate_instances(found.headers)
+    if len(unique) != len(found.headers):
+        found = DiscoveredInput(found.root, unique, found.unreadable, found.non_dicom_count)
     if not found.headers:
         detail = ""
         if found.unreadable:
