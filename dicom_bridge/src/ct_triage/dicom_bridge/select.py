@@ -23,8 +23,9 @@ ORIGINAL/PRIMARY, then the thinnest slices, then the most instances.
 
 One study is analysed per call: an input holding several StudyInstanceUIDs is declined
 (combining series of different studies, or silently picking one, could report on the wrong
-examination). Body part is not checked from headers (BodyPartExamined is unreliable); the
-compute stage checks that the volume contains lungs.
+examination), and so is a study whose images disagree on PatientID (an empty PatientID
+counts as a value of its own). Body part is not checked from headers (BodyPartExamined is
+unreliable); the compute stage checks that the volume contains lungs.
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ def select_series(
     ------
     StudyDeclined
         No series qualifies (one line listing the best candidates' reasons), or the input
-        holds more than one study.
+        holds more than one study or more than one patient.
     """
     rules = rules or SelectionRules()
     all_series = group_series(headers)
@@ -418,6 +419,15 @@ def select_series(
         raise StudyDeclined(
             f"The input holds {len(studies)} different studies; send one study at a time "
             "(series of different studies are never combined)"
+        )
+    patients = {_text(h.dataset, "PatientID") for s in all_series for h in s.headers}
+    if len(patients) > 1:
+        # One StudyInstanceUID, several patients: a mix-up at the modality or the PACS.
+        # Analysing it would report one patient's lungs under the other's name.
+        raise StudyDeclined(
+            f"The study holds images of {len(patients)} different patients (PatientID "
+            "differs between images of one StudyInstanceUID); send one patient's study "
+            "at a time"
         )
     qualified: list[tuple[tuple[bool, bool, float, int], SeriesCandidate, bool]] = []
     declined: list[tuple[int, SeriesCandidate, str]] = []
