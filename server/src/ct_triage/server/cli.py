@@ -2,6 +2,9 @@
 it holds no analysis logic of its own.
 
 Exit codes: 0 success; 2 input declined or invalid (reason on stderr); 1 any other failure.
+Every deliberate failure (:class:`~ct_triage.models.errors.TriageError`, e.g. an output
+folder that cannot be written or a full disk) is one line on stderr, ``ct-triage: error:
+...``; only an unexpected internal error logs a traceback.
 """
 
 from __future__ import annotations

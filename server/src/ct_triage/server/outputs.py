@@ -1,7 +1,13 @@
-"""All-or-nothing result folders: OUT holds complete results or none."""
+"""All-or-nothing result folders: OUT holds complete results or none.
+
+A result folder that cannot be written (a path under a file, no permission, a read-only or
+full file system) is an :class:`OutputError`: one line naming OUT and the cause, never a
+traceback (``ct-triage`` exit 1, see :mod:`ct_triage.server.cli`).
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -19,7 +25,24 @@ REPORT_NAME = "report.json"
 
 
 class OutputError(TriageError):
-    """The output folder cannot be used (not empty and not a previous result)."""
+    """The output folder cannot be used (not empty and not a previous result, or unwritable)."""
+
+
+#: Errors of writing that mean "the output file system cannot take the results".
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _cannot_write(out: Path, exc: OSError) -> OutputError:
+    cause = exc.strerror or type(exc).__name__
+    return OutputError(f"cannot write results to {out}: {cause}")
+
+
+def _writable_ancestor(out: Path) -> Path | None:
+    """The nearest existing folder above ``out``, or ``None`` when a file is in the way."""
+    for parent in out.parents:
+        if parent.exists():
+            return parent if parent.is_dir() else None
+    return None
 
 
 def _fsync_tree(root: Path) -> None:
@@ -42,6 +65,12 @@ def check_output_dir(out: Path) -> None:
                 f"output folder {out} is not empty and holds no previous {REPORT_NAME}; "
                 "choose an empty or new folder"
             )
+    # Results are staged beside OUT and renamed into place: its folder must be writable.
+    parent = _writable_ancestor(out.absolute())
+    if parent is None:
+        raise OutputError(f"cannot write results to {out}: a file is in the way of the path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write results to {out}: {parent} is not writable")
 
 
 @contextmanager
@@ -54,8 +83,11 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
     """
     out = out.resolve()
     check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise _cannot_write(out, exc) from exc
     try:
         yield staging
         _fsync_tree(staging)
@@ -66,6 +98,14 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        # A full or read-only file system, or any failure on a path of the staging folder
+        # or OUT (both ours): the results cannot be written.
+        inside = exc.filename is not None and str(exc.filename).startswith((str(staging), str(out)))
+        if exc.errno in _WRITE_ERRNOS or inside:
+            raise _cannot_write(out, exc) from exc
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
