@@ -5,7 +5,11 @@ The lungs are found without a network so that every study gets lung masks, lung 
 
 1. work on a grid of about 2 mm (integer block mean of the HU);
 2. *air* is ``HU < -380`` inside the body (largest 3-D tissue component, holes filled per
-   slice), so the air around the patient and under the table is gone;
+   slice), so the air around the patient and under the table is gone. Padding outside the
+   reconstructed field of view is neither air nor tissue, and lung cut open by the field of
+   view (a small reconstruction circle, a crop) is still inside the body: an air piece
+   touching the field-of-view boundary that reads as parenchyma, not pure gas, and is
+   wrapped in the body elsewhere is a pocket of the body (:func:`_border_pockets`);
 3. *gas*: bowel and stomach gas, the trachea and the main bronchi are pure air, whereas lung
    parenchyma (about -900..-700 HU) is interleaved with vessels and septa. Air whose 4 mm box
    mean is within 35 HU of the air level (measured on the air around the patient, since
@@ -14,9 +18,13 @@ The lungs are found without a network so that every study gets lung masks, lung 
    removed gas (colon wall, faeces) go too;
 4. the remaining 3-D air components are kept when large enough (>= 2 mL and >= 8 % of the
    largest);
-5. each component is given to the patient's right or left lung by its centroid; a component
-   straddling the midline (lungs touching at the anterior junction) is split by eroding it
-   until it falls apart and giving each voxel to the nearest core;
+5. each component is given to the patient's right or left lung by its centroid against the
+   mediastinum, the valley between the two lungs in the lung-column profile over the whole
+   volume (:func:`_mediastinum_x`; the body centre only when one lung is visible), so a
+   field of view centred off the midline does not move lungs to the other side; a
+   component straddling the mediastinum (lungs touching at the anterior junction) is split
+   by eroding it until it falls apart and giving each voxel to the nearest core; a piece
+   of lung cut off by the field of view is kept whatever its size;
 6. each lung is closed (4 mm disk) and its holes filled slice by slice, so intrapulmonary
    vessels are included, as in reference masks such as TotalSegmentator's;
 7. labels go back to the original grid by replication, with the boundary band re-decided on
@@ -72,6 +80,7 @@ AIR_THRESHOLD_HU: float = -380.0
 #: The air level is measured on the air around the patient (scanners read it at -1010..-980).
 _GAS_CORE_MARGIN_HU = 35.0
 _DEFAULT_AIR_HU = -1000.0
+_AIR_LEVEL_MAX_HU = -960.0
 _GAS_BOX_MM = 4.0
 _GAS_BOX_Z_MM = 2.0
 _GAS_CORE_MIN_ML = 0.2
@@ -92,6 +101,29 @@ _WORK_SPACING_Z_MM = 2.0
 _POCKET_MAX_BORDER = 0.25
 #: ... and at least this share of the rest of its outline borders the body.
 _POCKET_MIN_BODY = 0.4
+
+#: An air piece cut by the field of view whose mean HU on the working grid is this much above
+#: the air level is lung (parenchyma -900..-700 HU), not the air around the patient.
+_POCKET_MIN_LUNG_HU = 70.0
+#: ... and at least twice this thick in-plane (mm).
+_POCKET_MIN_RADIUS_MM = 4.0
+#: ... and enclosed by the body wherever the field of view does not cut it (a lung is
+#: surrounded by chest wall, diaphragm and mediastinum; the gap between the patient's back and
+#: the table is not).
+_POCKET_MIN_BODY_LUNG = 0.8
+_POCKET_CLEAR_MM = 10.0
+#: ... and reach this far into the field of view.
+_POCKET_MIN_DEPTH_MM = 20.0
+_POCKET_MAX_NEAR_AIR = 0.1
+#: The loader's HU floor (padding and clipped air).
+_HU_FLOOR = -1024.0
+#: Floor-valued pieces touching the image edge with at least this many working-grid pixels
+#: (~1 cm2 at 2 mm) are outside the reconstructed field of view.
+_FOV_MIN_PIXELS = 25
+#: Mediastinum from the lung-column profile (see :func:`_mediastinum_x`).
+_VALLEY_SMOOTH_MM = 10.0
+_VALLEY_MIN_PEAK = 0.1
+_VALLEY_MAX_DEPTH = 0.5
 
 #: Default of :func:`check_contains_lungs`: at least this much lung (mL) ...
 MIN_LUNG_ML: float = 20.0
@@ -266,8 +298,9 @@ def _segment_coarse(
 ) -> npt.NDArray[np.uint8]:
     vox_ml = float(np.prod(spacing)) / 1000.0
     out = np.zeros(hu.shape, dtype=np.uint8)
-    air = hu < AIR_THRESHOLD_HU
-    body = _body_mask(~air)
+    outside_fov = _outside_fov(hu)
+    air = (hu < AIR_THRESHOLD_HU) & ~outside_fov
+    body = _body_mask(~air & ~outside_fov, hu, outside_fov, spacing)
     if not body.any():
         logger.info("lung segmentation: no body found")
         return out
@@ -316,8 +349,20 @@ def _segment_coarse(
     if not not_gas.any():
         return out
     largest = int(counts[not_gas].max())
+    # a piece of lung cut off by the field of view (it meets the field-of-view boundary and
+    # reads as parenchyma, not gas) is kept whatever its size relative to the largest
+    fov_edge = np.zeros(hu.shape, dtype=bool)
+    fov_edge[:, 0, :] = fov_edge[:, -1, :] = fov_edge[:, :, 0] = fov_edge[:, :, -1] = True
+    if outside_fov.any():
+        fov_edge |= dilate_inplane_fast(outside_fov)
+    cut_off = np.zeros(n + 1, dtype=bool)
+    cut_off[np.unique(lab[fov_edge & lung_cand])] = True
+    hu_mean = np.bincount(lab.ravel(), weights=hu.ravel(), minlength=n + 1) / np.maximum(counts, 1)
+    cut_off &= hu_mean > air_level + _POCKET_MIN_LUNG_HU
     keep = (
-        not_gas & (counts * vox_ml >= _MIN_COMPONENT_ML) & (counts >= _MIN_COMPONENT_REL * largest)
+        not_gas
+        & (counts * vox_ml >= _MIN_COMPONENT_ML)
+        & ((counts >= _MIN_COMPONENT_REL * largest) | cut_off)
     )
     keep[0] = False
     if not keep.any():
@@ -326,7 +371,7 @@ def _segment_coarse(
         )
         return out
 
-    midline = float(np.nonzero(body)[2].mean())
+    midline = _mediastinum_x(keep[lab], body, spacing)
     right, left = (
         (LungLabel.LEFT, LungLabel.RIGHT) if flip_sides else (LungLabel.RIGHT, LungLabel.LEFT)
     )
@@ -373,16 +418,55 @@ def _gas_contact_pieces(
 
 
 def _air_level(hu: npt.NDArray[np.float32], outside: npt.NDArray[np.bool_]) -> float:
-    """Median HU of the air around the patient, ignoring clipped / padding voxels."""
+    """Median HU of the air around the patient, ignoring clipped / padding voxels.
+
+    Only voxels at or below ``_AIR_LEVEL_MAX_HU`` count: where the field of view cuts the
+    body, lung parenchyma (-900..-700 HU on the working grid) can lie outside the body mask
+    and must not raise the level at which pure gas is recognised.
+    """
     values = hu[outside]
-    values = values[values > -1023.0]
+    values = values[(values > -1023.0) & (values <= _AIR_LEVEL_MAX_HU)]
     if values.size < 1000:
         return _DEFAULT_AIR_HU
     return float(np.clip(np.median(values), -1020.0, -960.0))
 
 
-def _body_mask(tissue: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """Largest 3-D tissue component with its holes (lungs, airways, bowel gas) filled per slice."""
+def _outside_fov(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
+    """Voxels outside the reconstructed field of view (padding), per slice.
+
+    The loader sets padding (and everything below air) to -1024 HU, so a coarse block at the
+    floor is padding or air clipped by the scanner; the in-plane pieces of such blocks that
+    touch the image edge (the outside of a reconstruction circle, the corners) and cover at
+    least :data:`_FOV_MIN_PIXELS` are outside the field of view. Where a scanner clips the air
+    around the patient to -1024 this is that air: harmless, it is outside the body either way.
+    """
+    floor = hu <= np.float32(_HU_FLOOR + 0.5)
+    if not floor.any():
+        return np.zeros(hu.shape, dtype=bool)
+    lab, n = label_inplane_fast(floor)
+    edge = np.zeros(hu.shape[1:], dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    counts = label_counts(lab, n)
+    keep = np.zeros(n + 1, dtype=bool)
+    on_edge = lab[:, edge]
+    keep[np.unique(on_edge[on_edge > 0])] = True
+    keep &= counts >= _FOV_MIN_PIXELS
+    keep[0] = False
+    result: npt.NDArray[np.bool_] = keep[lab]
+    return result
+
+
+def _body_mask(
+    tissue: npt.NDArray[np.bool_],
+    hu: npt.NDArray[np.float32],
+    outside_fov: npt.NDArray[np.bool_],
+    spacing: tuple[float, float, float],
+) -> npt.NDArray[np.bool_]:
+    """Largest 3-D tissue component with its holes (lungs, airways, bowel gas) filled per slice.
+
+    Air cut open by the field of view (image edge or reconstruction circle) but enclosed by
+    the body elsewhere is a pocket of the body (see :func:`_border_pockets`) and is filled too.
+    """
     lab, n = label_fast(tissue, 6)
     if n == 0:
         return np.zeros_like(tissue)
@@ -390,55 +474,145 @@ def _body_mask(tissue: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     counts[0] = 0
     body = lab == int(np.argmax(counts))
     filled: npt.NDArray[np.bool_] = fill_holes_inplane_fast(body)
-    pockets = _border_pockets(~tissue & ~filled, filled)
+    pockets = _border_pockets(~tissue & ~filled & ~outside_fov, filled, hu, outside_fov, spacing)
     if pockets.any():
         filled = fill_holes_inplane_fast(filled | pockets)
     return filled
 
 
 def _border_pockets(
-    air: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_]
+    air: npt.NDArray[np.bool_],
+    body: npt.NDArray[np.bool_],
+    hu: npt.NDArray[np.float32],
+    outside_fov: npt.NDArray[np.bool_],
+    spacing: tuple[float, float, float],
 ) -> npt.NDArray[np.bool_]:
-    """In-plane air pieces cut open by the image border but enclosed by the body elsewhere.
+    """In-plane air pieces cut open by the field of view but enclosed by the body elsewhere.
 
-    A thorax crop (or a small reconstruction field of view) cuts through the chest wall, so a
-    lung touching the image border is not a hole of the body. The outline of each air piece
-    touching the border (holes filled) is split into its image-border pixels and the rest: the
-    air around the patient has at least half of its outline on the border (a convex body
-    cuts a corner with a curve no longer than the two border legs; a whole-body field of view
-    has the image frame), a cut lung has little (<= 0.15 on the MedSeg thorax crops). A piece
-    is a pocket of the body when its border share is below ``_POCKET_MAX_BORDER`` and at
-    least ``_POCKET_MIN_BODY`` of the rest of its outline borders the body (not e.g. the
-    table below the patient).
+    A thorax crop or a small reconstruction field of view cuts through the chest wall, so a
+    lung touching the image edge or the reconstruction circle is not a hole of the body. The
+    air around the patient is *pure* air, whereas lung parenchyma, with its vessels and
+    septa, reads -900..-700 HU on the working grid. An air piece touching the field-of-view
+    boundary is a pocket of the body by either rule:
+
+    * lung, whatever the shape of the cut: its mean HU is above
+      ``_DEFAULT_AIR_HU + _POCKET_MIN_LUNG_HU``, it is at least ``2 * _POCKET_MIN_RADIUS_MM``
+      thick, it reaches ``_POCKET_MIN_DEPTH_MM`` into the field of view (not a strip of air
+      between the skin and a crop's edge) and ``_POCKET_MIN_BODY_LUNG`` of the rest of its
+      outline borders the body (not the gap between the patient's back and the table);
+    * a corner cut: less than ``_POCKET_MAX_BORDER`` of its outline lies on the boundary, it
+      touches the image edge (not only a reconstruction circle, which the layers of a
+      patient table cross) and at least ``_POCKET_MIN_BODY`` of the rest borders the body (a
+      convex body cuts a corner with a curve no longer than the two border legs).
+
+    Both rules also ask that at most ``_POCKET_MAX_NEAR_AIR`` of the piece lies within
+    ``_POCKET_CLEAR_MM`` of the air around the patient: a lung is wrapped in the chest wall.
     """
     result = np.zeros_like(air)
-    edge = np.zeros(air.shape[1:], dtype=bool)
-    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
-    if not (air & edge[None]).any():
+    boundary = np.zeros(air.shape, dtype=bool)
+    boundary[:, 0, :] = boundary[:, -1, :] = boundary[:, :, 0] = boundary[:, :, -1] = True
+    if outside_fov.any():
+        boundary |= dilate_inplane_fast(outside_fov) & ~outside_fov
+    if not (air & boundary).any():
         return result
     lab, n = label_inplane_fast(air)
-    on_edge = lab[:, edge]
-    touching = np.unique(on_edge[on_edge > 0])
+    on_boundary = lab[boundary & air]
+    touching = np.unique(on_boundary[on_boundary > 0])
     is_touching = np.zeros(n + 1, dtype=bool)
     is_touching[touching] = True
     cut = is_touching[lab]
-    outline = cut & ~erode_inplane_fast(fill_holes_inplane_fast(cut))
+    # the outline away from the boundary (a staircase circle leaves two-pixel contacts)
+    outline = (
+        cut & ~erode_inplane_fast(fill_holes_inplane_fast(cut)) & ~dilate_inplane_fast(boundary)
+    )
     near_body = outline & dilate_inplane_fast(body)
-    n_edge = np.bincount(on_edge.ravel(), minlength=n + 1).astype(np.float64)
+    n_edge = np.bincount(on_boundary, minlength=n + 1).astype(np.float64)
+    frame = lab[:, [0, -1], :].ravel(), lab[:, :, [0, -1]].ravel()
+    on_image_edge = np.zeros(n + 1, dtype=bool)
+    on_image_edge[np.concatenate(frame)] = True
     n_outline = np.bincount(lab[outline], minlength=n + 1).astype(np.float64)
     n_body = np.bincount(lab[near_body], minlength=n + 1).astype(np.float64)
+    n_vox = np.bincount(lab[cut], minlength=n + 1).astype(np.float64)
+    hu_sum = np.bincount(lab[cut], weights=hu[cut], minlength=n + 1)
     total = n_edge + n_outline
     with np.errstate(divide="ignore", invalid="ignore"):
         border_share = np.where(total > 0, n_edge / np.maximum(total, 1), 1.0)
         body_share = np.where(n_outline > 0, n_body / np.maximum(n_outline, 1), 0.0)
+        mean_hu = np.where(n_vox > 0, hu_sum / np.maximum(n_vox, 1), _DEFAULT_AIR_HU)
+    # thick enough to be lung: survives in-plane erosion to a _POCKET_MIN_RADIUS_MM core
+    # (the air gap inside a patient table reads like lung foam but is a few mm thin)
+    core = cut
+    for _ in range(max(1, math.ceil(_POCKET_MIN_RADIUS_MM / min(spacing[1], spacing[2])))):
+        core = erode_inplane_fast(core)
+    thick = np.zeros(n + 1, dtype=bool)
+    thick[np.unique(lab[core])] = True
+    dense = mean_hu > _DEFAULT_AIR_HU + _POCKET_MIN_LUNG_HU
+    # a strip of the air around the patient between the skin and a crop's edge can read
+    # denser than air (partial volume, blankets) but it is shallow: it never reaches
+    # _POCKET_MIN_DEPTH_MM into the field of view, a cut lung does
+    reach = boundary
+    for _ in range(max(1, math.ceil(_POCKET_MIN_DEPTH_MM / min(spacing[1], spacing[2])))):
+        reach = dilate_inplane_fast(reach)
+    deep = np.zeros(n + 1, dtype=bool)
+    deep[np.unique(lab[cut & ~reach])] = True
+    lung_like = dense & thick & deep
+    # a lung is wrapped in the chest wall: little of it lies within _POCKET_CLEAR_MM of the
+    # air around the patient; the air between the layers of a patient table (part of the
+    # body's tissue component) lies a few mm from it
+    outside_air = air & ~body & ~(cut & dense[lab])
+    near = outside_air
+    for _ in range(max(1, math.ceil(_POCKET_CLEAR_MM / min(spacing[1], spacing[2])))):
+        near = dilate_inplane_fast(near)
+    n_near = np.bincount(lab[cut & near], minlength=n + 1).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        clear = np.where(n_vox > 0, n_near / np.maximum(n_vox, 1), 1.0) <= _POCKET_MAX_NEAR_AIR
     keep = np.zeros(n + 1, dtype=bool)
     keep[touching] = True
-    keep &= (border_share < _POCKET_MAX_BORDER) & (body_share >= _POCKET_MIN_BODY)
+    keep &= clear & (
+        ((body_share >= _POCKET_MIN_BODY) & (border_share < _POCKET_MAX_BORDER) & on_image_edge)
+        | (lung_like & (body_share >= _POCKET_MIN_BODY_LUNG))
+    )
     keep[0] = False
     if keep.any():
-        logger.debug("lung segmentation: %d air pockets cut by the image border", int(keep.sum()))
+        logger.debug("lung segmentation: %d air pockets cut by the field of view", int(keep.sum()))
         result = keep_components(lab, keep)
     return result
+
+
+def _mediastinum_x(
+    lungs: npt.NDArray[np.bool_], body: npt.NDArray[np.bool_], spacing: tuple[float, float, float]
+) -> float:
+    """Column of the mediastinum: the deepest valley of the lung-column profile.
+
+    The lungs' voxel count per image column (over all slices and rows) has one hump per lung
+    and a valley at the mediastinum (heart, great vessels, spine), wherever the field of view
+    is centred. The valley is taken when both humps reach :data:`_VALLEY_MIN_PEAK` of the
+    higher one and the valley bottom is at most :data:`_VALLEY_MAX_DEPTH` of the lower hump;
+    its centre is the middle of the columns within 5 % of the bottom. Otherwise (one lung
+    visible, lungs fused over the whole volume) the centre of the body is used.
+    """
+    fallback = float(np.nonzero(body)[2].mean()) if body.any() else lungs.shape[2] / 2
+    profile = np.count_nonzero(lungs, axis=(0, 1)).astype(np.float64)
+    if profile.max() <= 0:
+        return fallback
+    profile = ndi.uniform_filter1d(profile, max(1, round(_VALLEY_SMOOTH_MM / spacing[2])))
+    top = float(profile.max())
+    left = np.maximum.accumulate(profile)
+    right = np.maximum.accumulate(profile[::-1])[::-1]
+    flank = np.minimum(left, right)
+    depth = np.where(flank >= _VALLEY_MIN_PEAK * top, flank - profile, 0.0)
+    best = int(np.argmax(depth))
+    if depth[best] <= 0 or profile[best] > _VALLEY_MAX_DEPTH * flank[best]:
+        logger.info("lung sides: no mediastinal valley, using the body centre")
+        return fallback
+    # the valley floor (e.g. the whole heart) is flat: take its middle
+    floor = profile <= profile[best] + 0.05 * (flank[best] - profile[best])
+    lo = hi = best
+    while lo > 0 and floor[lo - 1]:
+        lo -= 1
+    while hi < profile.size - 1 and floor[hi + 1]:
+        hi += 1
+    return (lo + hi) / 2
 
 
 def _split_component(
