@@ -230,7 +230,18 @@ def test_thinnest_then_most_instances_without_lung_kernel(tmp_path: Path) -> Non
         ),
         ({"n_slices": 3}, r"has only 3 slices \(need >= 4\)"),
         ({"n_slices": 1}, r"is a single slice \(need >= 4\)"),
-        ({"image_type": ("DERIVED", "SECONDARY", "AXIAL")}, "is DERIVED/SECONDARY"),
+        (
+            {"image_type": ("DERIVED", "SECONDARY", "MPR")},
+            r"is a reformat or rendering \(ImageType MPR\)",
+        ),
+        (
+            {"image_type": ("DERIVED", "SECONDARY", "AXIAL"), "series_description": "MinIP"},
+            r"is a reformat or rendering \(description 'MINIP'\)",
+        ),
+        (
+            {"image_type": ("ORIGINAL", "PRIMARY", "AXIAL", "MIP")},
+            r"is a reformat or rendering \(ImageType MIP\)",
+        ),
         ({"orientation": (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)}, r"is not axial \(coronal, 90 degrees"),
         ({"orientation": (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)}, r"is not axial \(sagittal"),
         (
@@ -250,6 +261,50 @@ def test_selection_declines_with_clear_reason(
         select_series(discover(tmp_path).headers, SMALL)
     assert "\n" not in str(info.value)
     assert "Synthetic" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "image_type", [("ORIGINAL", "SECONDARY", "AXIAL"), ("DERIVED", "PRIMARY", "AXIAL")]
+)
+def test_secondary_axial_series_is_analysed_when_it_is_the_only_one(
+    tmp_path: Path, image_type: tuple[str, ...]
+) -> None:
+    """LIDC-IDRI style: a GE scanner's only axial series says ORIGINAL\\SECONDARY\\AXIAL."""
+    write_series(tmp_path, replace(SPEC, image_type=image_type))
+    choice = select_series(discover(tmp_path).headers, SMALL)
+    assert choice.reasons[0].taken
+    assert "is not ORIGINAL/PRIMARY but marks no reformat" in choice.reasons[0].reason
+    strict = replace(SMALL, require_original_primary=True)
+    with pytest.raises(StudyDeclined, match="ORIGINAL/PRIMARY required by the settings"):
+        select_series(discover(tmp_path).headers, strict)
+
+
+def test_original_series_preferred_over_secondary_lung_kernel(tmp_path: Path) -> None:
+    study = pydicom.uid.generate_uid()
+    write_series(
+        tmp_path / "a",
+        replace(
+            SPEC,
+            series_number=3,
+            image_type=("ORIGINAL", "SECONDARY", "AXIAL"),
+            kernel="LUNG",
+            study_uid=study,
+        ),
+    )
+    write_series(tmp_path / "b", replace(SPEC, series_number=4, kernel="STANDARD", study_uid=study))
+    choice = select_series(discover(tmp_path).headers, SMALL)
+    assert choice.series.series_number == 4
+    assert not choice.reasons[1].taken and "ranks higher" in choice.reasons[1].reason
+
+
+def test_secondary_capture_is_declined(tmp_path: Path) -> None:
+    paths = write_series(tmp_path, SPEC)
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.save_as(path)
+    with pytest.raises(StudyDeclined, match="is a secondary capture"):
+        select_series(discover(tmp_path).headers, SMALL)
 
 
 def test_default_rules_need_40_slices(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import numpy.typing as npt
 import pytest
 
 from ct_triage.models.errors import StudyDeclined
+from ct_triage.models.quality import QualityFlag, QualityReport
 from ct_triage.models.quantify import (
     TriageCategory,
     TriageThresholds,
@@ -150,8 +151,26 @@ def test_triage_small_lesion_is_normal_and_thresholds_configurable() -> None:
         mild_min_percent=0.1, moderate_min_percent=0.2, severe_min_percent=0.3
     )
     assert quantify(seg, custom).triage is TriageCategory.SEVERE
-    assert quantify(seg, sensitive).triage.priority == 3
-    assert quantify(seg).triage.priority == 4
+    assert quantify(seg, sensitive).triage.priority == 4
+    assert quantify(seg).triage.priority == 5
+
+
+def test_quality_flags_make_the_triage_indeterminate() -> None:
+    """A flagged segmentation is never a silent normal: it needs a human (priority 2)."""
+    seg = _with_percent(4)
+    flagged = QualityReport((QualityFlag("truncated", "lungs cut by the field of view"),))
+    q = quantify(seg, quality=flagged)
+    assert q.triage is TriageCategory.INDETERMINATE
+    assert q.triage.priority == 2
+    assert q.percent_involvement == quantify(seg).percent_involvement  # numbers still given
+    d = q.to_dict()
+    assert d["quality"] == {
+        "lung_segmentation_reliable": False,
+        "flags": [{"code": "truncated", "reason": "lungs cut by the field of view"}],
+    }
+    assert quantify(seg, quality=QualityReport()).triage is TriageCategory.NORMAL
+    order = sorted(TriageCategory, key=lambda c: c.priority)
+    assert [c.value for c in order] == ["severe", "indeterminate", "moderate", "mild", "normal"]
 
 
 @pytest.mark.parametrize(
@@ -205,7 +224,7 @@ def test_to_dict_is_json_ready() -> None:
     lungs, lesions = _blocks()
     lesions[0, 0, 0] = LesionLabel.GGO
     d = quantify(Segmentation(lungs, lesions, SPACING)).to_dict()
-    assert d["triage"] == {"category": "normal", "priority": 4}
+    assert d["triage"] == {"category": "normal", "priority": 5}
     assert len(d["zones"]) == 6
     assert set(d["lung_volume_ml"]) == {"left", "right", "total"}
 

@@ -10,16 +10,21 @@ technologist can see why a study was declined. The checks, in order:
    (PS3.3 C.8.2.1.1.1), or the description names a scout/topogram/surview.
 4. It is single-frame (one slice per instance; the enhanced multi-frame CT IOD is not
    supported).
-5. ImageType values 1-2 are ``ORIGINAL\\PRIMARY`` (PS3.3 C.7.6.1.1.2): ``DERIVED`` or
-   ``SECONDARY`` series (reformats, MIPs, screen captures) are declined.
+5. It is not a reformat or a screen capture: ImageType values 3+ or the description name
+   MPR/MIP/MinIP/a projection/a volume rendering/a reformat, or the SOP Class is Secondary
+   Capture. ImageType values 1-2 other than ``ORIGINAL\\PRIMARY`` (PS3.3 C.7.6.1.1.2) alone
+   do not decline a series: some scanners write ``ORIGINAL\\SECONDARY\\AXIAL`` on their
+   only axial series (GE, as in LIDC-IDRI). Such a series is ranked after every
+   ORIGINAL/PRIMARY one and its verdict says so; :attr:`SelectionRules.require_original_primary`
+   declines it instead.
 6. All slices share one ImageOrientationPatient (PS3.3 C.7.6.2.1.1) and it is axial within
    :attr:`SelectionRules.axial_tolerance_deg`.
 7. GantryDetectorTilt (0018,1120) is zero.
 8. SliceThickness (0018,0050) is at most :attr:`SelectionRules.max_slice_thickness_mm`.
 9. At least :attr:`SelectionRules.min_slices` instances.
 
-Among the series that pass, the ranking is: lung (sharp) reconstruction kernel first, then
-ORIGINAL/PRIMARY, then the thinnest slices, then the most instances.
+Among the series that pass, the ranking is: ORIGINAL/PRIMARY first, then lung (sharp)
+reconstruction kernel, then the thinnest slices, then the most instances.
 
 One study is analysed per call: an input holding several StudyInstanceUIDs is declined
 (combining series of different studies, or silently picking one, could report on the wrong
@@ -71,6 +76,15 @@ DEFAULT_LUNG_KERNELS: tuple[str, ...] = (
 )  # fmt: skip
 
 _LOCALIZER_WORDS = ("SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM", "LOCALIZER", "LOCALISER")
+#: Words (whole tokens of ImageType values 3+ or of the description) that mark a reformat,
+#: a projection or a rendering: never the source images of a volume.
+_REFORMAT_WORDS = frozenset(
+    {
+        "MPR", "MIP", "MINIP", "MINIMUM", "MAXIMUM", "REFORMAT", "REFORMATTED", "PROJECTION",
+        "CPR", "CURVED", "VR", "VRT", "RENDERING", "RENDER", "3D", "SSD", "MINIMIP",
+    }
+)  # fmt: skip
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _SIEMENS_CORE = re.compile(r"^([A-Z]{1,2}\d{2})[A-Z]?$")
 _MAX_LISTED = 4
 
@@ -90,8 +104,9 @@ class SelectionRules:
         Thickest accepted SliceThickness; 5 mm is the upper limit for quantifying
         ground-glass opacity in practice.
     require_original_primary
-        Decline DERIVED or SECONDARY series. When ``False`` they are accepted but ranked
-        after ORIGINAL/PRIMARY ones.
+        Decline DERIVED or SECONDARY series. When ``False`` (the default) an axial series
+        with no reformat marker is accepted whatever ImageType values 1-2 say, ranked after
+        every ORIGINAL/PRIMARY one.
     axial_tolerance_deg
         Largest angle between the slice normal and the patient's feet-head axis.
     max_gantry_tilt_deg
@@ -107,7 +122,7 @@ class SelectionRules:
     modalities: tuple[str, ...] = ("CT",)
     min_slices: int = 40
     max_slice_thickness_mm: float = 5.0
-    require_original_primary: bool = True
+    require_original_primary: bool = False
     axial_tolerance_deg: float = 10.0
     max_gantry_tilt_deg: float = 0.01
     lung_kernels: tuple[str, ...] = DEFAULT_LUNG_KERNELS
@@ -340,12 +355,13 @@ def _check(candidate: SeriesCandidate, rules: SelectionRules) -> tuple[int, str 
     if frames > 1:
         return stage, "is a multi-frame (enhanced) image, which is not supported"
     stage += 1
-    derived = any(
-        (len(it) > 0 and it[0] == "DERIVED") or (len(it) > 1 and it[1] == "SECONDARY")
-        for it in image_types
-    )
-    if derived and rules.require_original_primary:
-        return stage, "is DERIVED/SECONDARY (a reformat or post-processed series)"
+    marker = _reformat_marker(image_types, description)
+    if marker:
+        return stage, f"is a reformat or rendering ({marker}), not source axial images"
+    if str(first.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE_PREFIX):
+        return stage, "is a secondary capture (screen shots), not CT images"
+    if rules.require_original_primary and any(_is_derived(it) for it in image_types):
+        return stage, "is DERIVED/SECONDARY (ORIGINAL/PRIMARY required by the settings)"
     stage += 1
     orientations = {_orientation(h.dataset) for h in candidate.headers}
     if None in orientations:
@@ -378,11 +394,35 @@ def _check(candidate: SeriesCandidate, rules: SelectionRules) -> tuple[int, str 
     return stage, None
 
 
+def _is_derived(image_type: tuple[str, ...]) -> bool:
+    return image_type[:1] == ("DERIVED",) or image_type[1:2] == ("SECONDARY",)
+
+
+def _reformat_marker(image_types: list[tuple[str, ...]], description: str) -> str | None:
+    """The first reformat word in ImageType values 3+ or the description, if any."""
+    for it in image_types:
+        for value in it[2:]:
+            for token in re.split(r"[^A-Z0-9]+", value):
+                if token in _REFORMAT_WORDS:
+                    return f"ImageType {value}"
+    for token in re.split(r"[^A-Z0-9]+", description.upper()):
+        if token in _REFORMAT_WORDS:
+            return f"description '{token}'"
+    return None
+
+
 def _describe_taken(candidate: SeriesCandidate, lung: bool) -> str:
     kernel = candidate.kernel or "unknown"
     thickness = candidate.slice_thickness_mm
     thick = f"{thickness:g} mm slices" if thickness is not None else "unknown thickness"
     what = f"lung kernel {kernel}" if lung else f"kernel {kernel} (not a lung kernel)"
+    image_types = {_image_type(h.dataset) for h in candidate.headers}
+    derived = sorted("\\".join(it) for it in image_types if _is_derived(it))
+    if derived:
+        return (
+            f"{what}, {thick}; ImageType {derived[0]} is not ORIGINAL/PRIMARY but marks no "
+            "reformat: analysed as an axial acquisition (no ORIGINAL/PRIMARY series ranks higher)"
+        )
     return f"{what}, {thick}"
 
 
@@ -437,14 +477,11 @@ def select_series(
             declined.append((stage, series, reason))
             continue
         lung = is_lung_kernel(series, rules)
-        original = not any(
-            it[:1] == ("DERIVED",) or it[1:2] == ("SECONDARY",)
-            for it in (_image_type(h.dataset) for h in series.headers)
-        )
+        original = not any(_is_derived(_image_type(h.dataset)) for h in series.headers)
         thickness = series.slice_thickness_mm
         rank = (
-            lung,
             original,
+            lung,
             -(thickness if thickness is not None else math.inf),
             len(series.headers),
         )

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ct_triage.models.errors import StudyDeclined
+from ct_triage.models.quality import QualityReport
 from ct_triage.models.segmentation import LesionLabel, LungLabel, Segmentation
 
 logger = logging.getLogger(__name__)
@@ -36,16 +37,22 @@ _HALVES = ("lower", "upper")
 
 
 class TriageCategory(StrEnum):
-    """Triage categories; :attr:`priority` 1 is read first."""
+    """Triage categories; :attr:`priority` 1 is read first.
+
+    ``indeterminate`` means "needs a human": the quality gate
+    (:mod:`ct_triage.models.quality`) found the lung segmentation unreliable, so the numbers
+    cannot be trusted to say normal or mild. It is read right after ``severe``.
+    """
 
     NORMAL = "normal"
     MILD = "mild"
     MODERATE = "moderate"
     SEVERE = "severe"
+    INDETERMINATE = "indeterminate"
 
     @property
     def priority(self) -> int:
-        return {"severe": 1, "moderate": 2, "mild": 3, "normal": 4}[self.value]
+        return {"severe": 1, "indeterminate": 2, "moderate": 3, "mild": 4, "normal": 5}[self.value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +130,13 @@ class Quantification:
     severity_score: int  # 0..25
     severity_regions: dict[str, int] = field(default_factory=dict)  # region -> 0..5
     triage: TriageCategory = TriageCategory.NORMAL
+    quality: QualityReport = field(default_factory=QualityReport)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary (the quantitative part of ``report.json``)."""
         d = asdict(self)
         d["triage"] = {"category": self.triage.value, "priority": self.triage.priority}
+        d["quality"] = self.quality.to_dict()
         d["zones"] = [asdict(z) for z in self.zones]
         return d
 
@@ -160,7 +169,9 @@ def severity_points(percent: float, has_lesion: bool = True) -> int:
 
 
 def quantify(
-    segmentation: Segmentation, thresholds: TriageThresholds | None = None
+    segmentation: Segmentation,
+    thresholds: TriageThresholds | None = None,
+    quality: QualityReport | None = None,
 ) -> Quantification:
     """Quantify a segmentation (see the module docstring for the definitions).
 
@@ -171,6 +182,9 @@ def quantify(
         contract) are ignored with a warning.
     thresholds
         Triage thresholds; defaults to :class:`TriageThresholds()`.
+    quality
+        The quality gate's verdict (:func:`ct_triage.models.quality.assess_quality`); any
+        flag makes the triage :attr:`TriageCategory.INDETERMINATE` whatever the numbers.
 
     Returns
     -------
@@ -251,7 +265,12 @@ def quantify(
         zones=tuple(zones),
         severity_score=sum(regions.values()),
         severity_regions=regions,
-        triage=_triage(percent_total, total_lesion, thresholds),
+        triage=(
+            TriageCategory.INDETERMINATE
+            if quality is not None and not quality.reliable
+            else _triage(percent_total, total_lesion, thresholds)
+        ),
+        quality=quality if quality is not None else QualityReport(),
     )
 
 

@@ -59,6 +59,7 @@ CSV_COLUMNS = (
     "triage_category",
     "triage_priority",
     "model_version",
+    "quality_flags",
 )
 
 
@@ -162,6 +163,7 @@ def _row(job: Job) -> list[Any]:
         r.get("triage", ""),
         r.get("priority", ""),
         r.get("model_version") or job.payload.get("model_version", ""),
+        "; ".join(str(f) for f in r.get("quality_flags") or []),
     ]
 
 

@@ -238,6 +238,11 @@ def summary_text(result: AnalysisResult) -> str:
         f"total {pi['total']:.1f} %",
         f"  Severity   : {r['severity_score']}/25, triage {r['triage']['category'].upper()} "
         f"(priority {r['triage']['priority']})",
+        *(
+            [f"  Quality    : {'; '.join(f['reason'] for f in r['quality']['flags'])}"]
+            if r.get("quality", {}).get("flags")
+            else []
+        ),
         f"  Model      : {r['model']['name']} {r['model']['version']} "
         f"on {r['model']['execution_provider']}",
         f"  Results in : {result.out_dir} (report.json, seg.dcm, sr.dcm, overlay/, preview.png)",

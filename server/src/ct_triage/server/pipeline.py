@@ -33,6 +33,7 @@ from ct_triage.models.analysis import LesionModel, segment
 from ct_triage.models.errors import InvalidInput
 from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
 from ct_triage.models.lesions import z_step_for
+from ct_triage.models.quality import assess_quality
 from ct_triage.models.quantify import Quantification, TriageThresholds, quantify
 from ct_triage.models.segmentation import Segmentation
 from ct_triage.server.outputs import REPORT_NAME, atomic_output_dir, check_output_dir
@@ -126,6 +127,7 @@ def build_report(
         "severity_score": q["severity_score"],
         "severity_regions": q["severity_regions"],
         "triage": q["triage"],
+        "quality": q["quality"],
         "timings_s": timings,
         "outputs": {
             "seg": {
@@ -268,7 +270,7 @@ def analyze_series(
         # quantification, the preview the quantification. Each task runs in a copy of the
         # caller's context (the job id of the log lines).
         measured = pool.submit(
-            contextvars.copy_context().run, _quantify, segmentation, options, timer
+            contextvars.copy_context().run, _quantify, series, segmentation, options, timer
         )
         images = pool.submit(
             contextvars.copy_context().run,
@@ -323,10 +325,14 @@ def analyze_series(
 
 
 def _quantify(
-    segmentation: Segmentation, options: AnalysisOptions, timer: StageTimer
+    series: LoadedSeries, segmentation: Segmentation, options: AnalysisOptions, timer: StageTimer
 ) -> Quantification:
+    with timer.stage("quality"):
+        quality = assess_quality(series.volume, segmentation)
+    for flag in quality.flags:
+        logger.warning("quality gate: %s", flag.reason)
     with timer.stage("quantify"):
-        return quantify(segmentation, options.thresholds)
+        return quantify(segmentation, options.thresholds, quality)
 
 
 def _write_images(
@@ -359,15 +365,15 @@ def _write_images(
     quant = measured.result()
     with timer.stage("write_preview"):
         pct = quant.percent_involvement
+        title = [
+            f"{identity.algorithm_label} - triage {quant.triage.value.upper()}, "
+            f"severity {quant.severity_score}/25",
+            f"Lung involved: right {pct.right:.1f} %, left {pct.left:.1f} %, "
+            f"total {pct.total:.1f} %",
+        ]
+        if not quant.quality.reliable:
+            title.append(f"NEEDS A HUMAN - {quant.quality.summary}")
         write_preview_png(
-            series.volume.hu,
-            segmentation,
-            staging / "preview.png",
-            title_lines=[
-                f"{identity.algorithm_label} - triage {quant.triage.value.upper()}, "
-                f"severity {quant.severity_score}/25",
-                f"Lung involved: right {pct.right:.1f} %, left {pct.left:.1f} %, "
-                f"total {pct.total:.1f} %",
-            ],
+            series.volume.hu, segmentation, staging / "preview.png", title_lines=title
         )
     return overlay

@@ -80,7 +80,15 @@ TRIAGE_VALUES: dict[TriageCategory, Code] = {
     TriageCategory.MILD: Code("CTT0011", PRIVATE_SCHEME, "Mild involvement"),
     TriageCategory.MODERATE: Code("CTT0012", PRIVATE_SCHEME, "Moderate involvement"),
     TriageCategory.SEVERE: Code("CTT0013", PRIVATE_SCHEME, "Severe involvement"),
+    TriageCategory.INDETERMINATE: Code(
+        "CTT0014", PRIVATE_SCHEME, "Indeterminate - lung segmentation unreliable, needs a human"
+    ),
 }
+
+#: Quality gate (:mod:`ct_triage.models.quality`): a coded evaluation of the lung masks.
+SEGMENTATION_QUALITY = Code("CTT0006", PRIVATE_SCHEME, "Lung segmentation quality")
+SEGMENTATION_RELIABLE = Code("CTT0020", PRIVATE_SCHEME, "Lung segmentation passed quality checks")
+SEGMENTATION_UNRELIABLE = Code("CTT0021", PRIVATE_SCHEME, "Lung segmentation unreliable")
 
 # --- Document, procedure, context -----------------------------------------------------------
 IMAGING_MEASUREMENT_REPORT: Code = codes.DCM.ImagingMeasurementReport

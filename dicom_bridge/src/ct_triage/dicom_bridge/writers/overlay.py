@@ -341,13 +341,14 @@ def write_preview_png(
     width = max(montage.shape[1], 480)
     size = 14
     font = _font(size)
-    lines = [*title_lines, *_wrap(DISCLAIMER, font, width - 8)]
+    title = [part for line in title_lines for part in _wrap(line, font, width - 8)]
+    lines = [*title, *_wrap(DISCLAIMER, font, width - 8)]
     line_height = size + 5
     header = line_height * len(lines) + 8
     canvas = Image.new("RGB", (width, header + montage.shape[0]), (0, 0, 0))
     canvas.paste(Image.fromarray(montage, mode="RGB"), (0, header))
     draw = ImageDraw.Draw(canvas)
-    n_title = len(title_lines)
+    n_title = len(title)
     for i, line in enumerate(lines):
         color = (255, 255, 255) if i < n_title else (255, 200, 60)
         draw.text((4, 4 + i * line_height), line, fill=color, font=font)

@@ -296,24 +296,37 @@ def _whole_lung_group(
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
                 name=codes.TRIAGE_CATEGORY, value=codes.TRIAGE_VALUES[q.triage]
-            )
+            ),
+            hd.sr.QualitativeEvaluation(
+                name=codes.SEGMENTATION_QUALITY,
+                value=(
+                    codes.SEGMENTATION_RELIABLE
+                    if q.quality.reliable
+                    else codes.SEGMENTATION_UNRELIABLE
+                ),
+            ),
         ],
     )
 
 
-def _disclaimer_container() -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12 "Qualitative Evaluations" with the disclaimer as a TEXT Comment."""
+def _disclaimer_container(q: Quantification) -> hd.sr.ContainerContentItem:
+    """TID 1500 row 12 "Qualitative Evaluations": the disclaimer as a TEXT Comment and, when
+    the quality gate flagged the lungs, "lung segmentation unreliable: REASON" as another."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
+    texts = [DISCLAIMER]
+    if not q.quality.reliable:
+        texts.append(q.quality.summary[:1024])
     container.ContentSequence = hd.sr.ContentSequence(
         [
             hd.sr.TextContentItem(
                 name=codes.COMMENT,
-                value=DISCLAIMER,
+                value=text,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
+            for text in texts
         ]
     )
     return container
@@ -345,7 +358,7 @@ def build_measurement_report(req: SrRequest) -> hd.sr.MeasurementReport:
         ],
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
-    report[0].ContentSequence.append(_disclaimer_container())
+    report[0].ContentSequence.append(_disclaimer_container(req.quantification))
     return report
 
 

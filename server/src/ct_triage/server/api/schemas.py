@@ -79,7 +79,11 @@ class StudyCreate(_Schema):
 class ResultSummaryPublic(_Schema):
     """The key numbers of a done job (``report.json`` has them all)."""
 
-    triage: str | None = Field(default=None, description="normal, mild, moderate or severe")
+    triage: str | None = Field(
+        default=None,
+        description="normal, mild, moderate, severe, or indeterminate (the quality gate found "
+        "the lung segmentation unreliable: needs a human; see quality_flags)",
+    )
     priority: int | None = Field(default=None, description="1 = read first")
     severity_score: int | None = None
     percent_involvement: dict[str, float] = Field(default_factory=dict)
@@ -87,6 +91,9 @@ class ResultSummaryPublic(_Schema):
     lung_volume_ml: dict[str, float] = Field(default_factory=dict)
     series_uid: str | None = None
     model_version: str | None = None
+    quality_flags: list[str] = Field(
+        default_factory=list, description="Why the lung segmentation is unreliable (if it is)."
+    )
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> ResultSummaryPublic:
@@ -112,6 +119,7 @@ class ResultSummaryPublic(_Schema):
             lung_volume_ml=numbers("lung_volume_ml"),
             series_uid=result.get("series_uid"),
             model_version=result.get("model_version"),
+            quality_flags=[str(f) for f in result.get("quality_flags") or []],
         )
 
 
@@ -306,6 +314,7 @@ class WorklistItemPublic(_Schema):
     severity_score: int | None = None
     percent_involvement_total: float | None = None
     lesion_volume_ml_total: float | None = None
+    quality_flags: list[str] = Field(default_factory=list)
     error: str | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None

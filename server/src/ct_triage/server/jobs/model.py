@@ -222,6 +222,10 @@ def result_summary(report: dict[str, Any], result_dir: str) -> dict[str, Any]:
         "lesion_volume_ml": report.get("lesion_volume_ml", {}),
         "lung_volume_ml": report.get("lung_volume_ml", {}),
         "model_version": report.get("model", {}).get("version"),
+        # the quality gate's reasons (empty: the lung segmentation passed every check)
+        "quality_flags": [
+            str(f.get("reason", "")) for f in report.get("quality", {}).get("flags", [])
+        ],
         "result_dir": result_dir,
     }
 

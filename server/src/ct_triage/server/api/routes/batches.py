@@ -39,6 +39,7 @@ CSV_COLUMNS = (
     "lesion_volume_ml_consolidation",
     "lung_volume_ml_total",
     "model_version",
+    "quality_flags",
     "error",
     "disclaimer",
 )
@@ -136,6 +137,7 @@ def csv_rows(jobs: list[Job]) -> list[list[str]]:
             les.get("consolidation"),
             lung.get("total"),
             r.model_version,
+            "; ".join(r.quality_flags),
             job.error,
             DISCLAIMER,
         ]

@@ -34,6 +34,7 @@ def _item(rank: int, job: Job) -> WorklistItemPublic:
         severity_score=r.severity_score,
         percent_involvement_total=r.percent_involvement.get("total"),
         lesion_volume_ml_total=r.lesion_volume_ml.get("total"),
+        quality_flags=r.quality_flags,
         error=job.error,
         created_at=job.created_at,
         finished_at=job.finished_at,

@@ -61,6 +61,12 @@
       badge.className = "triage triage-" + cat;
       badge.textContent = item.triage ? item.triage.toUpperCase() : "—";
       t.appendChild(badge);
+      if (item.quality_flags && item.quality_flags.length) {
+        const why = document.createElement("div");
+        why.className = "quality";
+        why.textContent = "Needs a human: " + item.quality_flags.join("; ");
+        t.appendChild(why);
+      }
       cell(tr, item.state + (item.error ? ": " + item.error : ""));
       cell(tr, item.accession || "–");
       cell(tr, item.study_uid || "–", "uid");

@@ -1,0 +1,193 @@
+"""Quality gate after segmentation: are the lung masks fit to be quantified?
+
+The percent of lung involved is lesion volume / lung volume. When the lungs are not found
+whole, that ratio can look normal or mild while the study is anything but, so a study whose
+lungs fail one of these checks is flagged, and its triage becomes ``indeterminate`` ("needs a
+human"), never a silent normal or mild. The analysis still finishes: the numbers are written,
+with the flags beside them.
+
+Checks (each flag has a stable ``code`` and a one-line ``reason`` with the measured values):
+
+``truncated``
+    A lung touches the boundary of the reconstructed field of view (the image edge or the
+    padding outside a reconstruction circle) over at least :data:`TRUNCATION_MIN_CM2` of its
+    surface: part of it was not imaged.
+``lung_missing``
+    One lung is empty while the other is found.
+``asymmetric``
+    The smaller lung is below :data:`MIN_SIDE_RATIO` of the larger one (the right lung is
+    normally about 10-20 % larger than the left; a collapsed or resected lung, or a
+    segmentation failure, needs a human either way).
+``low_volume``
+    Less than :data:`MIN_ML_PER_CM` of lung per cm of the lungs' cranio-caudal extent (an
+    adult chest holds 120-250 mL per cm even in expiration).
+``gaps``
+    More than :data:`MAX_GAP_FRACTION` of the slices between the highest and the lowest
+    lung slice have (almost) no lung: the lungs were not found on most chest slices.
+
+Which situations decline instead (exit 2): a series with too little lung to be a chest CT
+at all (:func:`ct_triage.models.lungs.check_contains_lungs`). Everything else is analysed
+and flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ct_triage.kernels.accelerated import dilate_inplane_fast, label_inplane_fast
+from ct_triage.models.segmentation import LungLabel, Segmentation
+from ct_triage.models.volume import Volume
+
+__all__ = [
+    "MAX_GAP_FRACTION",
+    "MIN_ML_PER_CM",
+    "MIN_SIDE_RATIO",
+    "TRUNCATION_MIN_CM2",
+    "QualityFlag",
+    "QualityReport",
+    "assess_quality",
+]
+
+#: Lung surface on the field-of-view boundary (cm2) from which a lung is truncated.
+TRUNCATION_MIN_CM2: float = 10.0
+#: Smallest accepted ratio of the smaller lung's volume to the larger one's.
+MIN_SIDE_RATIO: float = 0.5
+#: Least lung volume (mL) per cm of the lungs' cranio-caudal extent.
+MIN_ML_PER_CM: float = 50.0
+#: Largest accepted share of slices without lung between apex and base.
+MAX_GAP_FRACTION: float = 0.1
+_MIN_SLICE_AREA_MM2 = 100.0
+_PADDING_HU = -1024
+
+
+@dataclass(frozen=True, slots=True)
+class QualityFlag:
+    """One failed check: a stable code and a one-line reason with the measured values."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class QualityReport:
+    """The quality gate's verdict on one segmentation."""
+
+    flags: tuple[QualityFlag, ...] = ()
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the lung segmentation passed every check."""
+        return not self.flags
+
+    @property
+    def summary(self) -> str:
+        """One line for people: ``"lung segmentation unreliable: REASON; REASON"`` or ``""``."""
+        if not self.flags:
+            return ""
+        return "lung segmentation unreliable: " + "; ".join(f.reason for f in self.flags)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``report.json`` → ``quality``)."""
+        return {
+            "lung_segmentation_reliable": self.reliable,
+            "flags": [{"code": f.code, "reason": f.reason} for f in self.flags],
+        }
+
+
+def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
+    """Run the checks of the module docstring on a segmentation of ``volume``."""
+    lungs = segmentation.lungs
+    if lungs.shape != volume.shape:
+        raise ValueError(f"lungs {lungs.shape} do not match the volume {volume.shape}")
+    vox_ml = volume.voxel_volume_ml
+    flags: list[QualityFlag] = []
+    ml = {
+        side: float(np.count_nonzero(lungs == label)) * vox_ml
+        for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT))
+    }
+    truncated = _truncated_cm2(volume, lungs)
+    cut = [f"{side} {cm2:.0f} cm2" for side, cm2 in truncated.items() if cm2 >= TRUNCATION_MIN_CM2]
+    if cut:
+        flags.append(
+            QualityFlag(
+                "truncated",
+                "lungs cut by the field of view (" + ", ".join(cut) + " of lung surface on "
+                "its edge)",
+            )
+        )
+    small, large = sorted(ml.values())
+    if large > 0 and small == 0:
+        missing = min(ml, key=lambda s: ml[s])
+        flags.append(QualityFlag("lung_missing", f"{missing} lung not found"))
+    elif large > 0 and small / large < MIN_SIDE_RATIO:
+        flags.append(
+            QualityFlag(
+                "asymmetric",
+                f"one lung far smaller than the other (right {ml['right']:.0f} mL, "
+                f"left {ml['left']:.0f} mL)",
+            )
+        )
+    per_slice = np.count_nonzero(lungs, axis=(1, 2))
+    present = np.flatnonzero(per_slice)
+    if present.size:
+        z0, z1 = int(present[0]), int(present[-1])
+        extent_cm = (z1 - z0 + 1) * volume.spacing[0] / 10.0
+        total = ml["right"] + ml["left"]
+        if extent_cm >= 5.0 and total / extent_cm < MIN_ML_PER_CM:
+            flags.append(
+                QualityFlag(
+                    "low_volume",
+                    f"too little lung for its extent ({total:.0f} mL over {extent_cm:.0f} cm, "
+                    f"expected >= {MIN_ML_PER_CM:g} mL/cm)",
+                )
+            )
+        area = per_slice[z0 : z1 + 1] * (volume.spacing[1] * volume.spacing[2])
+        empty = int(np.count_nonzero(area < _MIN_SLICE_AREA_MM2))
+        if empty > MAX_GAP_FRACTION * area.size:
+            flags.append(
+                QualityFlag(
+                    "gaps",
+                    f"lungs not found on {empty} of {area.size} slices between apex and base",
+                )
+            )
+    return QualityReport(tuple(flags))
+
+
+def _truncated_cm2(volume: Volume, lungs: npt.NDArray[np.uint8]) -> dict[str, float]:
+    """Lung surface (cm2) lying on the field-of-view boundary, per lung.
+
+    The boundary is the image frame plus the padding outside a reconstruction circle (voxels
+    at the loader's -1024 HU floor in in-plane pieces that touch the image frame, so clipped
+    voxels inside a lung or an airway do not count).
+    """
+    result = {"right": 0.0, "left": 0.0}
+    if not lungs.any():
+        return result
+    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
+    sub = lungs[zs[0] : zs[-1] + 1]
+    hu = volume.hu[zs[0] : zs[-1] + 1]
+    pad = _frame_connected(hu <= _PADDING_HU)
+    edge = dilate_inplane_fast(pad) if pad.any() else np.zeros(sub.shape, dtype=bool)
+    edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True
+    # one boundary voxel is a strip of (pixel size x slice spacing) of lung surface
+    strip_cm2 = float(np.mean(volume.spacing[1:])) * volume.spacing[0] / 100.0
+    for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT)):
+        result[side] = float(np.count_nonzero(edge & (sub == label))) * strip_cm2
+    return result
+
+
+def _frame_connected(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The in-plane pieces of ``mask`` that touch the image frame."""
+    if not mask.any():
+        return mask
+    lab, n = label_inplane_fast(mask)
+    frame = np.concatenate([lab[:, [0, -1], :].ravel(), lab[:, :, [0, -1]].ravel()])
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[frame] = True
+    keep[0] = False
+    result: npt.NDArray[np.bool_] = keep[lab]
+    return result
