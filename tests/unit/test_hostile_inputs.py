@@ -31,8 +31,9 @@ import pydicom
 import pytest
 from dicom_factory import SeriesSpec, write_series
 from hostile_series import analyze_env, run_analyze, write_small_phantom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from ct_triage.dicom_bridge import inputs
@@ -79,8 +80,11 @@ def _set(keyword: str, value: object) -> Mutation:
 def _raw(tag: int, vr: str, value: str) -> Mutation:
     """Store ``value`` as written (e.g. ``"NaN"`` in a DS), bypassing pydicom's checks."""
 
+    raw = value.encode("ascii")
+    raw += b"\0" if vr == "UI" and len(raw) % 2 else b" " * (len(raw) % 2)
+
     def apply(ds: Dataset) -> None:
-        ds[tag] = DataElement(tag, vr, value)
+        ds._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
 
     return apply
 
@@ -110,6 +114,10 @@ ANALYSED: dict[str, Mutation] = {
     "study_uid_missing": _remove("StudyInstanceUID"),
     "series_uid_missing": _remove("SeriesInstanceUID"),
     "frame_of_reference_missing": _remove("FrameOfReferenceUID"),
+    # found by the fuzzer: highdicom parses the dates, times and sex it copies
+    "study_date_invalid": _raw(0x00080020, "DA", "20201345"),
+    "study_time_invalid": _raw(0x00080030, "TM", "256199"),
+    "patient_sex_invalid": _raw(0x00100040, "CS", "X"),
 }
 
 
@@ -160,6 +168,9 @@ DECLINED: dict[str, tuple[Mutation, str]] = {
     "series_uid_invalid": (_set("SeriesInstanceUID", "1.2.abc.3"), "not a valid DICOM UID"),
     "study_uid_invalid": (_set("StudyInstanceUID", "1.2..3"), "not a valid DICOM UID"),
     "sop_uid_too_long": (_longer_sop_uid, "not a valid DICOM UID"),
+    # found by the fuzzer: float('abc') in the rescale, NaN cast to int16
+    "rescale_intercept_garbage": (_raw(0x00281052, "DS", "abc"), "RescaleSlope/Rescale"),
+    "rescale_slope_nan": (_raw(0x00281053, "DS", "NaN"), "RescaleSlope/Rescale"),
 }
 
 

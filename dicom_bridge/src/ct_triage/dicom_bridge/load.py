@@ -392,10 +392,14 @@ def _check_uniform(datasets: Sequence[Dataset], names: Sequence[str]) -> None:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise StudyDeclined("Multi-frame (enhanced) CT images are not supported")
         photometric = _text(ds, "PhotometricInterpretation").upper()
-        if photometric != "MONOCHROME2" or int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        if photometric != "MONOCHROME2" or samples != 1:
+            what = photometric or "of unknown colour model"
+            if photometric == "MONOCHROME2":
+                what = f"MONOCHROME2 with {samples} samples per pixel"
             raise StudyDeclined(
-                f"Image {name} is {photometric or 'of unknown colour model'}; "
-                "only MONOCHROME2 CT images are supported"
+                f"Image {name} is {what}; only MONOCHROME2 CT images (one sample per pixel) "
+                "are supported"
             )
         if (ds.get("Rows"), ds.get("Columns")) != shape0:
             raise StudyDeclined(
@@ -408,6 +412,7 @@ def _check_uniform(datasets: Sequence[Dataset], names: Sequence[str]) -> None:
             raise StudyDeclined("Slices of the series have different orientations")
         if np.max(np.abs(_floats(ds, "PixelSpacing", 2, name) - ps0)) > _PIXEL_SPACING_TOL:
             raise StudyDeclined("Slices of the series have different pixel spacings")
+        _rescale(ds, name)  # checked before any pixel buffer is allocated
         tilt = ds.get("GantryDetectorTilt")
         try:
             tilt_deg = float(tilt) if tilt not in (None, "") else 0.0
@@ -485,10 +490,27 @@ def _geometry(
     return order, median, normal, pos_sorted
 
 
+def _rescale(ds: Dataset, name: str) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept (PS3.3 C.11.1.1.2); absent or empty: 1 and 0.
+
+    Raises
+    ------
+    InvalidInput
+        A value that is not a finite number, or a zero slope.
+    """
+    try:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{name} has no valid RescaleSlope/RescaleIntercept") from exc
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope == 0:
+        raise InvalidInput(f"{name} has no valid RescaleSlope/RescaleIntercept")
+    return slope, intercept
+
+
 def _to_hu(ds: Dataset, stored: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.int16]:
     """Stored values -> int16 HU: rescale, padding (on stored values), -1024 floor."""
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept = _rescale(ds, "image")
     hu: npt.NDArray[np.int32] | npt.NDArray[np.float64]
     if slope == 1.0 and intercept.is_integer() and stored.dtype.itemsize <= 2:
         # Exact in int32 and identical to the float64 path, about 3x faster.

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.valuerep import DA, TM
 
 from ct_triage.dicom_bridge.writers import codes
 from ct_triage.models.identity import DISCLAIMER, DISCLAIMER_SHORT, ModelIdentity
@@ -203,6 +204,27 @@ def _positive_ds(ds: Dataset, keyword: str) -> bool:
     return math.isfinite(value) and value > 0
 
 
+def _parses(ds: Dataset, keyword: str) -> bool:
+    """Whether a Type 2 date, time or sex that highdicom parses is empty or valid."""
+    value = ds.get(keyword)
+    if value is None or str(value).strip() == "":
+        return True
+    try:
+        if keyword == "PatientSex":
+            return str(value).strip() in ("M", "F", "O")
+        if keyword == "StudyTime":
+            TM(str(value))
+        else:
+            DA(str(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
+
+
+#: Type 2 attributes highdicom parses (DA, TM, the PatientSex enumeration) and fails on.
+_PARSED_TYPE2: Final = ("PatientBirthDate", "StudyDate", "StudyTime", "PatientSex")
+
+
 def with_type2_defaults(
     source: Sequence[Dataset], *, slice_thickness_mm: float | None = None
 ) -> list[Dataset]:
@@ -211,7 +233,8 @@ def with_type2_defaults(
     highdicom copies the Patient and General Study modules from the first source image and
     requires their Type 2 attributes to be present. Anonymised or minimal headers often omit
     them, so the first header is deep-copied (the caller's dataset is left untouched; it
-    holds no Pixel Data, so the copy is cheap) and each missing one is added empty.
+    holds no Pixel Data, so the copy is cheap) and each missing one is added empty; so is a
+    date, time or Patient's Sex that is not valid (highdicom parses them).
 
     highdicom also takes the Pixel Measures (PS3.3 C.7.6.16.2.1) of a SEG from the first
     source image, where SliceThickness is Type 1: when the source lacks a finite positive
@@ -220,6 +243,8 @@ def with_type2_defaults(
     """
     first = source[0]
     missing = [kw for kw in _TYPE2_PATIENT_STUDY if kw not in first]
+    # An invalid date, time or sex is written empty (Type 2) rather than failing the SEG.
+    missing += [kw for kw in _PARSED_TYPE2 if kw in first and not _parses(first, kw)]
     bad_thickness = slice_thickness_mm is not None and not _positive_ds(first, "SliceThickness")
     bad_spacing = "SpacingBetweenSlices" in first and not _positive_ds(
         first, "SpacingBetweenSlices"
