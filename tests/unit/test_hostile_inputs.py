@@ -171,6 +171,8 @@ DECLINED: dict[str, tuple[Mutation, str]] = {
     # found by the fuzzer: float('abc') in the rescale, NaN cast to int16
     "rescale_intercept_garbage": (_raw(0x00281052, "DS", "abc"), "RescaleSlope/Rescale"),
     "rescale_slope_nan": (_raw(0x00281053, "DS", "NaN"), "RescaleSlope/Rescale"),
+    # found by the fuzzer: one value where six are due, len() of a number in selection
+    "orientation_one_value": (_raw(0x00200037, "DS", "NaN"), "image orientation"),
 }
 
 

@@ -304,12 +304,11 @@ def _image_type(ds: Dataset) -> tuple[str, ...]:
 
 def _orientation(ds: Dataset) -> tuple[float, ...] | None:
     value = ds.get("ImageOrientationPatient")
-    if value is None or len(value) != 6:
-        return None
     try:
-        return tuple(round(float(v), 3) for v in value)
+        values = tuple(round(float(v), 3) for v in value)  # TypeError: absent or one value
     except (TypeError, ValueError):
         return None
+    return values if len(values) == 6 else None
 
 
 def _plane_name(normal: npt.NDArray[np.float64]) -> str:
