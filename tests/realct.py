@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy import ndimage as ndi
 
-__all__ = ["VARIANTS", "read_series", "write_variant"]
+__all__ = ["VARIANTS", "heart_box", "read_series", "write_variant"]
 
 _PAD_HU = -3024
 _FOV_MM = 200.0
@@ -80,7 +80,7 @@ def _noise(seed: int) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.floa
     return add
 
 
-def _heart_box(datasets: list[Dataset]) -> tuple[int, int, int]:
+def heart_box(datasets: list[Dataset]) -> tuple[int, int, int]:
     """(row0, col0, size) of a ~200 mm square centred on the heart (left of the body centre)."""
     mid = datasets[len(datasets) // 2]
     hu = _hu(mid)
@@ -97,7 +97,7 @@ def _heart_box(datasets: list[Dataset]) -> tuple[int, int, int]:
 
 
 def _crop(datasets: list[Dataset], *, circle: bool) -> list[Dataset]:
-    row0, col0, size = _heart_box(datasets)
+    row0, col0, size = heart_box(datasets)
     out = []
     for ds in datasets:
         new = copy.deepcopy(ds)

@@ -294,7 +294,8 @@ def test_original_series_preferred_over_secondary_lung_kernel(tmp_path: Path) ->
     write_series(tmp_path / "b", replace(SPEC, series_number=4, kernel="STANDARD", study_uid=study))
     choice = select_series(discover(tmp_path).headers, SMALL)
     assert choice.series.series_number == 4
-    assert not choice.reasons[1].taken and "ranks higher" in choice.reasons[1].reason
+    assert not choice.reasons[1].taken
+    assert "ranks higher" in choice.reasons[1].reason
 
 
 def test_secondary_capture_is_declined(tmp_path: Path) -> None:

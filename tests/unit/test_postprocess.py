@@ -161,3 +161,20 @@ def test_full_size_speed() -> None:
     elapsed = time.perf_counter() - start
     assert (seg.lungs[100:150, 200:300, 240:250] == LungLabel.RIGHT).all()
     assert elapsed < 10.0  # ~1-2 s measured on 2 cores
+
+
+def test_contrast_filled_vessel_is_not_lesion() -> None:
+    """Lesion voxels above MAX_LESION_HU (contrast-filled vessels, bone) are dropped."""
+    hu = np.full((3, 40, 40), -850, dtype=np.int16)
+    lungs = np.zeros(hu.shape, dtype=np.uint8)
+    lungs[:, 5:35, 5:35] = LungLabel.RIGHT
+    lesions = np.zeros(hu.shape, dtype=np.uint8)
+    lesions[:, 10:20, 10:20] = LesionLabel.CONSOLIDATION
+    hu[:, 10:20, 10:15] = 450  # a contrast-filled vessel
+    hu[:, 10:20, 15:20] = 40  # consolidation
+    volume = Volume(hu=hu, spacing=(2.0, 2.0, 2.0))
+    seg = combine(volume, lungs, lesions)
+    assert not seg.lesions[:, 10:20, 10:15].any()
+    assert (seg.lesions[:, 10:20, 15:20] == LesionLabel.CONSOLIDATION).all()
+    kept = combine(volume, lungs, lesions, max_lesion_hu=None)
+    assert (kept.lesions[:, 10:20, 10:20] == LesionLabel.CONSOLIDATION).all()

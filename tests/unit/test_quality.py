@@ -110,3 +110,11 @@ def test_shape_mismatch_is_an_error(bad: tuple[int, int, int]) -> None:
     lungs: npt.NDArray[np.uint8] = np.zeros(bad, dtype=np.uint8)
     with pytest.raises(ValueError, match="do not match"):
         assess_quality(volume, Segmentation(lungs, lungs.copy(), SPACING))
+
+
+def test_a_few_slices_of_lung_are_too_little_coverage() -> None:
+    volume, seg = _chest()
+    few = Volume(hu=volume.hu[:3], spacing=SPACING)
+    report = assess_quality(few, Segmentation(seg.lungs[:3], seg.lesions[:3], SPACING))
+    assert _codes(report) == {"coverage"}
+    assert "1.5 cm" in report.flags[0].reason

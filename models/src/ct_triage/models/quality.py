@@ -21,6 +21,8 @@ Checks (each flag has a stable ``code`` and a one-line ``reason`` with the measu
 ``low_volume``
     Less than :data:`MIN_ML_PER_CM` of lung per cm of the lungs' cranio-caudal extent (an
     adult chest holds 120-250 mL per cm even in expiration).
+``coverage``
+    The lungs span less than :data:`MIN_EXTENT_CM` cranio-caudally (a few slices).
 ``gaps``
     More than :data:`MAX_GAP_FRACTION` of the slices between the highest and the lowest
     lung slice have (almost) no lung: the lungs were not found on most chest slices.
@@ -44,6 +46,7 @@ from ct_triage.models.volume import Volume
 
 __all__ = [
     "MAX_GAP_FRACTION",
+    "MIN_EXTENT_CM",
     "MIN_ML_PER_CM",
     "MIN_SIDE_RATIO",
     "TRUNCATION_MIN_CM2",
@@ -58,6 +61,9 @@ TRUNCATION_MIN_CM2: float = 10.0
 MIN_SIDE_RATIO: float = 0.5
 #: Least lung volume (mL) per cm of the lungs' cranio-caudal extent.
 MIN_ML_PER_CM: float = 50.0
+#: Least cranio-caudal extent (cm) of the lungs: a few slices of lung base say nothing about
+#: the lungs (sites may lower the slice minimum of series selection).
+MIN_EXTENT_CM: float = 10.0
 #: Largest accepted share of slices without lung between apex and base.
 MAX_GAP_FRACTION: float = 0.1
 _MIN_SLICE_AREA_MM2 = 100.0
@@ -137,6 +143,14 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
         z0, z1 = int(present[0]), int(present[-1])
         extent_cm = (z1 - z0 + 1) * volume.spacing[0] / 10.0
         total = ml["right"] + ml["left"]
+        if extent_cm < MIN_EXTENT_CM:
+            flags.append(
+                QualityFlag(
+                    "coverage",
+                    f"lungs imaged over only {extent_cm:.1f} cm (a chest CT covers about "
+                    f"25 cm; at least {MIN_EXTENT_CM:g} cm needed)",
+                )
+            )
         if extent_cm >= 5.0 and total / extent_cm < MIN_ML_PER_CM:
             flags.append(
                 QualityFlag(
