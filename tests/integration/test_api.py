@@ -403,6 +403,29 @@ def test_worklist_is_sorted_by_triage_priority(live: Live, study: Study) -> None
     assert old["items"] == []
 
 
+def test_indeterminate_studies_sort_after_severe_and_say_why(live: Live, study: Study) -> None:
+    """The quality gate's "needs a human" shows in the worklist, right after severe."""
+    with live.client("operator") as op:
+        ids = [submit(op, f"1.2.826.0.1.3680043.8.498.6{i}")["id"] for i in range(3)]
+    why = "lungs cut by the field of view (right 231 cm2 of lung surface on its edge)"
+    complete(live.store, ids[0], study, triage="mild", priority=4, severity_score=3)
+    complete(
+        live.store,
+        ids[1],
+        study,
+        triage="indeterminate",
+        priority=2,
+        severity_score=2,
+        quality_flags=[why],
+    )
+    complete(live.store, ids[2], study, triage="severe", priority=1, severity_score=20)
+    with live.client("viewer") as viewer:
+        items = viewer.get(f"{API}/worklist").json()["items"]
+    assert [i["triage"] for i in items] == ["severe", "indeterminate", "mild"]
+    assert items[1]["quality_flags"] == [why]
+    assert items[0]["quality_flags"] == []
+
+
 def test_batch_progress_and_csv(live: Live, study: Study) -> None:
     uids = [f"1.2.826.0.1.3680043.8.498.4{i}" for i in range(3)]
     with live.client("operator") as op:
