@@ -35,7 +35,7 @@ _FOV_MM = 200.0
 
 def read_series(folder: Path) -> list[Dataset]:
     """The CT slices of ``folder`` sorted inferior to superior."""
-    datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+    datasets: list[Dataset] = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
     datasets = [ds for ds in datasets if "PixelData" in ds]
     datasets.sort(key=lambda ds: float(ds.ImagePositionPatient[2]))
     return datasets
