@@ -132,6 +132,52 @@ def test_flipped_direction_swaps_sides() -> None:
     assert dice(lungs == LungLabel.LEFT, truth == LungLabel.RIGHT) >= 0.95
 
 
+def _cut(
+    volume: Volume, truth: npt.NDArray[np.uint8], x0: int, x1: int, *, circle: bool = False
+) -> tuple[Volume, npt.NDArray[np.uint8]]:
+    """Columns x0:x1 of a chest (a field of view that cuts it), optionally as a circle padded
+    with the loader's -1024 HU (a small reconstruction circle)."""
+    hu = np.array(volume.hu[:, :, x0:x1])
+    cut = np.array(truth[:, :, x0:x1])
+    if circle:
+        ny, nx = hu.shape[1:]
+        yy, xx = np.mgrid[:ny, :nx]
+        outside = ((yy - (ny - 1) / 2) / (ny / 2)) ** 2 + ((xx - (nx - 1) / 2) / (nx / 2)) ** 2 > 1
+        hu[:, outside] = -1024
+        cut[:, outside] = 0
+    return Volume(hu, volume.spacing), cut
+
+
+@pytest.mark.parametrize("circle", [False, True])
+def test_lungs_cut_by_the_field_of_view_stay_lung_on_their_side(circle: bool) -> None:
+    """A field of view off to the patient's left cuts the right lung open at the image edge
+    (or the reconstruction circle); it is still lung, and still the right lung."""
+    volume, truth = synthetic_chest(seed=3)
+    nx = volume.shape[2]
+    small, cut = _cut(volume, truth, nx // 5, nx, circle=circle)
+    assert (cut == LungLabel.RIGHT)[:, :, 0].any()  # the right lung really is cut
+    lungs = segment_lungs(small)
+    for side in (LungLabel.RIGHT, LungLabel.LEFT):
+        assert dice(lungs == side, cut == side) >= 0.9, side
+
+
+def test_sides_follow_the_mediastinum_not_the_body_centre() -> None:
+    """The side of each lung is decided at the valley between them (the mediastinum), not at
+    the body's centre, which a field of view or an arm can move into one lung."""
+    from ct_triage.models.lungs import _mediastinum_x
+
+    lungs = np.zeros((10, 40, 120), dtype=bool)
+    lungs[:, 5:35, 20:50] = True  # right lung
+    lungs[:, 5:35, 70:100] = True  # left lung
+    body = np.zeros_like(lungs)
+    body[:, :, 0:80] = True  # body centre at column 40, inside the right lung
+    assert _mediastinum_x(lungs, body, (2.0, 2.0, 2.0)) == pytest.approx(60.0, abs=3)
+    # one lung only: no valley, the body centre is all there is
+    assert _mediastinum_x(lungs & (np.arange(120) < 60), body, (2.0, 2.0, 2.0)) == pytest.approx(
+        39.5
+    )
+
+
 def test_fine_grid_is_downsampled_and_refined() -> None:
     volume, truth = synthetic_chest((40, 192, 192), (2.5, 0.7, 0.7), seed=3)
     lungs = segment_lungs(volume)
