@@ -10,12 +10,19 @@ then answers Success; it never runs inference. Status codes (PS3.4 B.2.3, PS3.7 
 * :data:`STATUS_OUT_OF_RESOURCES` ``0xA700`` -- the spool could not write (disk full, I/O
   error, permissions); the peer should retry later;
 * :data:`STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS` ``0xA900`` -- the data set's SOP Class
-  differs from the request's Affected SOP Class;
-* :data:`STATUS_CANNOT_UNDERSTAND` ``0xC000`` -- the header does not decode, or a UID is
-  missing or unsafe; :data:`STATUS_INSTANCE_MISMATCH` ``0xC001`` -- the data set's SOP
-  Instance UID differs from the request's Affected SOP Instance UID;
+  differs from the request's Affected SOP Class, or a CT image lacks what loading needs (no
+  Pixel Data, no valid Rows/Columns, PixelSpacing, position, orientation or rescale; see
+  :mod:`.usable`);
+* :data:`STATUS_CANNOT_UNDERSTAND` ``0xC000`` -- the header does not decode, a UID is
+  missing or unsafe, or a CT image's pixel data are truncated or do not decode;
+* :data:`STATUS_INSTANCE_MISMATCH` ``0xC001`` -- the data set's SOP Instance UID differs
+  from the request's Affected SOP Instance UID;
 * :data:`STATUS_PROCESSING_FAILURE` ``0x0110`` -- anything unexpected (logged once with its
   traceback); the association stays up.
+
+An instance refused for what it holds (``0xA900``, ``0xC000``) is never spooled, so it cannot
+make its series decline; the response's ErrorComment says why, and a later good copy of the
+same SOP Instance UID is stored as usual.
 
 Only the SOP Classes below are negotiated: CT Image Storage (analysed), Enhanced and Legacy
 Converted Enhanced CT (spooled so that selection can decline them with a reason), and our
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
@@ -64,6 +72,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from ct_triage.models.errors import InvalidInput, TriageError
 
 from .spool import Spool, StoreAction, read_instance_header
+from .usable import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    check_ct_image,
+)
 
 __all__ = [
     "ANALYSED_SOP_CLASSES",
@@ -88,10 +101,6 @@ VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
 STATUS_SUCCESS = 0x0000
 #: Refused: Out of Resources (PS3.4 B.2.3, A7xx).
 STATUS_OUT_OF_RESOURCES = 0xA700
-#: Error: Data Set does not match SOP Class (PS3.4 B.2.3, A9xx).
-STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-#: Error: Cannot understand (PS3.4 B.2.3, Cxxx): header does not decode / unsafe UID.
-STATUS_CANNOT_UNDERSTAND = 0xC000
 #: Error: Cannot understand (Cxxx): SOP Instance UID differs from the request's.
 STATUS_INSTANCE_MISMATCH = 0xC001
 #: Failure: Processing failure (PS3.7 C.4.2), for unexpected errors.
@@ -318,7 +327,7 @@ class StorageSCP:
             if stats is not None:
                 setattr(stats, field, getattr(stats, field) + 1)
 
-    def _on_c_store(self, event: evt.Event) -> int:
+    def _on_c_store(self, event: evt.Event) -> int | Dataset:
         """Storage SCP (PS3.4 B.2.2): validate, spool durably, then acknowledge."""
         calling = str(event.assoc.requestor.ae_title).strip()
         request = cast(C_STORE, event.request)
@@ -343,6 +352,19 @@ class StorageSCP:
                     calling,
                 )
                 status = STATUS_INSTANCE_MISMATCH
+            elif header.sop_class_uid == CTImageStorage and (refusal := check_ct_image(data)):
+                logger.warning(
+                    "C-STORE %s from %s refused (0x%04X), not spooled: %s",
+                    affected_uid,
+                    calling,
+                    refusal.status,
+                    refusal.reason,
+                )
+                self._count(event, "failed")
+                response = Dataset()
+                response.Status = refusal.status
+                response.ErrorComment = refusal.error_comment
+                return response
             else:
                 outcome = self.spool.store(data, calling_ae=calling, header=header)
                 status = STATUS_SUCCESS
