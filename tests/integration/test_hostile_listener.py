@@ -15,18 +15,30 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
+from dicom_factory import SeriesSpec, write_series
 from hostile_series import analyze_env, run_analyze, write_small_phantom
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
+from ct_triage.dicom_bridge.deliver import (
+    CStoreDestination,
+    DeliveryState,
+    InstanceState,
+    Outbox,
+    StowDestination,
+)
+from ct_triage.dicom_bridge.query import DimseClient, PacsNode
 from ct_triage.dicom_bridge.scp import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -34,11 +46,16 @@ from ct_triage.dicom_bridge.scp import (
     StorageSCP,
 )
 from ct_triage.dicom_bridge.spool import Spool
+from ct_triage.server.bridge import build_destinations
+from ct_triage.server.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 N_SLICES = 16
 REFUSED = {STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, STATUS_CANNOT_UNDERSTAND}
+T0 = 1_000_000.0
+#: Association timeout of the silent destination in the item 7 tests (seconds).
+ASSOCIATION_TIMEOUT_S = 6.0
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -199,3 +216,138 @@ def test_usable_instances_are_still_acknowledged(
     ds = items[0]
     rc, err = _analyse(spool.series_folder(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)))
     assert rc == 0, err
+
+
+# --- item 7: one unresponsive destination never delays another --------------------------------
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts TCP (the kernel completes the handshake) and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield int(sock.getsockname()[1])
+
+
+def _results(tmp_path: Path) -> list[Path]:
+    return write_series(tmp_path / "results", SeriesSpec(n_slices=3))
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_silent_destination_does_not_delay_a_healthy_one(
+    scp: StorageSCP, spool: Spool, silent_port: int, tmp_path: Path
+) -> None:
+    silent = CStoreDestination(
+        PacsNode("SILENT", "127.0.0.1", silent_port),
+        client=DimseClient(connect_timeout_s=2, acse_timeout_s=ASSOCIATION_TIMEOUT_S),
+    )
+    healthy = CStoreDestination(
+        PacsNode("CT_TRIAGE", "127.0.0.1", scp.port),
+        client=DimseClient(connect_timeout_s=2, acse_timeout_s=ASSOCIATION_TIMEOUT_S),
+    )
+    files = _results(tmp_path)
+    root = tmp_path / "box"
+    # The silent destination's delivery is queued first, so it is due first.
+    Outbox(root, {"silent": silent}, clock=lambda: T0 - 1).enqueue(files, job_ref="job")
+    box = Outbox(root, {"silent": silent, "healthy": healthy}, clock=lambda: T0)
+    box.enqueue(files, job_ref="job")
+    by_dest = {d.destination: d.id for d in box.pending()}
+
+    t0 = time.monotonic()
+    runner = threading.Thread(target=box.run_once, kwargs={"now": T0})
+    runner.start()
+    try:
+        assert _wait(lambda: box.get(by_dest["healthy"]).state is DeliveryState.DONE, 4.0), (
+            "the healthy destination waited for the silent one"
+        )
+        assert time.monotonic() - t0 < ASSOCIATION_TIMEOUT_S
+        assert box.get(by_dest["silent"]).state is DeliveryState.PENDING
+    finally:
+        runner.join(ASSOCIATION_TIMEOUT_S + 10)
+    assert not runner.is_alive()
+    (ds,) = {str(pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID) for f in files}
+    assert len(spool.instance_uids(ds)) == 3
+    silent_delivery = box.get(by_dest["silent"])
+    assert silent_delivery.state is DeliveryState.PENDING  # retried later
+    assert f"no answer within {ASSOCIATION_TIMEOUT_S:g} s" in silent_delivery.last_error
+
+    # A service loop does not wait: the silent destination is busy again, a new job to the
+    # healthy one is delivered meanwhile.
+    assert box.run_once(now=T0 + 1e6, wait=False) == 1  # the silent one's retry only
+    more = write_series(tmp_path / "more", SeriesSpec(n_slices=2))
+    second = {box.get(i).destination: i for i in box.enqueue(more, job_ref="job-2")}
+    t1 = time.monotonic()
+    box.run_once(now=T0 + 1e6, wait=False)  # silent still busy: skipped
+    assert _wait(lambda: box.get(second["healthy"]).state is DeliveryState.DONE, 4.0), (
+        "the second job waited for the silent destination"
+    )
+    assert time.monotonic() - t1 < ASSOCIATION_TIMEOUT_S
+    assert box.join(ASSOCIATION_TIMEOUT_S + 10)
+
+
+def test_delivery_timeouts_per_step_come_from_the_settings(
+    silent_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("CT_TRIAGE_DELIVERY_CONNECT_TIMEOUT_S", "1.5")
+    monkeypatch.setenv("CT_TRIAGE_DELIVERY_ASSOCIATION_TIMEOUT_S", "2")
+    monkeypatch.setenv("CT_TRIAGE_DELIVERY_STORE_TIMEOUT_S", "1")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        destinations=[
+            f"dimse:SILENT@127.0.0.1:{silent_port}",
+            "stow:http://127.0.0.1:9/dicom-web",
+        ],
+    )
+    dests = build_destinations(settings)
+    dimse = dests[f"dimse:SILENT@127.0.0.1:{silent_port}"]
+    stow = dests["stow:http://127.0.0.1:9/dicom-web"]
+    assert isinstance(dimse, CStoreDestination)
+    assert isinstance(stow, StowDestination)
+    client = dimse.client
+    assert (client.connect_timeout_s, client.acse_timeout_s, client.dimse_timeout_s) == (
+        1.5,
+        2.0,
+        1.0,
+    )
+    assert stow.node.timeout_s == 1.0
+
+    # Association step: a silent peer costs the configured 2 s, not 30.
+    t0 = time.monotonic()
+    result = dimse.send(_results(tmp_path))
+    assert time.monotonic() - t0 < 6
+    assert [o.state for o in result.outcomes] == [InstanceState.NOT_SENT] * 3
+
+
+def test_each_c_store_times_out_on_its_own(tmp_path: Path) -> None:
+    """A peer that accepts the association and never answers a C-STORE costs one timeout."""
+    release = threading.Event()
+
+    def hang(event: evt.Event) -> int:
+        release.wait(10)
+        return 0x0000
+
+    ae = AE(ae_title="HANGS")
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, hang)])
+    assert server is not None
+    try:
+        port = int(server.server_address[1])
+        dest = CStoreDestination(
+            PacsNode("HANGS", "127.0.0.1", port),
+            client=DimseClient(acse_timeout_s=5, dimse_timeout_s=1, network_timeout_s=5),
+        )
+        t0 = time.monotonic()
+        result = dest.send(_results(tmp_path))
+        assert time.monotonic() - t0 < 5
+        assert [o.state for o in result.outcomes] == [InstanceState.NOT_SENT] * 3
+        assert "no C-STORE response" in result.outcomes[0].reason
+    finally:
+        release.set()
+        server.shutdown()

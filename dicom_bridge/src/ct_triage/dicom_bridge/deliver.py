@@ -9,6 +9,11 @@ The :class:`Outbox` keeps deliveries in SQLite under its root, with the files ha
 same SOP Instance UIDs; instances a destination already acknowledged are not sent again.
 Transient failures are retried with exponential backoff and jitter; a rejection or
 ``max_attempts`` failures dead-letter the delivery with its reason, so nothing loops.
+Destinations are independent: each one's attempts run in a thread of their own, and the
+timeouts of each step (TCP connect, association, each C-STORE response or STOW-RS request)
+are the destination's (:class:`~ct_triage.dicom_bridge.query.DimseClient`,
+:class:`~ct_triage.dicom_bridge.dicomweb.DicomWebNode`), so an unresponsive one only delays
+itself.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import random
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -380,6 +386,8 @@ class Outbox:
         self._files_root = root / "outbox"
         self._files_root.mkdir(parents=True, exist_ok=True)
         self._db_path = root / "outbox.sqlite3"
+        self._busy: dict[str, threading.Thread] = {}
+        self._busy_lock = threading.Lock()
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
@@ -459,31 +467,82 @@ class Outbox:
         return ids
 
     # -- run -----------------------------------------------------------------------------
-    def run_once(self, now: float | None = None) -> int:
-        """Attempt every due pending delivery once; return how many were attempted."""
+    def run_once(self, now: float | None = None, *, wait: bool = True) -> int:
+        """Attempt every due pending delivery once; return how many were attempted.
+
+        Destinations are independent: the due deliveries of each destination are sent by a
+        thread of their own, so one that does not answer (it accepts TCP and then stays
+        silent until its timeouts expire) never delays another. A destination whose
+        previous attempt is still running is skipped; its deliveries stay due.
+
+        Parameters
+        ----------
+        now
+            Wall-clock time of this round (``clock()`` by default).
+        wait
+            Return once every attempt started here has finished (default); ``False``
+            returns at once (a service loop), :meth:`join` waits for them.
+        """
         now = self.clock() if now is None else now
+        claimed: dict[str, list[str]] = {}
         with self._connect() as db:
             due = [
-                str(r[0])
+                (str(r[0]), str(r[1]))
                 for r in db.execute(
-                    "SELECT id FROM deliveries WHERE state = 'pending' AND next_attempt_at <= ?"
+                    "SELECT id, destination FROM deliveries"
+                    " WHERE state = 'pending' AND next_attempt_at <= ?"
                     " ORDER BY next_attempt_at, created_at",
                     (now,),
                 )
             ]
-            attempted = 0
-            for delivery_id in due:
+            with self._busy_lock:
+                busy = {d for d, t in self._busy.items() if t.is_alive()}
+            for delivery_id, dest_name in due:
+                if dest_name in busy:
+                    continue
                 # Claim: bump attempts and push next_attempt_at out by the lease, atomically.
                 cur = db.execute(
                     "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?,"
                     " updated_at = ? WHERE id = ? AND state = 'pending' AND next_attempt_at <= ?",
                     (now + self.lease_s, now, delivery_id, now),
                 )
-                if cur.rowcount != 1:
-                    continue
-                attempted += 1
-                self._attempt(db, delivery_id, now)
-        return attempted
+                if cur.rowcount == 1:
+                    claimed.setdefault(dest_name, []).append(delivery_id)
+        threads = []
+        for dest_name, ids in claimed.items():
+            thread = threading.Thread(
+                target=self._attempt_all,
+                args=(dest_name, ids, now),
+                name=f"deliver-{dest_name}"[:60],
+                daemon=True,
+            )
+            with self._busy_lock:
+                self._busy[dest_name] = thread
+            thread.start()
+            threads.append(thread)
+        if wait:
+            for thread in threads:
+                thread.join()
+        return sum(len(ids) for ids in claimed.values())
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for attempts still running; ``True`` when none is left."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._busy_lock:
+            threads = list(self._busy.values())
+        for thread in threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+        return not any(t.is_alive() for t in threads)
+
+    def _attempt_all(self, dest_name: str, ids: Sequence[str], now: float) -> None:
+        """One destination's claimed deliveries, in order (its own thread)."""
+        try:
+            with self._connect() as db:
+                for delivery_id in ids:
+                    self._attempt(db, delivery_id, now)
+        except Exception:  # boundary of the thread: logged once; the lease re-offers them
+            LOGGER.exception("outbox: attempts to %s failed unexpectedly", dest_name)
 
     def _attempt(self, db: sqlite3.Connection, delivery_id: str, now: float) -> None:
         job_ref, dest_name, attempts = db.execute(

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,18 +102,27 @@ def dicomweb_node(settings: Settings, url: str | None = None) -> DicomWebNode | 
 
 
 def build_destinations(settings: Settings) -> dict[str, Destination]:
-    """Delivery destinations named by ``settings.destinations``."""
+    """Delivery destinations named by ``settings.destinations``, with the delivery timeouts."""
     out: dict[str, Destination] = {}
     for spec in settings.destinations:
         kind, _, target = spec.partition(":")
         if kind == "dimse":
             aet, host, port = parse_dimse_node(target)
             node = PacsNode(aet, host, port, tls=_ssl_client(settings))
-            out[spec] = CStoreDestination(node, client=DimseClient(settings.ae_title))
+            client = DimseClient(
+                settings.ae_title,
+                connect_timeout_s=settings.delivery_connect_timeout_s,
+                acse_timeout_s=settings.delivery_association_timeout_s,
+                dimse_timeout_s=settings.delivery_store_timeout_s,
+                network_timeout_s=max(
+                    settings.delivery_store_timeout_s, settings.delivery_association_timeout_s
+                ),
+            )
+            out[spec] = CStoreDestination(node, client=client)
         else:
             web = dicomweb_node(settings, target)
             assert web is not None
-            out[spec] = StowDestination(web)
+            out[spec] = StowDestination(replace(web, timeout_s=settings.delivery_store_timeout_s))
     return out
 
 
@@ -213,10 +222,17 @@ class Bridge:
         except TriageError as exc:
             raise ConfigurationError(f"PACS check failed: {exc}") from exc
 
+    #: How long :meth:`close` waits for delivery attempts still running (seconds).
+    CLOSE_WAIT_S: float = 10.0
+
     def close(self) -> None:
-        """Stop the listener and close the durable state."""
+        """Stop the listener, wait a little for running deliveries, close the state."""
         if self.scp is not None:
             self.scp.stop()
+        if not self.outbox.join(timeout_s=self.CLOSE_WAIT_S):
+            logger.warning(
+                "deliveries still running at shutdown; they are re-sent after their lease"
+            )
         self.spool.close()
         self._state.close()
 
@@ -233,7 +249,7 @@ class Bridge:
         while not stop.is_set():
             try:
                 self.process_due()
-                self.deliver()
+                self.deliver(wait=False)
                 if self.settings.poll_interval_s and time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.settings.poll_interval_s
                     self.poll_once()
@@ -482,11 +498,13 @@ class Bridge:
         )
 
     # -- delivery ------------------------------------------------------------------------
-    def deliver(self, now: float | None = None) -> int:
-        """Attempt every due delivery once; returns how many were attempted."""
+    def deliver(self, now: float | None = None, *, wait: bool = True) -> int:
+        """Attempt every due delivery once, each destination in parallel; returns how many
+        were attempted. ``wait=False`` (the service loops) returns without waiting for them:
+        a destination still busy is skipped by the next call, the others go on."""
         if not self.outbox_has_destinations:
             return 0
-        return self.outbox.run_once(now)
+        return self.outbox.run_once(now, wait=wait)
 
     # -- pull mode -----------------------------------------------------------------------
     def find_studies(

@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     destinations: list[str] = Field(default_factory=list)
     delivery_max_attempts: int = Field(default=5, ge=1)
     delivery_backoff_s: float = Field(default=2.0, gt=0)
+    #: Delivery timeouts, per step and per destination (each destination is sent to by a
+    #: thread of its own, so a silent one delays only itself): TCP connect; association
+    #: negotiation (A-ASSOCIATE-AC/RJ, A-RELEASE-RP); each C-STORE response, and each STOW-RS
+    #: request.
+    delivery_connect_timeout_s: float = Field(default=10.0, gt=0)
+    delivery_association_timeout_s: float = Field(default=30.0, gt=0)
+    delivery_store_timeout_s: float = Field(default=120.0, gt=0)
     #: ``serve`` refuses to start when the configured PACS does not answer C-ECHO/QIDO-RS.
     pacs_check_at_startup: bool = True
     #: Pull mode: poll the PACS for new CT studies every N seconds (0 = off).

@@ -267,7 +267,7 @@ def run_workers(
     def deliver_loop() -> None:
         while not stop.is_set():
             try:
-                bridge.deliver()
+                bridge.deliver(wait=False)  # destinations run on their own threads
             except TriageError as exc:
                 logger.error("delivery step failed: %s", exc)
             except Exception:
