@@ -342,3 +342,65 @@ def test_augment_flips_only_when_asked(flip: bool) -> None:
     centre = (bright.sum(dim=1) * cols).sum(dim=1) / bright.sum(dim=(1, 2))
     on_right = int((centre > 32).sum())
     assert (on_right > 10) if flip else (on_right == 0)
+
+
+def test_crossvalidation_folds_partition_the_medseg_slices(shared_data: Path) -> None:
+    from ct_triage.models.train.data import N_FOLDS, medseg_split
+
+    held: list[str] = []
+    for fold in range(N_FOLDS):
+        train, val = medseg_split(shared_data, fold)
+        assert len(val) == 10
+        assert not {f.name for f in train} & {f.name for f in val}
+        held += [f.name for f in val]
+    everything, none = medseg_split(shared_data, -1)
+    assert sorted(held) == sorted(f.name for f in everything)  # each slice held out once
+    assert none == []
+    with pytest.raises(ValueError, match="fold"):
+        medseg_split(shared_data, 5)
+
+
+def test_semiseg_slices_are_turned_to_the_radiological_convention() -> None:
+    from ct_triage.models.train.data import _oriented
+
+    img = np.zeros((4, 6))
+    img[3, 0] = 1  # coronacases: stored with the spine (here the mark) on the left
+    assert np.argwhere(_oriented(img, "Data-1_coronacases_org_001"))[0].tolist() == [5, 3]
+    img = np.zeros((4, 6))
+    img[3, 0] = 1  # radiopaedia: transposed
+    assert np.argwhere(_oriented(img, "x_radiopaedia_org_y"))[0].tolist() == [0, 3]
+    with pytest.raises(ValueError, match="no orientation"):
+        _oriented(img, "unknown_source")
+
+
+def test_semiseg_samples_have_calibrated_hu_and_lesion_labels(shared_data: Path) -> None:
+    from ct_triage.models.train.data import semiseg_samples
+
+    samples = semiseg_samples(shared_data, 64, every=200)
+    assert len(samples) >= 10
+    lesion = 0.0
+    for s in samples:
+        assert s.kind == "semiseg"
+        assert s.onehot.shape == (3, 64, 64)
+        lesion += float(s.onehot[1:].astype(np.float32).sum())
+    assert lesion > 0
+    # dark lung near -850 HU and soft tissue near +90 HU after the two-point calibration
+    hu = np.concatenate([s.hu.ravel() for s in samples])
+    inside = hu[hu > -1020]
+    assert -950 < float(np.percentile(inside, 25)) < -600
+    assert -200 < float(np.percentile(inside, 90)) < 400
+
+
+@pytest.mark.parametrize("strength", [-1.0, 1.0])
+def test_kernel_augmentation_blurs_or_sharpens(strength: float) -> None:
+    import torch
+
+    from ct_triage.models.train.loop import _kernel
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((2, 1, 32, 32), generator=gen)
+    out = _kernel(x, torch.tensor([strength, 0.0]))
+    detail = float((out[0] - out[0].mean()).std())
+    before = float((x[0] - x[0].mean()).std())
+    assert (detail < before) if strength < 0 else (detail > before)
+    assert torch.equal(out[1], x[1])  # |strength| < 0.3: unchanged

@@ -47,6 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--init", type=Path, default=None, help="checkpoint.pt of an earlier run to start from"
     )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="MedSeg cross-validation fold 0-4 (its 10 slices held out), or -1: train on all 50",
+    )
+    parser.add_argument(
+        "--negatives",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="real lesion-free chest CT volumes (.npz; python -m ct_triage.dicom_bridge.to_npz)",
+    )
     parser.add_argument("--version", default="0.2.0")
     parser.add_argument(
         "--cache", type=Path, default=None, help="folder to keep the cached phantom slices in"
@@ -76,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         lr=args.lr,
         phantom_volumes=args.phantom_volumes,
         init=str(args.init) if args.init else None,
+        fold=args.fold,
+        negatives=tuple(str(p) for p in args.negatives) if args.negatives else None,
     )
     if cfg.needs_init and not cfg.init:
         parser.error(f"--config {cfg.name} needs --init CHECKPOINT")
     data_dir = args.data or default_data_dir()
     result = train(cfg, data_dir, progress=not args.quiet, cache_dir=args.cache)
     spec = input_spec(cfg)
-    train_files, val_files = medseg_split(data_dir)
+    train_files, val_files = medseg_split(data_dir, cfg.fold)
     training = TrainingInfo(
         data=DATA_DESCRIPTION.format(
             n_train=len(train_files),
@@ -132,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         from ct_triage.models.runtime.onnx import OnnxPredictor
 
         predictor = OnnxPredictor(out / manifest.file, provider="cpu", threads=cfg.threads)
-        metrics = evaluate_slices(predictor.predict, result.validation, spec)
+        metrics = (
+            evaluate_slices(predictor.predict, result.validation, spec) if result.validation else {}
+        )
     else:
         from ct_triage.models.train.measure import measure_model
 

@@ -35,6 +35,18 @@ class TrainConfig:
     #: the rest are phantom slices (or, without phantoms, healthy slices).
     medseg_share: float = 0.45
     healthy_share: float = 0.1
+    #: Share of each batch from the unlabelled real COVID-19 slices with Semi-Inf-Net's
+    #: pseudo-labels (``data.semiseg_samples``); 0: not loaded.
+    semiseg_share: float = 0.0
+    #: Real lesion-free chest CT volumes (``.npz``, see ``data.negative_volume_samples``)
+    #: whose lung slices join the healthy pool (``--negatives``).
+    negatives: tuple[str, ...] = ()
+    #: MedSeg split: None = the fixed 40/10 split; 0..4 = cross-validation fold; -1 = all 50
+    #: slices train (no MedSeg validation: checkpoint chosen on the phantoms alone).
+    fold: int | None = None
+    #: Reconstruction-kernel augmentation: a random blur (soft kernel) or sharpening per
+    #: sample, so the involvement does not move with the scanner's kernel.
+    kernel_aug: bool = False
     phantom_volumes: int = 0
     phantom_per_volume: int = 32
     #: Held-out phantoms (seed -> severity) scored during training for checkpoint selection;
@@ -45,6 +57,10 @@ class TrainConfig:
     #: the error being the mean or the maximum over the selection phantoms (``poi_metric``).
     poi_weight: float = 0.01
     poi_metric: str = "mean"
+    #: Whether the checkpoint and bias score includes the MedSeg validation Dice. Off for the
+    #: cross-validated recipe: a fold's held-out slices are only measured, never chosen on
+    #: (the score is then the phantom error alone).
+    select_on_validation: bool = True
     #: Background-logit biases tried after training on the selection data (same score);
     #: the best is baked into the exported softmax head. Empty: no calibration.
     calibrate_biases: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -97,6 +113,40 @@ _FINETUNE_CONTEXT = replace(
     _FINETUNE, name="finetune-context", patch=0, flip=False, phantom_volumes=128
 )
 
+#: Semi-supervised recipe of 0.5.0 (issue 15): real pseudo-labelled slices, real
+#: lesion-free chests as hard negatives, kernel and noise augmentation, whole inputs without
+#: flips. ``semi-pretrain`` sees no MedSeg slice (so that each cross-validation fold starts
+#: from weights that never saw its held-out slices); ``semi`` fine-tunes it per fold.
+_SEMI_PRETRAIN = TrainConfig(
+    name="semi-pretrain",
+    steps=1500,
+    batch_size=8,
+    patch=160,
+    medseg_share=0.0,
+    healthy_share=0.2,
+    semiseg_share=0.4,
+    phantom_volumes=48,
+    selection_phantoms=SELECTION_PHANTOMS,
+    eval_every=500,
+    kernel_aug=True,
+    calibrate_biases=(),
+    measure=False,
+    select_on_validation=False,
+)
+_SEMI = replace(
+    _FINETUNE_CONTEXT,
+    name="semi",
+    steps=600,
+    patch=160,
+    medseg_share=0.3,
+    healthy_share=0.2,
+    semiseg_share=0.25,
+    phantom_volumes=48,
+    kernel_aug=True,
+    eval_every=200,
+    select_on_validation=False,
+)
+
 #: Pixels denser than this (HU of the augmented input) get ``soft_tissue_weight``.
 SOFT_TISSUE_HU: float = -300.0
 
@@ -133,6 +183,8 @@ CONFIGS: dict[str, TrainConfig] = {
     "finetune-soft-tissue": replace(
         _FINETUNE_CONTEXT, name="finetune-soft-tissue", soft_tissue_weight=1.0, lr=3e-4, steps=2000
     ),
+    "semi-pretrain": _SEMI_PRETRAIN,
+    "semi": _SEMI,
     "gpu": TrainConfig(
         name="gpu",
         steps=20000,

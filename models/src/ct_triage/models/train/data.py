@@ -57,11 +57,32 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parents[5].parent / "shared" / "data"
 
 
-def medseg_split(data_dir: Path) -> tuple[list[Path], list[Path]]:
-    """The fixed train / validation split of the MedSeg slices (seeded, by sorted index)."""
+#: Folds of the cross-validation over the MedSeg slices (``fold`` 0..N_FOLDS-1).
+N_FOLDS = 5
+
+
+def medseg_split(data_dir: Path, fold: int | None = None) -> tuple[list[Path], list[Path]]:
+    """A train / validation split of the MedSeg slices (seeded, by sorted index).
+
+    ``fold=None``: the fixed split of earlier models (10 validation slices). ``fold=k``
+    (0..4): fold ``k`` of a seeded 5-fold partition of all slices (each slice is validated in
+    exactly one fold). ``fold=-1``: every slice trains, the validation list is empty (the
+    model shipped after cross-validation).
+    """
     files = sorted((data_dir / MEDSEG_DIR).glob("*.npz"))
     if len(files) <= N_VALIDATION:
         raise FileNotFoundError(f"expected the MedSeg slices in {data_dir / MEDSEG_DIR}")
+    if fold is not None:
+        if fold == -1:
+            return files, []
+        if not 0 <= fold < N_FOLDS:
+            raise ValueError(f"fold must be -1 or in 0..{N_FOLDS - 1}, got {fold}")
+        order = np.random.default_rng(SPLIT_SEED + 1).permutation(len(files))
+        held = set(order[fold::N_FOLDS].tolist())
+        return (
+            [f for i, f in enumerate(files) if i not in held],
+            [f for i, f in enumerate(files) if i in held],
+        )
     rng = np.random.default_rng(SPLIT_SEED)
     val_idx = set(rng.choice(len(files), size=N_VALIDATION, replace=False).tolist())
     train = [f for i, f in enumerate(files) if i not in val_idx]
@@ -141,6 +162,128 @@ def healthy_samples(data_dir: Path, size: int, margin_mm: float) -> list[Sample]
             for k in range(img.shape[0]):
                 hu, oh = _cache(img[k], np.zeros(img.shape[1:], np.uint8), box, size)
                 out.append(Sample(hu, oh, f"{dq.name}[{k}]", "healthy"))
+    return out
+
+
+SEMISEG_DIR = Path("covid_semiseg_unlabelled")
+#: How to turn each source's stored arrays into the radiological convention (anterior up,
+#: the patient's right on the image left), decided by looking at every volume's slices: the
+#: coronacases volumes are stored with the spine on the left (rotate 90 degrees
+#: counter-clockwise), the Radiopaedia volumes with the spine on the right and the heart
+#: below (transpose).
+SEMISEG_ORIENTATION = {"coronacases": "rot90", "radiopaedia": "transpose"}
+#: Approximate HU of an 8-bit lung-window slice, as the MedSeg slices were calibrated:
+#: healthy lung (the median grey of the dark lung pixels) at -850 HU, 1500 HU per 255 grey.
+_APPROX_LUNG_HU = -850.0
+#: The median soft-tissue HU that the MedSeg calibration gives its slices (measured: +40 to
+#: +250, about +90 typical); the second calibration point of the unlabelled slices.
+_APPROX_TISSUE_HU = 90.0
+#: A pseudo-labelled pixel denser than this (approximate HU) is consolidation, else GGO
+#: (Semi-Inf-Net's pseudo-labels are binary).
+PSEUDO_CONSOLIDATION_HU = -250.0
+_PSEUDO_MAX_HU = 300.0
+
+
+def _oriented(img: npt.NDArray[np.generic], name: str) -> npt.NDArray[np.generic]:
+    for key, how in SEMISEG_ORIENTATION.items():
+        if key in name:
+            return np.rot90(img, 1) if how == "rot90" else img.T
+    raise ValueError(f"no orientation known for {name}")
+
+
+def _otsu(img: npt.NDArray[np.float32]) -> float:
+    """Otsu's threshold of an 8-bit image."""
+    hist, _ = np.histogram(img, 256, (0, 256))
+    p = hist / max(1, hist.sum())
+    w = np.cumsum(p)
+    m = np.cumsum(p * np.arange(256))
+    between = (m[-1] * w - m) ** 2 / (w * (1 - w) + 1e-9)
+    return float(np.argmax(between))
+
+
+def semiseg_samples(data_dir: Path, size: int, *, every: int = 2) -> list[Sample]:
+    """The unlabelled real COVID-19 slices with Semi-Inf-Net's (noisy) pseudo-labels.
+
+    Every ``every``-th slice of each volume (neighbours are near duplicates), oriented by
+    :data:`SEMISEG_ORIENTATION`, with approximate HU (a two-point calibration per volume, see
+    the code); pseudo-lesion pixels are consolidation above
+    :data:`PSEUDO_CONSOLIDATION_HU`, GGO below. The whole image is the box (thorax crops).
+    """
+    from PIL import Image
+    from scipy import ndimage
+
+    root = data_dir / SEMISEG_DIR
+    files = sorted((root / "images").glob("*.jpg"))
+    by_volume: dict[str, list[tuple[int, Path]]] = {}
+    for f in files:
+        volume, _, index = f.stem.rpartition("_")
+        by_volume.setdefault(volume, []).append((int(index), f))
+    out: list[Sample] = []
+    for volume, items in sorted(by_volume.items()):
+        items.sort()
+        chosen = items[::every]
+        images = [np.asarray(Image.open(f).convert("L"), dtype=np.float32) for _, f in chosen]
+        masks = []
+        for _, f in chosen:
+            label = root / "pseudo_labels" / f"{f.stem}.png"
+            m = np.asarray(Image.open(label).convert("L")) > 127
+            masks.append(m)
+        # two-point calibration per volume (the sources used different windows): the median
+        # grey of the dark (lung) and bright (soft tissue) pixels inside the body, split at
+        # Otsu's threshold, go to -850 HU and to the soft-tissue HU the MedSeg calibration
+        # gives on average
+        dark, bright = [], []
+        for img in images:
+            t = _otsu(img)
+            body = ndimage.binary_fill_holes(ndimage.binary_opening(img > t, iterations=2))
+            dark.append(img[body & (img <= t)])
+            bright.append(img[body & (img > t)])
+        lung_u8 = float(np.median(np.concatenate(dark))) if dark else 0.0
+        tissue_u8 = float(np.median(np.concatenate(bright))) if bright else 255.0
+        if tissue_u8 - lung_u8 < 20:
+            logger.warning("semi: volume %s has no lung/tissue contrast, skipped", volume)
+            continue
+        slope = (_APPROX_TISSUE_HU - _APPROX_LUNG_HU) / (tissue_u8 - lung_u8)
+        for (_, f), img, m in zip(chosen, images, masks, strict=True):
+            img = np.asarray(_oriented(img, volume), dtype=np.float32)
+            m = np.asarray(_oriented(m, volume))
+            hu = np.clip((img - lung_u8) * slope + _APPROX_LUNG_HU, -1024.0, 3071.0)
+            # the pseudo-labels mark bone and things outside the patient at times: keep the
+            # pixels inside the body that are not bone
+            body = ndimage.binary_fill_holes(ndimage.binary_opening(hu > -500, iterations=2))
+            m = m & body & (hu < _PSEUDO_MAX_HU)
+            cls = np.where(m, np.where(hu > PSEUDO_CONSOLIDATION_HU, 2, 1), 0).astype(np.uint8)
+            g, oh = _cache(hu, cls, whole_image_box(hu.shape), size)
+            out.append(Sample(g, oh.astype(np.float16), f.name, "semiseg"))
+    logger.info(
+        "semi-supervised: %d pseudo-labelled slices from %d volumes", len(out), len(by_volume)
+    )
+    return out
+
+
+def negative_volume_samples(paths: list[Path], size: int, margin_mm: float) -> list[Sample]:
+    """Lung slices of real lesion-free chest CT volumes (``.npz`` with ``image``, ``spacing``).
+
+    Nodules and masses are not pneumonia: every pixel is background. The box is the lung box
+    of the whole volume from the classical lungs, as at inference. Make the ``.npz`` from a
+    DICOM series with ``python -m ct_triage.dicom_bridge.to_npz``.
+    """
+    from ct_triage.models.lungs import segment_lungs
+
+    out: list[Sample] = []
+    for path in paths:
+        with np.load(path) as d:
+            img = d["image"].astype(np.int16)
+            sp = tuple(float(v) for v in d["spacing"])
+        volume = Volume(hu=img, spacing=(sp[0], sp[1], sp[2]))
+        lungs = segment_lungs(volume)
+        box = lung_box(lungs, (sp[1], sp[2]), margin_mm=margin_mm)
+        if box is None:
+            continue
+        zero = np.zeros(img.shape[1:], np.uint8)
+        for z in np.flatnonzero(np.count_nonzero(lungs, axis=(1, 2)) > 200):
+            g, oh = _cache(img[z], zero, box, size)
+            out.append(Sample(g, oh.astype(np.float16), f"{path.name}[{z}]", "healthy"))
     return out
 
 

@@ -31,8 +31,10 @@ from ct_triage.models.train.data import (
     load_medseg,
     medseg_samples,
     medseg_split,
+    negative_volume_samples,
     phantom_cases,
     phantom_samples,
+    semiseg_samples,
 )
 
 logger = logging.getLogger(__name__)
@@ -110,9 +112,31 @@ def augment(
     x = nnf.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     oh = nnf.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = oh.argmax(dim=1, keepdim=True)
+    if cfg.kernel_aug:
+        x = _kernel(x, u(-1.0, 1.0))
     sigma = u(0.0, 0.03).view(b, 1, 1, 1)
     x = x + sigma * torch.randn(x.shape, generator=gen)
     return x.float(), y
+
+
+def _kernel(x: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """Per-sample reconstruction-kernel change: ``strength`` < 0 blurs (a Gaussian of sigma up
+    to 1.2 px, a soft kernel), > 0 sharpens (unsharp masking, up to 1.0 x the detail);
+    ``|strength| < 0.3`` leaves the sample as it is."""
+    b = x.shape[0]
+    r = torch.arange(-2, 3, dtype=x.dtype)
+    sigma = (1.2 * strength.abs()).clamp(min=0.3)
+    g1 = torch.exp(-(r[None] ** 2) / (2 * sigma[:, None] ** 2))
+    g1 = g1 / g1.sum(dim=1, keepdim=True)
+    g2 = g1[:, :, None] * g1[:, None, :]  # (B, 5, 5)
+    blurred = nnf.conv2d(
+        nnf.pad(x.transpose(0, 1), (2, 2, 2, 2), mode="replicate"), g2[:, None], groups=b
+    ).transpose(0, 1)
+    blur = (strength < -0.3).view(b, 1, 1, 1)
+    sharpen = (strength > 0.3).view(b, 1, 1, 1)
+    amount = strength.clamp(min=0.0).view(b, 1, 1, 1)
+    out = torch.where(blur, blurred, x)
+    return torch.where(sharpen, x + amount * (x - blurred), out)
 
 
 def soft_tissue_ce(
@@ -223,6 +247,16 @@ def evaluate_phantoms(
     }
 
 
+def _no_slices() -> dict[str, float]:
+    """Slice metrics when every MedSeg slice trains (``fold=-1``): the score is the phantoms'."""
+    return {"lesion_dice": 0.0, "ggo_dice": 0.0, "consolidation_dice": 0.0}
+
+
+def _slice_score(metrics: dict[str, float], cfg: TrainConfig) -> float:
+    """The MedSeg validation part of the selection score (0 when it must not choose)."""
+    return metrics["lesion_dice"] if cfg.select_on_validation else 0.0
+
+
 def _selection_error(metrics: dict[str, float], cfg: TrainConfig) -> float:
     """The phantom percent-involvement error (pp) the checkpoint score weighs."""
     key = "phantom_poi_max_abs_error_pp" if cfg.poi_metric == "max" else "phantom_poi_abs_error_pp"
@@ -250,10 +284,14 @@ def train(
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     spec = input_spec(cfg)
-    train_files, val_files = medseg_split(data_dir)
+    train_files, val_files = medseg_split(data_dir, cfg.fold)
     t0 = time.perf_counter()
-    medseg = medseg_samples(train_files, cfg.size)
+    medseg = medseg_samples(train_files, cfg.size) if cfg.medseg_share > 0 else []
     healthy = healthy_samples(data_dir, cfg.size, cfg.crop_margin_mm)
+    healthy += negative_volume_samples(
+        [Path(p) for p in cfg.negatives], cfg.size, cfg.crop_margin_mm
+    )
+    semiseg = semiseg_samples(data_dir, cfg.size) if cfg.semiseg_share > 0 else []
     phantoms = phantom_samples(
         cfg.phantom_volumes,
         cfg.size,
@@ -273,18 +311,19 @@ def train(
         len(selection),
         time.perf_counter() - t0,
     )
-    pools = [p for p in (medseg, healthy, phantoms) if p]
+    pools = [p for p in (medseg, healthy, phantoms, semiseg) if p]
     shares = np.array(
         [
             cfg.medseg_share,
-            cfg.healthy_share if phantoms else 1.0 - cfg.medseg_share,
-            1.0 - cfg.medseg_share - cfg.healthy_share,
+            cfg.healthy_share if phantoms else 1.0 - cfg.medseg_share - cfg.semiseg_share,
+            1.0 - cfg.medseg_share - cfg.healthy_share - cfg.semiseg_share,
+            cfg.semiseg_share,
         ]
-    )[[bool(medseg), bool(healthy), bool(phantoms)]]
+    )[[bool(medseg), bool(healthy), bool(phantoms), bool(semiseg)]]
     shares = shares / shares.sum()
     pool_hu = [torch.from_numpy(np.stack([s.hu for s in p]))[:, None] for p in pools]
     pool_oh = [torch.from_numpy(np.stack([s.onehot for s in p])) for p in pools]
-    pool_approx = [p[0].kind == "medseg" for p in pools]
+    pool_approx = [p[0].kind in ("medseg", "semiseg") for p in pools]
 
     net = build_lesion_net(cfg.net)
     if cfg.init:
@@ -331,11 +370,11 @@ def train(
         if (step + 1) % cfg.eval_every == 0 or last:
             net.eval()
             predict = torch_predictor(net, device)
-            metrics = evaluate_slices(predict, val, spec)
+            metrics = evaluate_slices(predict, val, spec) if val else _no_slices()
             metrics["healthy_fp_fraction"] = healthy_false_positive(predict, healthy, spec)
             metrics.update(evaluate_phantoms(predict, selection, spec))
             poi = _selection_error(metrics, cfg)
-            metrics["score"] = metrics["lesion_dice"] - cfg.poi_weight * poi
+            metrics["score"] = _slice_score(metrics, cfg) - cfg.poi_weight * poi
             if metrics["score"] > best_score:
                 best_score, best_state = metrics["score"], copy.deepcopy(net.state_dict())
             n = (step % cfg.eval_every) + 1
@@ -370,10 +409,10 @@ def train(
     if cfg.calibrate_biases:
         for bias in cfg.calibrate_biases:
             predict = torch_predictor(net, device, bias)
-            m = evaluate_slices(predict, val, spec)
+            m = evaluate_slices(predict, val, spec) if val else _no_slices()
             m.update(evaluate_phantoms(predict, selection, spec))
             poi = _selection_error(m, cfg)
-            m.update(background_bias=bias, score=m["lesion_dice"] - cfg.poi_weight * poi)
+            m.update(background_bias=bias, score=_slice_score(m, cfg) - cfg.poi_weight * poi)
             result.calibration.append(m)
             logger.info(
                 "background bias %.2f: val lesion Dice %.4f, phantom POI err %.2f pp, score %.4f",
