@@ -137,7 +137,7 @@ def _cut(
 ) -> tuple[Volume, npt.NDArray[np.uint8]]:
     """Columns x0:x1 of a chest (a field of view that cuts it), optionally as a circle padded
     with the loader's -1024 HU (a small reconstruction circle)."""
-    hu = np.array(volume.hu[:, :, x0:x1])
+    hu: npt.NDArray[np.int16] = np.array(volume.hu[:, :, x0:x1], dtype=np.int16)
     cut = np.array(truth[:, :, x0:x1])
     if circle:
         ny, nx = hu.shape[1:]
