@@ -7,6 +7,12 @@ good instances, and a later good copy of the refused SOP Instance UID is stored.
 fuzzer C-STOREs mutated instances (the mutations of ``tests/unit/test_fuzz_analyze.py`` that
 one instance shows by itself) and checks the same property.
 
+The fuzzer runs 12 fixed-seed examples in CI (about 30 s); a long run, random seeds::
+
+    CT_TRIAGE_FUZZ_EXAMPLES=200 CT_TRIAGE_FUZZ_RANDOM=1 nice -n 15 .venv/bin/pytest \
+        tests/integration/test_hostile_listener.py -k listener_refuses -q \
+        -p no:cacheprovider --hypothesis-show-statistics
+
 Item 7: one destination that accepts TCP and never answers does not delay another; the
 timeouts of each step (connect, association, each C-STORE) come from the settings.
 """
@@ -14,6 +20,7 @@ timeouts of each step (connect, association, each C-STORE) come from the setting
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -27,9 +34,17 @@ import pydicom
 import pytest
 from dicom_factory import SeriesSpec, write_series
 from hostile_series import analyze_env, run_analyze, write_small_phantom
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, evt
+from unit import test_fuzz_analyze as fz
 
 from ct_triage.dicom_bridge.deliver import (
     CStoreDestination,
@@ -351,3 +366,121 @@ def test_each_c_store_times_out_on_its_own(tmp_path: Path) -> None:
     finally:
         release.set()
         server.shutdown()
+
+
+# --- the listener fuzzer ---------------------------------------------------------------------
+#: Mutations of the top slice drawn from those of ``tests/unit/test_fuzz_analyze.py`` that
+#: one instance shows by itself. Left out, as the listener cannot judge them from one
+#: instance: finite values that move a slice or change its orientation, pixel spacing or
+#: gantry tilt (the series then declines with its reason, and a corrected re-send replaces
+#: the instance), another PatientID (item 4), DERIVED images, character sets.
+TOP = N_SLICES - 1
+GARBAGE = [b"NaN", b"inf", b"-inf", b"", b"abc", b"1e400"]
+LISTENER_DS = {
+    "PixelSpacing": (2, fz.NUMBERS),  # every finite value drawn is out of range
+    "ImagePositionPatient": (3, GARBAGE),
+    "ImageOrientationPatient": (6, [*GARBAGE, b"0", b"1e9", b"65535"]),
+    "RescaleSlope": (1, [*GARBAGE, b"0", b"-1", b"1e9"]),
+    "RescaleIntercept": (1, [*GARBAGE, b"-1", b"1e9", b"65535"]),
+    "SliceThickness": (1, fz.NUMBERS),
+    "SliceLocation": (1, fz.NUMBERS),
+    "SpacingBetweenSlices": (1, fz.NUMBERS),
+    "GantryDetectorTilt": (1, GARBAGE),
+    "PatientWeight": (1, fz.NUMBERS),
+}
+LISTENER_TEXT = {k: v for k, v in fz.TEXT.items() if k != "PatientID"}
+LISTENER_TEXT["ImageType"] = [b"", b"ORIGINAL"]
+LISTENER_REMOVABLE = [k for k in fz.REMOVABLE if k != "PatientID"]
+
+
+@st.composite
+def _listener_ds(draw: st.DrawFn) -> fz.SetRaw:
+    keyword = draw(st.sampled_from(sorted(LISTENER_DS)))
+    vm, pool = LISTENER_DS[keyword]
+    vm = draw(st.sampled_from([vm, vm, 1, 2]))
+    parts = draw(st.lists(st.sampled_from(pool), min_size=vm, max_size=vm))
+    return fz.SetRaw(keyword, b"\\".join(parts), TOP)
+
+
+@st.composite
+def _listener_text(draw: st.DrawFn) -> fz.SetRaw:
+    keyword = draw(st.sampled_from(sorted(LISTENER_TEXT)))
+    return fz.SetRaw(keyword, draw(st.sampled_from(LISTENER_TEXT[keyword])), TOP)
+
+
+listener_mutation: st.SearchStrategy[fz.Mutation] = st.one_of(
+    st.builds(fz.Remove, st.sampled_from(LISTENER_REMOVABLE), st.just(TOP)),
+    _listener_ds(),
+    _listener_text(),
+    st.builds(fz.SetRaw, st.sampled_from(fz.UIDS), st.sampled_from(fz.BAD_UIDS), st.just(TOP)),
+    st.builds(
+        fz.SetUS, st.sampled_from(fz.US), st.sampled_from([0, 1, 7, 8, 32, 65535]), st.just(TOP)
+    ),
+    st.builds(fz.Truncate, st.just(TOP), st.sampled_from([0.01, 0.1, 0.5, 0.99])),
+    st.builds(fz.ShortPixels, st.just(TOP), st.sampled_from([0.0, 0.5, 0.99])),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_listener(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Spool, int]]:
+    root = tmp_path_factory.mktemp("fuzz-listener")
+    spool = Spool(root / "spool", quiet_period_s=0.2)
+    with StorageSCP(spool, host="127.0.0.1", port=0) as server:
+        yield spool, server.port
+    spool.close()
+
+
+def _fresh_series(base: list[Path]) -> fz.Files:
+    """The phantom under new Study/Series/SOP Instance UIDs (one series per example)."""
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    files: fz.Files = []
+    for path in base:
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        files.append((path.name, ds))
+    return files
+
+
+@settings(
+    max_examples=int(os.environ.get("CT_TRIAGE_FUZZ_EXAMPLES", "12")),
+    derandomize=os.environ.get("CT_TRIAGE_FUZZ_RANDOM", "") in ("", "0"),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(mutations=st.lists(listener_mutation, min_size=1, max_size=3))
+def test_listener_refuses_or_keeps_usable_and_the_series_analyses(
+    fuzz_listener: tuple[Spool, int], phantom: list[Path], mutations: list[fz.Mutation]
+) -> None:
+    """C-STORE of a mutated top slice: refused with a failure status, or stored and usable;
+    the series analyses (exit 0) from what was stored either way."""
+    spool, port = fuzz_listener
+    files = _fresh_series(phantom)
+    good = files[TOP][1]
+    assert isinstance(good, Dataset)
+    study, series = str(good.StudyInstanceUID), str(good.SeriesInstanceUID)
+    sop = str(good.SOPInstanceUID)
+    for m in mutations:
+        m.apply(files)
+    name, spoilt = files[TOP]
+    work = Path(tempfile.mkdtemp(prefix="ct-triage-fuzz-scp-"))
+    try:
+        item: Dataset | Path = spoilt if isinstance(spoilt, Dataset) else work / name
+        if isinstance(item, Path):
+            item.write_bytes(spoilt if isinstance(spoilt, bytes) else b"")
+        answers = _send(port, [ds for _, ds in files[:TOP] if isinstance(ds, Dataset)] + [item])
+        assert answers[:TOP] == [Answer(STATUS_SUCCESS, "")] * TOP
+        answer = answers[TOP]
+        if answer is None:
+            event("not sendable by the SCU")
+        elif answer.status == STATUS_SUCCESS:
+            event("stored")
+        else:
+            event(f"refused 0x{answer.status:04X}")
+            assert answer.status & 0xF000 in (0xA000, 0xC000), f"0x{answer.status:04X}"
+            assert sop not in spool.instance_uids(series)
+        rc, err = _analyse(spool.series_folder(study, series))
+        assert rc == 0, f"{answer}: {err}"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
