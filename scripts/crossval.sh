@@ -2,6 +2,7 @@
 # 5-fold cross-validation of the semi-supervised lesion recipe on the 50 labelled MedSeg slices.
 #
 #   scripts/crossval.sh PRETRAIN_CHECKPOINT OUT_DIR [STEPS] [NEGATIVE.npz ...]
+#   (EVAL_EVERY=N sets the checkpoint-scoring interval; default the config's)
 #
 # PRETRAIN_CHECKPOINT: checkpoint.pt of `python -m ct_triage.models.train --config semi-pretrain`
 # (trained without any MedSeg slice, so no fold's held-out slices were ever seen). For each fold
@@ -22,6 +23,7 @@ for k in 0 1 2 3 4; do
   mkdir -p "$d/heldout"
   "$PY" -m ct_triage.models.train --config semi --init "$PRE" --fold "$k" --steps "$STEPS" \
     --out "$d/model" --cache "$OUT/cache" --version "cv-fold-$k" --no-measure --quiet \
+    ${EVAL_EVERY:+--eval-every "$EVAL_EVERY"} \
     ${NEG:+--negatives "${NEG[@]}"} > "$d/train.json" 2> "$d/train.log"
   "$PY" - "$DATA" "$k" "$d/heldout" <<'PY'
 import sys

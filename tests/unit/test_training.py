@@ -404,3 +404,27 @@ def test_kernel_augmentation_blurs_or_sharpens(strength: float) -> None:
     before = float((x[0] - x[0].mean()).std())
     assert (detail < before) if strength < 0 else (detail > before)
     assert torch.equal(out[1], x[1])  # |strength| < 0.3: unchanged
+
+
+def test_weights_recovered_from_the_shipped_onnx_give_its_output(tmp_path: Path) -> None:
+    """from_onnx: folded batch norms become the identity; logits + bias = the ONNX output."""
+    import torch
+
+    from ct_triage.models.nets import LesionNetConfig, build_lesion_net
+    from ct_triage.models.train.from_onnx import main as from_onnx
+
+    out = tmp_path / "checkpoint.pt"
+    assert from_onnx([str(out)]) == 0
+    net = build_lesion_net(LesionNetConfig())
+    net.load_state_dict(torch.load(out, weights_only=True))
+    bn = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn  # the architecture has batch norms, most of them folded in the export
+    seg = load_lesion_segmenter()
+    x = np.random.default_rng(1).random((1, 1, 224, 224), dtype=np.float32)
+    expected = seg.predictor.predict(x)
+    net.eval()
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x))
+    logits[:, 0] -= float(load_manifest(WEIGHTS_DIR).training.background_bias or 0.0)
+    got = torch.softmax(logits, dim=1).numpy()
+    assert np.abs(got - expected).max() < 1e-3

@@ -47,6 +47,9 @@ class TrainConfig:
     #: Reconstruction-kernel augmentation: a random blur (soft kernel) or sharpening per
     #: sample, so the involvement does not move with the scanner's kernel.
     kernel_aug: bool = False
+    #: Keep the batch norms in inference mode while training (weights recovered from an
+    #: exported ONNX file by ``train.from_onnx`` have folded, identity batch norms).
+    freeze_bn: bool = False
     phantom_volumes: int = 0
     phantom_per_volume: int = 32
     #: Held-out phantoms (seed -> severity) scored during training for checkpoint selection;
@@ -147,6 +150,24 @@ _SEMI = replace(
     select_on_validation=False,
 )
 
+#: The semi-supervised ingredients as a fine-tune of a shipped model (its weights recovered
+#: with ``python -m ct_triage.models.train.from_onnx``): the fixed MedSeg split as for 0.4.0,
+#: a larger phantom share than ``semi`` so the phantom accuracy of the parent is kept.
+_SEMI_FT = replace(
+    _FINETUNE_CONTEXT,
+    name="semi-ft",
+    steps=1000,
+    lr=3e-4,
+    patch=160,
+    medseg_share=0.3,
+    healthy_share=0.15,
+    semiseg_share=0.15,
+    phantom_volumes=48,
+    kernel_aug=True,
+    freeze_bn=True,
+    eval_every=250,
+)
+
 #: Pixels denser than this (HU of the augmented input) get ``soft_tissue_weight``.
 SOFT_TISSUE_HU: float = -300.0
 
@@ -185,6 +206,7 @@ CONFIGS: dict[str, TrainConfig] = {
     ),
     "semi-pretrain": _SEMI_PRETRAIN,
     "semi": _SEMI,
+    "semi-ft": _SEMI_FT,
     "gpu": TrainConfig(
         name="gpu",
         steps=20000,

@@ -347,6 +347,10 @@ def train(
     run_loss, t_start = 0.0, time.perf_counter()
     for step in range(cfg.steps):
         net.train()
+        if cfg.freeze_bn:
+            for module in net.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         counts = rng.multinomial(cfg.batch_size, shares)
         his, ohs, approx = [], [], []
         for k, n in enumerate(counts):
