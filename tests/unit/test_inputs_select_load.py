@@ -557,3 +557,17 @@ def test_real_tcia_singles(shared_data: Path) -> None:
     assert loaded.volume.shape == (1, 512, 512)
     assert loaded.volume.spacing[0] == pytest.approx(float(one.dataset.SliceThickness))
     assert loaded.volume.hu.min() >= -1024
+
+
+def test_to_npz_writes_a_chest_volume_for_training(shared_data: Path, tmp_path: Path) -> None:
+    from ct_triage.dicom_bridge.to_npz import main as to_npz
+
+    out = tmp_path / "chest.npz"
+    assert to_npz([str(shared_data / "dicom" / "lidc_idri_0001"), str(out)]) == 0
+    with np.load(out) as d:
+        assert d["image"].dtype == np.int16
+        assert d["image"].shape == (133, 512, 512)
+        assert d["spacing"].tolist() == pytest.approx([2.5, 0.703125, 0.703125])
+    # a series the selection declines is one line and exit 2, nothing written
+    assert to_npz([str(shared_data / "dicom" / "dcmqi_ct_3slice"), str(tmp_path / "x.npz")]) == 2
+    assert not (tmp_path / "x.npz").exists()
