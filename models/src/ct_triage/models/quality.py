@@ -67,6 +67,7 @@ MIN_EXTENT_CM: float = 10.0
 #: Largest accepted share of slices without lung between apex and base.
 MAX_GAP_FRACTION: float = 0.1
 _MIN_SLICE_AREA_MM2 = 100.0
+_GRID_MM = 2.0
 _PADDING_HU = -1024
 
 
@@ -182,13 +183,15 @@ def _truncated_cm2(volume: Volume, lungs: npt.NDArray[np.uint8]) -> dict[str, fl
     if not lungs.any():
         return result
     zs = np.flatnonzero(lungs.any(axis=(1, 2)))
-    sub = lungs[zs[0] : zs[-1] + 1]
-    hu = volume.hu[zs[0] : zs[-1] + 1]
+    # a ~2 mm in-plane grid is fine enough for a surface measured in cm2 (and 9x cheaper)
+    f = max(1, round(_GRID_MM / max(volume.spacing[1], volume.spacing[2])))
+    sub = lungs[zs[0] : zs[-1] + 1, ::f, ::f]
+    hu = volume.hu[zs[0] : zs[-1] + 1, ::f, ::f]
     pad = _frame_connected(hu <= _PADDING_HU)
     edge = dilate_inplane_fast(pad) if pad.any() else np.zeros(sub.shape, dtype=bool)
     edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True
     # one boundary voxel is a strip of (pixel size x slice spacing) of lung surface
-    strip_cm2 = float(np.mean(volume.spacing[1:])) * volume.spacing[0] / 100.0
+    strip_cm2 = float(np.mean(volume.spacing[1:])) * f * volume.spacing[0] / 100.0
     for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT)):
         result[side] = float(np.count_nonzero(edge & (sub == label))) * strip_cm2
     return result
