@@ -110,13 +110,18 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
     lungs = segmentation.lungs
     if lungs.shape != volume.shape:
         raise ValueError(f"lungs {lungs.shape} do not match the volume {volume.shape}")
-    vox_ml = volume.voxel_volume_ml
+    # every check works on a ~2 mm in-plane grid: volumes within a fraction of a percent,
+    # 5-9x cheaper than the full grid
+    f = max(1, round(_GRID_MM / max(volume.spacing[1], volume.spacing[2])))
+    coarse = lungs[:, ::f, ::f]
+    vox_ml = volume.voxel_volume_ml * f * f
     flags: list[QualityFlag] = []
-    ml = {
-        side: float(np.count_nonzero(lungs == label)) * vox_ml
+    side_slices = {
+        side: np.count_nonzero(coarse == label, axis=(1, 2))
         for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT))
     }
-    truncated = _truncated_cm2(volume, lungs)
+    ml = {side: float(n.sum()) * vox_ml for side, n in side_slices.items()}
+    truncated = _truncated_cm2(volume, coarse, f)
     cut = [f"{side} {cm2:.0f} cm2" for side, cm2 in truncated.items() if cm2 >= TRUNCATION_MIN_CM2]
     if cut:
         flags.append(
@@ -131,14 +136,19 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
         missing = min(ml, key=lambda s: ml[s])
         flags.append(QualityFlag("lung_missing", f"{missing} lung not found"))
     elif large > 0 and small / large < MIN_SIDE_RATIO:
+        # the reason quotes the volumes of the report: counted on the full grid
+        exact = {
+            side: float(np.count_nonzero(lungs == label)) * volume.voxel_volume_ml
+            for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT))
+        }
         flags.append(
             QualityFlag(
                 "asymmetric",
-                f"one lung far smaller than the other (right {ml['right']:.0f} mL, "
-                f"left {ml['left']:.0f} mL)",
+                f"one lung far smaller than the other (right {exact['right']:.0f} mL, "
+                f"left {exact['left']:.0f} mL)",
             )
         )
-    per_slice = np.count_nonzero(lungs, axis=(1, 2))
+    per_slice = side_slices["right"] + side_slices["left"]
     present = np.flatnonzero(per_slice)
     if present.size:
         z0, z1 = int(present[0]), int(present[-1])
@@ -160,7 +170,7 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
                     f"expected >= {MIN_ML_PER_CM:g} mL/cm)",
                 )
             )
-        area = per_slice[z0 : z1 + 1] * (volume.spacing[1] * volume.spacing[2])
+        area = per_slice[z0 : z1 + 1] * (volume.spacing[1] * volume.spacing[2] * f * f)
         empty = int(np.count_nonzero(area < _MIN_SLICE_AREA_MM2))
         if empty > MAX_GAP_FRACTION * area.size:
             flags.append(
@@ -172,7 +182,7 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
     return QualityReport(tuple(flags))
 
 
-def _truncated_cm2(volume: Volume, lungs: npt.NDArray[np.uint8]) -> dict[str, float]:
+def _truncated_cm2(volume: Volume, coarse: npt.NDArray[np.uint8], f: int) -> dict[str, float]:
     """Lung surface (cm2) lying on the field-of-view boundary, per lung.
 
     The boundary is the image frame plus the padding outside a reconstruction circle (voxels
@@ -180,12 +190,10 @@ def _truncated_cm2(volume: Volume, lungs: npt.NDArray[np.uint8]) -> dict[str, fl
     voxels inside a lung or an airway do not count).
     """
     result = {"right": 0.0, "left": 0.0}
-    if not lungs.any():
+    if not coarse.any():
         return result
-    zs = np.flatnonzero(lungs.any(axis=(1, 2)))
-    # a ~2 mm in-plane grid is fine enough for a surface measured in cm2 (and 9x cheaper)
-    f = max(1, round(_GRID_MM / max(volume.spacing[1], volume.spacing[2])))
-    sub = lungs[zs[0] : zs[-1] + 1, ::f, ::f]
+    zs = np.flatnonzero(coarse.any(axis=(1, 2)))
+    sub = coarse[zs[0] : zs[-1] + 1]
     hu = volume.hu[zs[0] : zs[-1] + 1, ::f, ::f]
     pad = _frame_connected(hu <= _PADDING_HU)
     edge = dilate_inplane_fast(pad) if pad.any() else np.zeros(sub.shape, dtype=bool)
