@@ -206,6 +206,19 @@ def test_secondary_image_type_is_analysed(chests: dict[str, Result], name: str) 
     assert _lungs_ml(result) == pytest.approx(_lungs_ml(chests[name]), rel=1e-6)
 
 
+def test_sites_can_require_original_primary(
+    shared_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    datasets = read_series(shared_data / "dicom" / "lidc_idri_0001")
+    folder = write_variant(datasets, "secondary", tmp_path / "secondary")
+    monkeypatch.setenv("CT_TRIAGE_REQUIRE_ORIGINAL_PRIMARY", "true")
+    assert _analyze(folder, tmp_path / "out").code == 2
+    assert "ORIGINAL/PRIMARY required by the settings" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("folder", "reason"),
     [

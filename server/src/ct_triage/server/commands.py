@@ -30,6 +30,7 @@ def options_from(settings: Settings) -> AnalysisOptions:
         rules=SelectionRules(
             min_slices=settings.min_slices,
             max_slice_thickness_mm=settings.max_slice_thickness_mm,
+            require_original_primary=settings.require_original_primary,
         ),
         thresholds=settings.thresholds(),
         overlay_slices=settings.overlay_slices,

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     #: Series selection.
     min_slices: int = Field(default=40, ge=1)
     max_slice_thickness_mm: float = Field(default=5.0, gt=0)
+    #: Decline every DERIVED/SECONDARY series (default: an axial one without a reformat marker
+    #: is analysed when no ORIGINAL/PRIMARY series ranks higher, with a note).
+    require_original_primary: bool = False
 
     #: Triage thresholds (total percent of lung involved).
     triage_mild_min_percent: float = 0.5
