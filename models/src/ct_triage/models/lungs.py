@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Final
 
 import numpy as np
@@ -71,6 +72,8 @@ __all__ = [
     "MIN_LUNG_ML",
     "MIN_LUNG_SLICE_FRACTION",
     "check_contains_lungs",
+    "field_of_view_boundary",
+    "outside_field_of_view",
     "segment_lungs",
 ]
 
@@ -298,7 +301,7 @@ def _segment_coarse(
 ) -> npt.NDArray[np.uint8]:
     vox_ml = float(np.prod(spacing)) / 1000.0
     out = np.zeros(hu.shape, dtype=np.uint8)
-    outside_fov = _outside_fov(hu)
+    outside_fov = outside_field_of_view(hu)
     air = (hu < AIR_THRESHOLD_HU) & ~outside_fov
     body = _body_mask(~air & ~outside_fov, hu, outside_fov, spacing)
     if not body.any():
@@ -351,12 +354,8 @@ def _segment_coarse(
     largest = int(counts[not_gas].max())
     # a piece of lung cut off by the field of view (it meets the field-of-view boundary and
     # reads as parenchyma, not gas) is kept whatever its size relative to the largest
-    fov_edge = np.zeros(hu.shape, dtype=bool)
-    fov_edge[:, 0, :] = fov_edge[:, -1, :] = fov_edge[:, :, 0] = fov_edge[:, :, -1] = True
-    if outside_fov.any():
-        fov_edge |= dilate_inplane_fast(outside_fov)
     cut_off = np.zeros(n + 1, dtype=bool)
-    cut_off[np.unique(lab[fov_edge & lung_cand])] = True
+    cut_off[np.unique(lab[field_of_view_boundary(outside_fov) & lung_cand])] = True
     hu_mean = np.bincount(lab.ravel(), weights=hu.ravel(), minlength=n + 1) / np.maximum(counts, 1)
     cut_off &= hu_mean > air_level + _POCKET_MIN_LUNG_HU
     keep = (
@@ -431,29 +430,56 @@ def _air_level(hu: npt.NDArray[np.float32], outside: npt.NDArray[np.bool_]) -> f
     return float(np.clip(np.median(values), -1020.0, -960.0))
 
 
-def _outside_fov(hu: npt.NDArray[np.float32]) -> npt.NDArray[np.bool_]:
-    """Voxels outside the reconstructed field of view (padding), per slice.
+def outside_field_of_view(
+    hu: npt.NDArray[np.float32] | npt.NDArray[np.int16],
+) -> npt.NDArray[np.bool_]:
+    """Voxels outside the reconstructed field of view (padding), per slice, of a ~2 mm grid.
 
-    The loader sets padding (and everything below air) to -1024 HU, so a coarse block at the
-    floor is padding or air clipped by the scanner; the in-plane pieces of such blocks that
-    touch the image edge (the outside of a reconstruction circle, the corners) and cover at
-    least :data:`_FOV_MIN_PIXELS` are outside the field of view. Where a scanner clips the air
-    around the patient to -1024 this is that air: harmless, it is outside the body either way.
+    The loader sets padding (and everything below air) to -1024 HU, so a voxel at the floor
+    is padding or air clipped by the scanner; the in-plane pieces of such voxels that touch
+    the image frame (the outside of a reconstruction circle, the corners) and cover at least
+    :data:`_FOV_MIN_PIXELS` are outside the field of view, while clipped voxels inside a lung
+    or an airway are not. Where a scanner clips the air around the patient to -1024 this is
+    that air: harmless, it is outside the body either way.
     """
-    floor = hu <= np.float32(_HU_FLOOR + 0.5)
+    floor = hu <= _HU_FLOOR + 0.5
     if not floor.any():
         return np.zeros(hu.shape, dtype=bool)
     lab, n = label_inplane_fast(floor)
-    edge = np.zeros(hu.shape[1:], dtype=bool)
-    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
-    counts = label_counts(lab, n)
     keep = np.zeros(n + 1, dtype=bool)
-    on_edge = lab[:, edge]
-    keep[np.unique(on_edge[on_edge > 0])] = True
-    keep &= counts >= _FOV_MIN_PIXELS
+    keep[lab[_frame(hu.shape)]] = True
+    keep &= label_counts(lab, n) >= _FOV_MIN_PIXELS
     keep[0] = False
     result: npt.NDArray[np.bool_] = keep[lab]
     return result
+
+
+def field_of_view_boundary(outside: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """The voxels of the field of view on its boundary: the image frame and the ring just
+    inside the padding of :func:`outside_field_of_view` (``outside``)."""
+    boundary = _frame(outside.shape)
+    if outside.any():
+        boundary |= dilate_inplane_fast(outside) & ~outside
+    return boundary
+
+
+def _frame(shape: tuple[int, ...]) -> npt.NDArray[np.bool_]:
+    """The image frame (first and last row and column) of every slice."""
+    frame = np.zeros(shape, dtype=bool)
+    frame[:, 0, :] = frame[:, -1, :] = frame[:, :, 0] = frame[:, :, -1] = True
+    return frame
+
+
+def _inplane_steps(
+    operation: Callable[[npt.NDArray[np.bool_]], npt.NDArray[np.bool_]],
+    mask: npt.NDArray[np.bool_],
+    mm: float,
+    spacing: tuple[float, float, float],
+) -> npt.NDArray[np.bool_]:
+    """``operation`` (a one-pixel in-plane dilation or erosion) repeated to reach ``mm``."""
+    for _ in range(max(1, math.ceil(mm / min(spacing[1], spacing[2])))):
+        mask = operation(mask)
+    return mask
 
 
 def _body_mask(
@@ -509,10 +535,7 @@ def _border_pockets(
     ``_POCKET_CLEAR_MM`` of the air around the patient: a lung is wrapped in the chest wall.
     """
     result = np.zeros_like(air)
-    boundary = np.zeros(air.shape, dtype=bool)
-    boundary[:, 0, :] = boundary[:, -1, :] = boundary[:, :, 0] = boundary[:, :, -1] = True
-    if outside_fov.any():
-        boundary |= dilate_inplane_fast(outside_fov) & ~outside_fov
+    boundary = field_of_view_boundary(outside_fov)
     if not (air & boundary).any():
         return result
     lab, n = label_inplane_fast(air)
@@ -527,9 +550,8 @@ def _border_pockets(
     )
     near_body = outline & dilate_inplane_fast(body)
     n_edge = np.bincount(on_boundary, minlength=n + 1).astype(np.float64)
-    frame = lab[:, [0, -1], :].ravel(), lab[:, :, [0, -1]].ravel()
     on_image_edge = np.zeros(n + 1, dtype=bool)
-    on_image_edge[np.concatenate(frame)] = True
+    on_image_edge[lab[_frame(lab.shape)]] = True
     n_outline = np.bincount(lab[outline], minlength=n + 1).astype(np.float64)
     n_body = np.bincount(lab[near_body], minlength=n + 1).astype(np.float64)
     n_vox = np.bincount(lab[cut], minlength=n + 1).astype(np.float64)
@@ -541,18 +563,14 @@ def _border_pockets(
         mean_hu = np.where(n_vox > 0, hu_sum / np.maximum(n_vox, 1), _DEFAULT_AIR_HU)
     # thick enough to be lung: survives in-plane erosion to a _POCKET_MIN_RADIUS_MM core
     # (the air gap inside a patient table reads like lung foam but is a few mm thin)
-    core = cut
-    for _ in range(max(1, math.ceil(_POCKET_MIN_RADIUS_MM / min(spacing[1], spacing[2])))):
-        core = erode_inplane_fast(core)
+    core = _inplane_steps(erode_inplane_fast, cut, _POCKET_MIN_RADIUS_MM, spacing)
     thick = np.zeros(n + 1, dtype=bool)
     thick[np.unique(lab[core])] = True
     dense = mean_hu > _DEFAULT_AIR_HU + _POCKET_MIN_LUNG_HU
     # a strip of the air around the patient between the skin and a crop's edge can read
     # denser than air (partial volume, blankets) but it is shallow: it never reaches
     # _POCKET_MIN_DEPTH_MM into the field of view, a cut lung does
-    reach = boundary
-    for _ in range(max(1, math.ceil(_POCKET_MIN_DEPTH_MM / min(spacing[1], spacing[2])))):
-        reach = dilate_inplane_fast(reach)
+    reach = _inplane_steps(dilate_inplane_fast, boundary, _POCKET_MIN_DEPTH_MM, spacing)
     deep = np.zeros(n + 1, dtype=bool)
     deep[np.unique(lab[cut & ~reach])] = True
     lung_like = dense & thick & deep
@@ -560,9 +578,7 @@ def _border_pockets(
     # air around the patient; the air between the layers of a patient table (part of the
     # body's tissue component) lies a few mm from it
     outside_air = air & ~body & ~(cut & dense[lab])
-    near = outside_air
-    for _ in range(max(1, math.ceil(_POCKET_CLEAR_MM / min(spacing[1], spacing[2])))):
-        near = dilate_inplane_fast(near)
+    near = _inplane_steps(dilate_inplane_fast, outside_air, _POCKET_CLEAR_MM, spacing)
     n_near = np.bincount(lab[cut & near], minlength=n + 1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         clear = np.where(n_vox > 0, n_near / np.maximum(n_vox, 1), 1.0) <= _POCKET_MAX_NEAR_AIR

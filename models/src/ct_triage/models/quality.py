@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ct_triage.kernels.accelerated import dilate_inplane_fast, label_inplane_fast
+from ct_triage.models.lungs import field_of_view_boundary, outside_field_of_view
 from ct_triage.models.segmentation import LungLabel, Segmentation
 from ct_triage.models.volume import Volume
 
@@ -68,7 +68,7 @@ MIN_EXTENT_CM: float = 10.0
 MAX_GAP_FRACTION: float = 0.1
 _MIN_SLICE_AREA_MM2 = 100.0
 _GRID_MM = 2.0
-_PADDING_HU = -1024
+_SIDES = (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +116,7 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
     coarse = lungs[:, ::f, ::f]
     vox_ml = volume.voxel_volume_ml * f * f
     flags: list[QualityFlag] = []
-    side_slices = {
-        side: np.count_nonzero(coarse == label, axis=(1, 2))
-        for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT))
-    }
+    side_slices = {side: np.count_nonzero(coarse == label, axis=(1, 2)) for side, label in _SIDES}
     ml = {side: float(n.sum()) * vox_ml for side, n in side_slices.items()}
     truncated = _truncated_cm2(volume, coarse, f)
     cut = [f"{side} {cm2:.0f} cm2" for side, cm2 in truncated.items() if cm2 >= TRUNCATION_MIN_CM2]
@@ -139,7 +136,7 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
         # the reason quotes the volumes of the report: counted on the full grid
         exact = {
             side: float(np.count_nonzero(lungs == label)) * volume.voxel_volume_ml
-            for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT))
+            for side, label in _SIDES
         }
         flags.append(
             QualityFlag(
@@ -185,34 +182,21 @@ def assess_quality(volume: Volume, segmentation: Segmentation) -> QualityReport:
 def _truncated_cm2(volume: Volume, coarse: npt.NDArray[np.uint8], f: int) -> dict[str, float]:
     """Lung surface (cm2) lying on the field-of-view boundary, per lung.
 
-    The boundary is the image frame plus the padding outside a reconstruction circle (voxels
-    at the loader's -1024 HU floor in in-plane pieces that touch the image frame, so clipped
-    voxels inside a lung or an airway do not count).
+    The boundary is the one the lung segmentation uses
+    (:func:`ct_triage.models.lungs.field_of_view_boundary`): the image frame and the ring
+    inside the padding outside a reconstruction circle, plus the padding.
     """
     result = {"right": 0.0, "left": 0.0}
     if not coarse.any():
         return result
     zs = np.flatnonzero(coarse.any(axis=(1, 2)))
     sub = coarse[zs[0] : zs[-1] + 1]
-    hu = volume.hu[zs[0] : zs[-1] + 1, ::f, ::f]
-    pad = _frame_connected(hu <= _PADDING_HU)
-    edge = dilate_inplane_fast(pad) if pad.any() else np.zeros(sub.shape, dtype=bool)
-    edge[:, 0, :] = edge[:, -1, :] = edge[:, :, 0] = edge[:, :, -1] = True
+    pad = outside_field_of_view(volume.hu[zs[0] : zs[-1] + 1, ::f, ::f])
+    # the padding itself counts too: the lung labels' boundary band, re-decided on the full
+    # grid by HU, can reach one voxel into it
+    edge = field_of_view_boundary(pad) | pad
     # one boundary voxel is a strip of (pixel size x slice spacing) of lung surface
     strip_cm2 = float(np.mean(volume.spacing[1:])) * f * volume.spacing[0] / 100.0
-    for side, label in (("right", LungLabel.RIGHT), ("left", LungLabel.LEFT)):
+    for side, label in _SIDES:
         result[side] = float(np.count_nonzero(edge & (sub == label))) * strip_cm2
-    return result
-
-
-def _frame_connected(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """The in-plane pieces of ``mask`` that touch the image frame."""
-    if not mask.any():
-        return mask
-    lab, n = label_inplane_fast(mask)
-    frame = np.concatenate([lab[:, [0, -1], :].ravel(), lab[:, :, [0, -1]].ravel()])
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[frame] = True
-    keep[0] = False
-    result: npt.NDArray[np.bool_] = keep[lab]
     return result
