@@ -397,17 +397,19 @@ def _is_derived(image_type: tuple[str, ...]) -> bool:
     return image_type[:1] == ("DERIVED",) or image_type[1:2] == ("SECONDARY",)
 
 
+def _reformat_word(text: str) -> str | None:
+    """The first whole word of ``text`` (upper case) that marks a reformat, if any."""
+    return next((w for w in re.split(r"[^A-Z0-9]+", text) if w in _REFORMAT_WORDS), None)
+
+
 def _reformat_marker(image_types: list[tuple[str, ...]], description: str) -> str | None:
-    """The first reformat word in ImageType values 3+ or the description, if any."""
+    """Where a reformat word stands: ImageType values 3+ or the description, if anywhere."""
     for it in image_types:
         for value in it[2:]:
-            for token in re.split(r"[^A-Z0-9]+", value):
-                if token in _REFORMAT_WORDS:
-                    return f"ImageType {value}"
-    for token in re.split(r"[^A-Z0-9]+", description.upper()):
-        if token in _REFORMAT_WORDS:
-            return f"description '{token}'"
-    return None
+            if _reformat_word(value):
+                return f"ImageType {value}"
+    word = _reformat_word(description.upper())
+    return f"description '{word}'" if word else None
 
 
 def _describe_taken(candidate: SeriesCandidate, lung: bool) -> str:
