@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy import ndimage as ndi
 
-__all__ = ["VARIANTS", "heart_box", "read_series", "write_variant"]
+__all__ = ["VARIANTS", "heart_box", "read_series", "reconstruction_circle", "write_variant"]
 
 _PAD_HU = -3024
 _FOV_MM = 200.0
@@ -96,6 +96,14 @@ def heart_box(datasets: list[Dataset]) -> tuple[int, int, int]:
     return row0, col0, size
 
 
+def reconstruction_circle(size: int) -> npt.NDArray[np.bool_]:
+    """The reconstruction circle inscribed in a ``size`` x ``size`` image."""
+    yy, xx = np.mgrid[:size, :size]
+    r = (size - 1) / 2
+    inside: npt.NDArray[np.bool_] = (yy - r) ** 2 + (xx - r) ** 2 <= r**2
+    return inside
+
+
 def _crop(datasets: list[Dataset], *, circle: bool) -> list[Dataset]:
     row0, col0, size = heart_box(datasets)
     out = []
@@ -103,9 +111,7 @@ def _crop(datasets: list[Dataset], *, circle: bool) -> list[Dataset]:
         new = copy.deepcopy(ds)
         hu = _hu(ds)[row0 : row0 + size, col0 : col0 + size].copy()
         if circle:
-            yy, xx = np.mgrid[:size, :size]
-            r = (size - 1) / 2
-            hu[(yy - r) ** 2 + (xx - r) ** 2 > r**2] = _PAD_HU
+            hu[~reconstruction_circle(size)] = _PAD_HU
         rx = np.asarray([float(v) for v in ds.ImageOrientationPatient[:3]])
         cy_ = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])
         sy, sx = (float(v) for v in ds.PixelSpacing)

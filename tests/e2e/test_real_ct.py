@@ -37,7 +37,7 @@ from ct_triage.models.segmentation import LungLabel
 from ct_triage.server.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from realct import heart_box, read_series, write_variant
+from realct import heart_box, read_series, reconstruction_circle, write_variant
 
 pytestmark = pytest.mark.slow
 
@@ -162,9 +162,7 @@ def _in_fov_reference(source: Path, circle: bool) -> dict[str, float]:
     volume = load_series(sorted(source.glob("*.dcm"))).volume
     labels = segment_lungs(volume)[:, row0 : row0 + size, col0 : col0 + size]
     if circle:
-        yy, xx = np.mgrid[:size, :size]
-        r = (size - 1) / 2
-        labels = np.where((yy - r) ** 2 + (xx - r) ** 2 <= r**2, labels, 0)
+        labels = np.where(reconstruction_circle(size), labels, 0)
     vox = volume.voxel_volume_ml
     return {
         "right": float(np.count_nonzero(labels == LungLabel.RIGHT)) * vox,
