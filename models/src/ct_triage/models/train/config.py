@@ -117,9 +117,10 @@ _FINETUNE_CONTEXT = replace(
 )
 
 #: Semi-supervised recipe of 0.5.0 (issue 15): real pseudo-labelled slices, real
-#: lesion-free chests as hard negatives, kernel and noise augmentation, whole inputs without
-#: flips. ``semi-pretrain`` sees no MedSeg slice (so that each cross-validation fold starts
-#: from weights that never saw its held-out slices); ``semi`` fine-tunes it per fold.
+#: lesion-free chests as hard negatives, kernel and noise augmentation, 160 px patches; the
+#: fine-tunes without left-right flips. ``semi-pretrain`` sees no MedSeg slice (so that each
+#: cross-validation fold starts from weights that never saw its held-out slices); ``semi``
+#: fine-tunes it per fold.
 _SEMI_PRETRAIN = TrainConfig(
     name="semi-pretrain",
     steps=1500,
@@ -151,21 +152,19 @@ _SEMI = replace(
 )
 
 #: The semi-supervised ingredients as a fine-tune of a shipped model (its weights recovered
-#: with ``python -m ct_triage.models.train.from_onnx``): the fixed MedSeg split as for 0.4.0,
-#: a larger phantom share than ``semi`` so the phantom accuracy of the parent is kept.
+#: with ``python -m ct_triage.models.train.from_onnx``), derived from ``semi``: the fixed
+#: MedSeg split of 0.4.0 (chosen on it, as 0.4.0 was), a larger phantom share so the phantom
+#: accuracy of the parent is kept, frozen batch norms, a lower learning rate.
 _SEMI_FT = replace(
-    _FINETUNE_CONTEXT,
+    _SEMI,
     name="semi-ft",
     steps=1000,
     lr=3e-4,
-    patch=160,
-    medseg_share=0.3,
     healthy_share=0.15,
     semiseg_share=0.15,
-    phantom_volumes=48,
-    kernel_aug=True,
     freeze_bn=True,
     eval_every=250,
+    select_on_validation=True,
 )
 
 #: Pixels denser than this (HU of the augmented input) get ``soft_tissue_weight``.
