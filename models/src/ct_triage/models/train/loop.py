@@ -247,14 +247,28 @@ def evaluate_phantoms(
     }
 
 
-def _no_slices() -> dict[str, float]:
-    """Slice metrics when every MedSeg slice trains (``fold=-1``): the score is the phantoms'."""
-    return {"lesion_dice": 0.0, "ggo_dice": 0.0, "consolidation_dice": 0.0}
+def _scored(
+    predict: PredictFn,
+    val: list[MedsegSlice],
+    selection: list[PhantomCase],
+    spec: InputSpec,
+    cfg: TrainConfig,
+) -> tuple[dict[str, float], float]:
+    """Validation and selection-phantom metrics with the checkpoint/bias ``score``; and the
+    phantom error that entered it.
 
-
-def _slice_score(metrics: dict[str, float], cfg: TrainConfig) -> float:
-    """The MedSeg validation part of the selection score (0 when it must not choose)."""
-    return metrics["lesion_dice"] if cfg.select_on_validation else 0.0
+    The score is the MedSeg validation lesion Dice (0 when every slice trains, ``fold=-1``,
+    or when ``cfg.select_on_validation`` is off) minus ``poi_weight`` x the phantom error.
+    """
+    if val:
+        metrics = evaluate_slices(predict, val, spec)
+    else:
+        metrics = {"lesion_dice": 0.0, "ggo_dice": 0.0, "consolidation_dice": 0.0}
+    metrics.update(evaluate_phantoms(predict, selection, spec))
+    poi = _selection_error(metrics, cfg)
+    dice_part = metrics["lesion_dice"] if cfg.select_on_validation else 0.0
+    metrics["score"] = dice_part - cfg.poi_weight * poi
+    return metrics, poi
 
 
 def _selection_error(metrics: dict[str, float], cfg: TrainConfig) -> float:
@@ -374,11 +388,8 @@ def train(
         if (step + 1) % cfg.eval_every == 0 or last:
             net.eval()
             predict = torch_predictor(net, device)
-            metrics = evaluate_slices(predict, val, spec) if val else _no_slices()
+            metrics, poi = _scored(predict, val, selection, spec, cfg)
             metrics["healthy_fp_fraction"] = healthy_false_positive(predict, healthy, spec)
-            metrics.update(evaluate_phantoms(predict, selection, spec))
-            poi = _selection_error(metrics, cfg)
-            metrics["score"] = _slice_score(metrics, cfg) - cfg.poi_weight * poi
             if metrics["score"] > best_score:
                 best_score, best_state = metrics["score"], copy.deepcopy(net.state_dict())
             n = (step % cfg.eval_every) + 1
@@ -413,10 +424,8 @@ def train(
     if cfg.calibrate_biases:
         for bias in cfg.calibrate_biases:
             predict = torch_predictor(net, device, bias)
-            m = evaluate_slices(predict, val, spec) if val else _no_slices()
-            m.update(evaluate_phantoms(predict, selection, spec))
-            poi = _selection_error(m, cfg)
-            m.update(background_bias=bias, score=_slice_score(m, cfg) - cfg.poi_weight * poi)
+            m, poi = _scored(predict, val, selection, spec, cfg)
+            m["background_bias"] = bias
             result.calibration.append(m)
             logger.info(
                 "background bias %.2f: val lesion Dice %.4f, phantom POI err %.2f pp, score %.4f",
