@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from dicom_factory import SeriesSpec, write_series
@@ -458,3 +459,69 @@ def test_unwritable_out_folder_is_one_line(
     (line,) = _one_line(err)
     assert "not writable" in line
     assert not (tmp_path / "out").exists()
+
+
+# --- corrupt compressed pixel data ----------------------------------------------------------
+
+
+def _garbled_j2k_body(ds: Dataset, seed: int = 1) -> None:
+    """Keep the JPEG 2000 codestream up to its first SOD marker, random bytes after it.
+
+    OpenJPEG decodes such a frame without raising: the header is valid, the tiles are noise.
+    """
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    frame = b"".join(next(generate_fragmented_frames(ds.PixelData)))
+    body = frame.find(b"\xff\x93") + 2
+    assert body > 2, "no SOD marker in the codestream"
+    noise = np.random.default_rng(seed).bytes(len(frame) - body)
+    ds.PixelData = encapsulate([frame[:body] + noise])
+
+
+def test_jpeg2000_slice_with_random_body_is_declined_not_decoded_silently(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real JPEG 2000 CT: one slice's codestream body replaced by random bytes."""
+    source = sorted((shared_data / "dicom" / "totalseg_abdomen_20slices_j2k").iterdir())
+    folder = tmp_path / "j2k"
+    folder.mkdir()
+    for i, path in enumerate(source):
+        ds = pydicom.dcmread(path)
+        if i == 9:
+            _garbled_j2k_body(ds)
+        ds.save_as(folder / path.name)
+    # The garbled slice decodes without an error: the check is not the decoder's.
+    garbled = pydicom.dcmread(folder / source[9].name).pixel_array
+    assert garbled.shape == (512, 512)
+    with pytest.raises(InvalidInput, match="decodes to noise") as caught:
+        load_series(sorted(folder.iterdir()))
+    assert source[9].name in str(caught.value)
+    # The untouched series loads: the check does not fire on real slices.
+    assert load_series(source).volume.shape[0] == len(source)
+
+
+@pytest.mark.usefixtures("analysing")
+def test_noise_slice_in_phantom_is_declined_on_one_line(
+    phantom: list[Path], tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for i, path in enumerate(phantom):
+        ds = pydicom.dcmread(path)
+        if i == len(phantom) // 2:
+            arr = ds.pixel_array
+            ds.PixelData = rng.integers(0, 4096, arr.shape, dtype=arr.dtype).tobytes()
+        ds.save_as(folder / path.name)
+    rc, err = run_analyze(folder, tmp_path / "out")
+    assert rc == 2
+    (line,) = _one_line(err)
+    assert "decodes to noise" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_decline_reason_is_always_one_line() -> None:
+    """A decoder's multi-line exception text never reaches the user on several lines."""
+    exc = InvalidInput("cannot be decoded: plugins failed:\n  pylibjpeg: bad\n  pillow: worse")
+    assert str(exc) == "cannot be decoded: plugins failed: pylibjpeg: bad pillow: worse"
+    assert "\n" not in str(StudyDeclined("a\r\nb"))

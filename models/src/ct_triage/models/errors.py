@@ -18,10 +18,14 @@ class TriageError(Exception):
 class StudyDeclined(TriageError):
     """The input is not a usable chest CT (not CT, a localizer, too few slices, ...).
 
-    The message is one line a CT technologist understands; it reaches the user.
+    The message is one line a CT technologist understands; it reaches the user. Whatever
+    text it is built from (a decoder's multi-line exception, say), it is kept on one line.
     """
 
     exit_code = 2
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(" ".join(str(message).split()))
 
 
 class InvalidInput(StudyDeclined):
