@@ -525,3 +525,43 @@ def test_decline_reason_is_always_one_line() -> None:
     exc = InvalidInput("cannot be decoded: plugins failed:\n  pylibjpeg: bad\n  pillow: worse")
     assert str(exc) == "cannot be decoded: plugins failed: pylibjpeg: bad pillow: worse"
     assert "\n" not in str(StudyDeclined("a\r\nb"))
+
+
+def test_random_bytes_jpeg2000_slice_declined_before_the_decoder_prints(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    """A frame that is not a codestream at all is refused before OpenJPEG writes to fd 2."""
+    import os
+    import subprocess
+    import sys
+
+    from pydicom.encaps import encapsulate
+
+    source = sorted((shared_data / "dicom" / "totalseg_abdomen_20slices_j2k").iterdir())
+    folder = tmp_path / "j2k"
+    folder.mkdir()
+    for i, path in enumerate(source):
+        ds = pydicom.dcmread(path)
+        if i == 4:
+            ds.PixelData = encapsulate([np.random.default_rng(2).bytes(20000)])
+        ds.save_as(folder / path.name)
+    env = {**os.environ, "CT_TRIAGE_MIN_SLICES": "10"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ct_triage.server.cli",
+            "analyze",
+            str(folder),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "does not start with a JPEG 2000 codestream" in done.stderr
+    assert "SOC marker" not in done.stderr + done.stdout

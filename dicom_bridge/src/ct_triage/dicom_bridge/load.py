@@ -68,6 +68,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragmented_frames
 from pydicom.uid import generate_uid
 
 from ct_triage.models.errors import InvalidInput, StudyDeclined
@@ -128,6 +129,19 @@ _NOISE_RATIO = 4.0
 _NOISE_MIN_HU = 300.0
 
 _CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+#: JPEG 2000 transfer syntaxes (Part 1 and High-Throughput) and their frames' first bytes:
+#: the codestream's SOC marker, or the JP2 file signature box.
+_J2K_SYNTAXES = frozenset(
+    {
+        "1.2.840.10008.1.2.4.90",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    }
+)
+_J2K_SIGNATURES = (b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  \r\n\x87\n")
 #: UID syntax (PS3.5 9.1) as checked here: digits and dots, no empty component.
 _UID_SYNTAX = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _MAX_UID_LENGTH = 64
@@ -541,6 +555,29 @@ def _to_hu(ds: Dataset, stored: npt.NDArray[np.integer[Any]]) -> npt.NDArray[np.
     return hu.astype(np.int16)
 
 
+def _check_j2k_signature(ds: Dataset, name: str) -> None:
+    """A JPEG 2000 frame must start with a codestream (SOC) or JP2 signature.
+
+    Checked before the decoder runs, because OpenJPEG prints its own complaint about
+    anything else straight to the process's stderr, beside our one-line decline.
+    """
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if tsyntax not in _J2K_SYNTAXES:
+        return
+    try:
+        frame = next(generate_fragmented_frames(ds.PixelData), ())
+        first = frame[0] if frame else b""
+    except Exception as exc:  # malformed encapsulation: pydicom's many error types
+        raise InvalidInput(
+            f"Pixel data of {name} is truncated or corrupt and cannot be decoded ({tsyntax}): {exc}"
+        ) from exc
+    if not first.startswith(_J2K_SIGNATURES):
+        raise InvalidInput(
+            f"Pixel data of {name} is truncated or corrupt and cannot be decoded ({tsyntax}): "
+            "it does not start with a JPEG 2000 codestream"
+        )
+
+
 def _check_decoded(hu: npt.NDArray[np.int16], names: Sequence[str]) -> None:
     """Decline a series with a slice that decoded to noise (corrupt compressed data).
 
@@ -624,6 +661,7 @@ def load_series(paths: Sequence[Path], *, max_workers: int | None = None) -> Loa
     def decode(k: int) -> None:
         index = int(order[k])
         ds, name = datasets[index], names[index]
+        _check_j2k_signature(ds, name)
         try:
             stored = ds.pixel_array
         except Exception as exc:  # decoder plugins raise many types
