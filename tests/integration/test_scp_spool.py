@@ -278,10 +278,83 @@ def test_peer_abort_mid_series_keeps_acknowledged(
     assert [int(s.Status) for s in acked] == [STATUS_SUCCESS] * 3
     expected = sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in paths[:3])
     assert spool.instance_uids(series) == expected
+    # The partial series is held (issue 16: never analysed while its sender aborted) ...
+    _poll(lambda: spool._series_row(series) and _aborted(spool, series))
+    now = time.time()
+    assert spool.due(now + QUIET_S + 1.0) == []
+    # ... until the aborted-series timeout, when it goes as it is.
+    (ready,) = spool.due(now + spool.aborted_wait_s + 1.0)
+    assert (ready.instance_count, ready.completed_by) == (3, "aborted-timeout")
+    assert len(list(ready.folder.glob("*.dcm"))) == 3
+
+
+def _aborted(spool: Spool, series: str) -> bool:
+    with spool._db_lock:
+        row = spool._db.execute(
+            "SELECT aborted_at FROM series WHERE series_uid = ?", (series,)
+        ).fetchone()
+    return row is not None and row[0] is not None
+
+
+@pytest.fixture
+def eager(tmp_path: Path) -> Iterator[tuple[Spool, StorageSCP]]:
+    """A spool whose quiet period is long, so only the sender's signals complete a series."""
+    s = Spool(tmp_path / "eager-spool", quiet_period_s=60.0, settle_s=0.2, aborted_wait_s=120.0)
+    with StorageSCP(s, host="127.0.0.1", port=0) as server:
+        yield s, server
+    s.close()
+
+
+def test_released_association_completes_the_series_without_the_quiet_period(
+    eager: tuple[Spool, StorageSCP], tmp_path: Path
+) -> None:
+    spool, scp = eager
+    paths = _series(tmp_path / "src", 5)
+    _, series, _ = _uids(paths)
+    t0 = time.monotonic()
+    assert _send(scp.port, paths) == [STATUS_SUCCESS] * 5
+    _poll(lambda: spool.due())
+    assert time.monotonic() - t0 < 30.0  # well inside the 60 s quiet period
+    (ready,) = spool.due()
+    assert (ready.series_uid, ready.instance_count) == (series, 5)
+    assert ready.completed_by == "association-released"
+
+
+def test_one_instance_per_association_waits_for_the_quiet_period(
+    eager: tuple[Spool, StorageSCP], tmp_path: Path
+) -> None:
+    spool, scp = eager
+    paths = _series(tmp_path / "src", 3)
+    _, series, _ = _uids(paths)
+    for p in paths:  # a sender that opens one association per image
+        assert _send(scp.port, [p]) == [STATUS_SUCCESS]
+    time.sleep(0.5)  # past settle_s: the last release has been recorded
+    now = time.time()
+    assert spool.due(now + 1.0) == []
+    (ready,) = spool.due(now + spool.quiet_period_s + 0.1)
+    assert (ready.series_uid, ready.instance_count) == (series, 3)
+    assert ready.completed_by == "quiet-period"
+
+
+def test_resend_after_an_abort_completes_the_held_series_once(
+    eager: tuple[Spool, StorageSCP], tmp_path: Path
+) -> None:
+    """Issue 16: 60 of 106 then abort, then the full re-send -> one complete series."""
+    spool, scp = eager
+    paths = _series(tmp_path / "src", 8)
+    _, series, sops = _uids(paths)
+    assoc = _associate(scp.port)
+    assert [int(assoc.send_c_store(p).Status) for p in paths[:5]] == [STATUS_SUCCESS] * 5
+    assoc.abort()
+    _poll(lambda: _aborted(spool, series))
+    assert spool.due(time.time() + spool.settle_s + 30.0) == []  # held, not partial
+
+    assert _send(scp.port, paths) == [STATUS_SUCCESS] * 8  # 5 duplicates + 3 new
     _poll(lambda: spool.due())
     (ready,) = spool.due()
-    assert ready.instance_count == 3
-    assert len(list(ready.folder.glob("*.dcm"))) == 3
+    assert (ready.instance_count, ready.generation) == (8, 1)
+    assert ready.completed_by == "association-released"
+    assert spool.instance_uids(series) == sops
 
 
 def test_own_output_accepted_not_spooled(

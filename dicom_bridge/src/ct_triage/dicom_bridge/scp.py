@@ -30,6 +30,11 @@ own output classes (Segmentation, Comprehensive 3D SR, Secondary Capture) so tha
 that forwards everything back gets no errors; those are acknowledged and not analysed.
 Calling AE titles can be restricted: others get A-ASSOCIATE-RJ, permanent, "calling AE title
 not recognised" (PS3.8 9.3.4). TLS follows PS3.15 B.9 (see :mod:`.tls`).
+
+How each association ended is handed to the spool (:meth:`Spool.association_ended`): a
+normal A-RELEASE after a series lets it complete after a short settle time instead of the
+quiet period; an A-ABORT (or a dropped connection) holds its series until a later
+association completes it (see :mod:`.spool`, "When is a series complete?").
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, cast
 
@@ -145,6 +150,8 @@ class _AssocStats:
     duplicate: int = 0
     ignored: int = 0
     failed: int = 0
+    #: Instances of each series this association carried (stored or duplicate).
+    series: dict[str, int] = field(default_factory=dict)
 
 
 class StorageSCP:
@@ -306,7 +313,13 @@ class StorageSCP:
             stats = self._stats.pop(id(event.assoc), None)
         if stats is None:
             return
-        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        released = event.event is evt.EVT_RELEASED
+        how = "released" if released else "aborted"
+        if stats.series:
+            try:
+                self.spool.association_ended(stats.series, released=released)
+            except Exception:  # the instances are safe; completion falls back to the timers
+                logger.exception("recording the end of the association failed")
         logger.info(
             "association from %s %s: %d stored, %d duplicate, %d ignored, %d failed",
             stats.calling_ae,
@@ -326,6 +339,12 @@ class StorageSCP:
             stats = self._stats.get(id(event.assoc))
             if stats is not None:
                 setattr(stats, field, getattr(stats, field) + 1)
+
+    def _carried(self, event: evt.Event, series_uid: str) -> None:
+        with self._stats_lock:
+            stats = self._stats.get(id(event.assoc))
+            if stats is not None:
+                stats.series[series_uid] = stats.series.get(series_uid, 0) + 1
 
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
         """Storage SCP (PS3.4 B.2.2): validate, spool durably, then acknowledge."""
@@ -368,6 +387,8 @@ class StorageSCP:
             else:
                 outcome = self.spool.store(data, calling_ae=calling, header=header)
                 status = STATUS_SUCCESS
+                if outcome.action is not StoreAction.IGNORED:
+                    self._carried(event, outcome.series_uid)
                 self._count(
                     event,
                     {

@@ -14,13 +14,33 @@ a SQLite index (WAL journal, ``synchronous=FULL``) in one transaction. Layout un
 Files keep the peer's encoding: the Part 10 bytes (PS3.10 section 7) with the transfer
 syntax and File Meta Information the instance arrived in.
 
-A series is *complete* once nothing arrived for ``quiet_period_s`` and, when the expected
-number of instances is known (NumberOfSeriesRelatedInstances from C-FIND, PS3.4 C.6.1.1.5),
-at least that many are present; if they never all arrive, the series completes anyway
-``incomplete_after_s`` after the last arrival, with the shortfall recorded. A series then
-goes through ``due -> claim -> mark_done | mark_failed``; an instance arriving after a
-series completed (a *late* instance, or a changed re-send) bumps its ``generation`` and
-makes it due again, and the caller's new result supersedes ``previous_result_ref``.
+When is a series *complete*? DICOM has no "end of series" message, so the spool combines
+what the sender can tell us (first rule that applies wins):
+
+1. **The sender aborted.** An association that carried instances of the series ended in
+   A-ABORT (or the connection dropped, PS3.8 7.3/7.4): the series is held -- *not* analysed
+   as a partial -- until a later association that carries it is released normally (then
+   the rules below apply), or ``aborted_wait_s`` pass without an arrival.
+2. **Expected count known** (NumberOfSeriesRelatedInstances from C-FIND / QIDO-RS, PS3.4
+   C.6.1.1.5, recorded with :meth:`Spool.set_expected_count`): complete ``settle_s`` after
+   the last arrival once that many are present; otherwise ``incomplete_after_s`` after the
+   last arrival, with the shortfall recorded.
+3. **The sender released the association** (A-RELEASE, PS3.8 7.2) that carried two or more
+   instances of the series (or all of them): complete ``settle_s`` after the last arrival. A
+   PACS that routes a *stable* series or study (Orthanc ``OnStableSeries``/``OnStableStudy``,
+   dcm4chee-arc export rules) sends it in one association, so its release means "this is
+   what I have". A sender using one association per image (one instance each) does not
+   count: its series falls back to rule 4.
+4. **Quiet period**: nothing arrived for ``quiet_period_s``.
+
+The CT Image IOD carries no instance count of its series: ImagesInAcquisition (0020,1002)
+is optional and counts an *acquisition* (several reconstructions share one), and
+NumberOfSlices (0054,0081) belongs to NM/PET. The spool does not guess from them.
+
+A series then goes through ``due -> claim -> mark_done | mark_failed``; an instance arriving
+after a series completed (a *late* instance, or a changed re-send) bumps its ``generation``
+and makes it due again, and the caller's new result supersedes ``previous_result_ref``
+(the bridge then retracts the old result from the PACS where configured).
 
 Our own outputs coming back from the PACS (SEG, Comprehensive 3D SR, Secondary Capture with
 Manufacturer ``chest-ct-triage``) are acknowledged but never spooled, so results never loop
@@ -51,7 +71,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +123,9 @@ CREATE TABLE IF NOT EXISTS series (
     claimed_generation  INTEGER,
     result_ref          TEXT,
     fail_reason         TEXT,
-    calling_ae          TEXT NOT NULL DEFAULT ''
+    calling_ae          TEXT NOT NULL DEFAULT '',
+    sender_done         REAL,
+    aborted_at          REAL
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid    TEXT PRIMARY KEY,
@@ -221,6 +243,10 @@ class ReadySeries:
         The result of an earlier generation that the new result supersedes, or ``None``.
     last_received
         Wall-clock time (``time.time()``) of the last arrival.
+    completed_by
+        Which completion rule applied (see the module docstring): ``"expected-count"``,
+        ``"incomplete-timeout"``, ``"association-released"``, ``"quiet-period"`` or
+        ``"aborted-timeout"``.
     """
 
     study_uid: str
@@ -232,6 +258,7 @@ class ReadySeries:
     missing_count: int
     previous_result_ref: str | None
     last_received: float
+    completed_by: str = "quiet-period"
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,10 +336,16 @@ class Spool:
     root
         Spool folder (created if missing).
     quiet_period_s
-        A series is complete when nothing arrived for this long.
+        A series is complete when nothing arrived for this long (rule 4).
     incomplete_after_s
         With a known expected count, complete anyway after this long without arrivals;
         default ``10 * quiet_period_s``.
+    settle_s
+        After the expected count arrived or the sender released the association (rules 2
+        and 3), wait this long without arrivals (a follow-up association in that time
+        keeps the series open).
+    aborted_wait_s
+        A series whose sender aborted is analysed anyway after this long without arrivals.
 
     Raises
     ------
@@ -324,16 +357,20 @@ class Spool:
         self,
         root: Path,
         *,
-        quiet_period_s: float = 10.0,
+        quiet_period_s: float = 5.0,
         incomplete_after_s: float | None = None,
+        settle_s: float = 1.0,
+        aborted_wait_s: float = 300.0,
     ) -> None:
-        if quiet_period_s < 0:
-            raise ValueError("quiet_period_s must be >= 0")
+        if min(quiet_period_s, settle_s, aborted_wait_s) < 0:
+            raise ValueError("quiet_period_s, settle_s and aborted_wait_s must be >= 0")
         self.root = root
         self.quiet_period_s = quiet_period_s
         self.incomplete_after_s = (
             incomplete_after_s if incomplete_after_s is not None else 10.0 * quiet_period_s
         )
+        self.settle_s = settle_s
+        self.aborted_wait_s = aborted_wait_s
         self.instances_dir = root / "instances"
         self._tmp_dir = root / "tmp"
         for folder in (root, self.instances_dir, self._tmp_dir):
@@ -353,6 +390,10 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {str(r[1]) for r in self._db.execute("PRAGMA table_info(series)")}
+            for column in ("sender_done", "aborted_at"):  # spools written before they existed
+                if column not in columns:
+                    self._db.execute(f"ALTER TABLE series ADD COLUMN {column} REAL")
         except sqlite3.Error as exc:
             os.close(self._lock_fd)
             raise TriageError(f"spool index {root / 'spool.db'} cannot be opened: {exc}") from exc
@@ -386,6 +427,11 @@ class Spool:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @property
+    def settled_after_s(self) -> float:
+        """Idle time after which every series is complete, whatever the sender did."""
+        return max(self.quiet_period_s, self.settle_s, self.incomplete_after_s, self.aborted_wait_s)
 
     def series_folder(self, study_uid: str, series_uid: str) -> Path:
         """Folder of one series' instances."""
@@ -560,7 +606,8 @@ class Spool:
                     generation += 1
                 db.execute(
                     "UPDATE series SET state = ?, generation = ?, last_received = ?, "
-                    "claimed_generation = NULL, fail_reason = NULL WHERE series_uid = ?",
+                    "claimed_generation = NULL, fail_reason = NULL, sender_done = NULL "
+                    "WHERE series_uid = ?",
                     (SeriesState.RECEIVING, generation, t, hdr.series_uid),
                 )
             db.execute(
@@ -603,19 +650,69 @@ class Spool:
         ).fetchone()
         return count, (None if row is None else int(row[0]))
 
-    def _is_complete_locked(self, db: sqlite3.Connection, series_uid: str, now: float) -> bool:
+    def association_ended(
+        self, series_counts: Mapping[str, int], *, released: bool, now: float | None = None
+    ) -> None:
+        """Record how an association that carried instances ended (completion rules 1 and 3).
+
+        Parameters
+        ----------
+        series_counts
+            Instances of each series the association carried (stored or duplicate).
+        released
+            ``True`` for a normal A-RELEASE, ``False`` for an A-ABORT or a dropped
+            connection.
+        now
+            Wall-clock time (``time.time()`` by default); for tests.
+        """
+        t = time.time() if now is None else now
+        with self._tx() as db:
+            for series_uid, carried in series_counts.items():
+                if carried <= 0:
+                    continue
+                if not released:
+                    db.execute(
+                        "UPDATE series SET aborted_at = ?, sender_done = NULL WHERE series_uid = ?",
+                        (t, series_uid),
+                    )
+                    continue
+                count, _ = self._counts(db, series_uid)
+                # One instance of many per association says nothing about the series' end.
+                done = t if carried >= 2 or carried >= count else None
+                db.execute(
+                    "UPDATE series SET aborted_at = NULL, sender_done = ? WHERE series_uid = ?",
+                    (done, series_uid),
+                )
+        if not released and series_counts:
+            logger.warning(
+                "association aborted: %d series held until a re-send completes them or %.0f s pass",
+                len(series_counts),
+                self.aborted_wait_s,
+            )
+
+    def _completion_locked(self, db: sqlite3.Connection, series_uid: str, now: float) -> str | None:
+        """The completion rule that applies now (module docstring), ``None`` if incomplete."""
         row = db.execute(
-            "SELECT last_received FROM series WHERE series_uid = ?", (series_uid,)
+            "SELECT last_received, sender_done, aborted_at FROM series WHERE series_uid = ?",
+            (series_uid,),
         ).fetchone()
         if row is None:
-            return False
+            return None
         idle = now - float(row[0])
-        if idle < self.quiet_period_s:
-            return False
+        if row[2] is not None:
+            return "aborted-timeout" if idle >= self.aborted_wait_s else None
         count, expected = self._counts(db, series_uid)
-        return expected is None or count >= expected or idle >= self.incomplete_after_s
+        if expected is not None:
+            if count >= expected and idle >= min(self.settle_s, self.quiet_period_s):
+                return "expected-count"
+            return "incomplete-timeout" if idle >= self.incomplete_after_s else None
+        if row[1] is not None and idle >= self.settle_s:
+            return "association-released"
+        return "quiet-period" if idle >= self.quiet_period_s else None
 
-    def _ready(self, db: sqlite3.Connection, series_uid: str) -> ReadySeries:
+    def _ready(
+        self, db: sqlite3.Connection, series_uid: str, completed_by: str = "quiet-period"
+    ) -> ReadySeries:
         study_uid, generation, last_received, result_ref = db.execute(
             "SELECT study_uid, generation, last_received, result_ref FROM series "
             "WHERE series_uid = ?",
@@ -633,6 +730,7 @@ class Spool:
             missing_count=missing,
             previous_result_ref=None if result_ref is None else str(result_ref),
             last_received=float(last_received),
+            completed_by=completed_by,
         )
 
     def due(self, now: float | None = None) -> list[ReadySeries]:
@@ -648,13 +746,14 @@ class Spool:
             rows = self._db.execute(
                 "SELECT series_uid FROM series WHERE state = ? AND last_received <= ? "
                 "ORDER BY last_received",
-                (SeriesState.RECEIVING, t - self.quiet_period_s),
+                (SeriesState.RECEIVING, t - min(self.quiet_period_s, self.settle_s)),
             ).fetchall()
-            return [
-                self._ready(self._db, str(r[0]))
-                for r in rows
-                if self._is_complete_locked(self._db, str(r[0]), t)
-            ]
+            ready = []
+            for r in rows:
+                rule = self._completion_locked(self._db, str(r[0]), t)
+                if rule is not None:
+                    ready.append(self._ready(self._db, str(r[0]), rule))
+            return ready
 
     def claim(self, series_uid: str, now: float | None = None) -> ReadySeries:
         """Claim a due series for analysis (atomic: one claimant wins).
@@ -676,11 +775,10 @@ class Spool:
             ).fetchone()
             if row is None:
                 raise TriageError(f"series {series_uid} is not in the spool")
-            if str(row[0]) != SeriesState.RECEIVING or not self._is_complete_locked(
-                db, series_uid, t
-            ):
+            rule = self._completion_locked(db, series_uid, t)
+            if str(row[0]) != SeriesState.RECEIVING or rule is None:
                 raise TriageError(f"series {series_uid} is not due (state {row[0]})")
-            ready = self._ready(db, series_uid)
+            ready = self._ready(db, series_uid, rule)
             db.execute(
                 "UPDATE series SET state = ?, claimed_generation = ? WHERE series_uid = ?",
                 (SeriesState.CLAIMED, ready.generation, series_uid),
@@ -693,10 +791,11 @@ class Spool:
                 ready.expected_count,
             )
         logger.info(
-            "claimed series %s generation %d (%d instances)",
+            "claimed series %s generation %d (%d instances, complete by %s)",
             series_uid,
             ready.generation,
             ready.instance_count,
+            ready.completed_by,
         )
         return ready
 
