@@ -102,12 +102,16 @@ def start_server(
     tmp_path: Path,
     store: JobStore,
     identity: ModelIdentity | None,
+    *,
+    pacs_configured: bool = True,
     **kwargs: Any,
 ) -> tuple[HttpServer, Live]:
+    """Start the API; ``pacs_configured`` as if a PACS were set (the test plays the worker)."""
     data = tmp_path / "data"
     settings = Settings(data_dir=data, dicom_port=None)
     cfg = dataclasses.replace(
         ApiConfig.from_settings(settings),
+        pacs_configured=pacs_configured,
         upload_max_bytes=UPLOAD_LIMIT,
         zip_limits=ZipLimits(max_entries=100, max_total_bytes=64 * 1024**2),
     )
@@ -166,6 +170,24 @@ def files_under(root: Path) -> set[Path]:
 
 
 # -- tests ------------------------------------------------------------------------------------
+def test_study_by_uid_without_a_pacs_is_refused_at_once(
+    tmp_path: Path, store: JobStore, model: LesionSegmenter
+) -> None:
+    """No PACS configured: POST /studies and a UID batch answer 409, and nothing is queued."""
+    server, live = start_server(tmp_path, store, model.identity, pacs_configured=False)
+    try:
+        with live.client("operator") as op:
+            r = op.post(f"{API}/studies", json={"study_uid": "1.2.826.0.1.3680043.8.498.7"})
+            assert r.status_code == 409, r.text
+            assert "no PACS is configured" in r.json()["detail"]
+            assert "/uploads" in r.json()["detail"]
+            b = op.post(f"{API}/batches", json={"name": "b", "accessions": ["A1"]})
+            assert b.status_code == 409, b.text
+        assert list(store.list_jobs()) == []
+    finally:
+        server.stop()
+
+
 def test_healthz_is_anonymous_and_everything_else_needs_a_token(live: Live) -> None:
     with live.client() as anon:
         assert anon.get("/healthz").json() == {"status": "ok"}

@@ -7,7 +7,9 @@ import shutil
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from ct_triage.server.api.context import ApiContext
 from ct_triage.server.api.deps import AsOperator, Ctx, Store
+from ct_triage.server.api.errors import Conflict
 from ct_triage.server.api.routes._common import AUTH_ERRORS, Responses
 from ct_triage.server.api.schemas import API_PREFIX, ErrorPublic, JobPublic, StudyCreate
 from ct_triage.server.api.uploads import UploadLimits, receive_upload
@@ -43,6 +45,20 @@ def submit_study(
     )
 
 
+def require_pacs(ctx: ApiContext) -> None:
+    """Refuse at once a study this server could never fetch (no PACS configured)."""
+    if not ctx.config.pacs_configured:
+        raise Conflict(
+            "no PACS is configured (CT_TRIAGE_PACS or CT_TRIAGE_PACS_DICOMWEB_URL): this "
+            "server cannot fetch a study by UID or accession; upload it with POST "
+            f"{API_PREFIX}/uploads instead"
+        )
+
+
+_NO_PACS: Responses = {
+    409: {"model": ErrorPublic, "description": "No PACS is configured to fetch the study from"}
+}
+
 _CREATED: Responses = {
     202: {"model": JobPublic, "description": "Job created and queued"},
     200: {"model": JobPublic, "description": "Already submitted: the existing job"},
@@ -53,7 +69,7 @@ _CREATED: Responses = {
     "/studies",
     response_model=JobPublic,
     status_code=202,
-    responses=_CREATED | AUTH_ERRORS,
+    responses=_CREATED | AUTH_ERRORS | _NO_PACS,
     summary="Analyse a PACS study by StudyInstanceUID or accession number (idempotent)",
 )
 def create_study_job(
@@ -62,8 +78,10 @@ def create_study_job(
     """Queue a PULL job keyed ``study:<uid|accession>:<model_version>``.
 
     The same study submitted again for the same model version answers 200 with the job that
-    exists; a new job answers 202.
+    exists; a new job answers 202. With no PACS configured the request is refused (409)
+    instead of queueing a job that can only fail.
     """
+    require_pacs(ctx)
     job, created = submit_study(
         store, study_uid=body.study_uid, accession=body.accession, model_version=ctx.model_version
     )
