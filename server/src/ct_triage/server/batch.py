@@ -3,14 +3,13 @@
 A batch is a named set of pull jobs (one per study, by StudyInstanceUID or accession
 number); each job is keyed ``study:<uid or accession>:<model version>``, so a study already
 analysed by this model version is not analysed again. The CSV has one row per study, in
-reading order (triage priority first), behind a disclaimer line.
+reading order (triage priority first), in the format of the API's CSV
+(:mod:`ct_triage.server.worklist`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import logging
 import sys
 import threading
@@ -18,49 +17,24 @@ import time
 from collections.abc import Iterable
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ct_triage.models.errors import TriageError
 from ct_triage.server.jobs.model import (
     Batch,
     BatchProgress,
-    Job,
     JobKind,
     JobNotFound,
-    JobState,
     JobStore,
+    settled_progress,
 )
+from ct_triage.server.worklist import CSV_COLUMNS, csv_text, study_rows
 
 if TYPE_CHECKING:
     from ct_triage.server.bridge import Bridge
     from ct_triage.server.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-#: First line of every batch CSV.
-CSV_DISCLAIMER = "# AI triage aid - not for primary diagnosis"
-
-CSV_COLUMNS = (
-    "study_instance_uid",
-    "accession_number",
-    "series_instance_uid",
-    "status",
-    "reason",
-    "lung_volume_left_ml",
-    "lung_volume_right_ml",
-    "lung_volume_total_ml",
-    "lesion_volume_total_ml",
-    "lesion_volume_ggo_ml",
-    "lesion_volume_consolidation_ml",
-    "percent_involvement_left",
-    "percent_involvement_right",
-    "percent_involvement_total",
-    "severity_score",
-    "triage_category",
-    "triage_priority",
-    "model_version",
-    "quality_flags",
-)
 
 
 def job_key(uid_or_accession: str, model_version: str) -> str:
@@ -133,51 +107,15 @@ def submit_batch_from_query(
     )
 
 
-def _get(d: Any, key: str) -> Any:
-    return d.get(key, "") if isinstance(d, dict) else ""
+def batch_csv(store: JobStore, batch_id: str, *, viewer_template: str | None = None) -> str:
+    """The batch as CSV, one row per study in reading order.
 
-
-def _row(job: Job) -> list[Any]:
-    r = job.result
-    lung, les, pct = (
-        r.get("lung_volume_ml", {}),
-        r.get("lesion_volume_ml", {}),
-        r.get("percent_involvement", {}),
-    )
-    return [
-        r.get("study_uid") or job.study_uid or job.payload.get("study_uid", ""),
-        job.accession or job.payload.get("accession", ""),
-        r.get("series_uid", ""),
-        str(job.state),
-        "" if job.state is JobState.DONE else (job.error or ""),
-        _get(lung, "left"),
-        _get(lung, "right"),
-        _get(lung, "total"),
-        _get(les, "total"),
-        _get(les, "ggo"),
-        _get(les, "consolidation"),
-        _get(pct, "left"),
-        _get(pct, "right"),
-        _get(pct, "total"),
-        r.get("severity_score", ""),
-        r.get("triage", ""),
-        r.get("priority", ""),
-        r.get("model_version") or job.payload.get("model_version", ""),
-        "; ".join(str(f) for f in r.get("quality_flags") or []),
-    ]
-
-
-def batch_csv(store: JobStore, batch_id: str) -> str:
-    """The batch as CSV: a disclaimer comment, a header, one row per study in reading order."""
+    The same format as ``GET /api/v1/batches/{id}/csv``: :data:`CSV_COLUMNS` (patient
+    identity, the numbers, the viewer link, the disclaimer on every row).
+    """
     if store.get_batch(batch_id) is None:
         raise JobNotFound(f"batch {batch_id} not found")
-    buf = io.StringIO()
-    buf.write(CSV_DISCLAIMER + "\n")
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for job in store.worklist(batch_id=batch_id):
-        w.writerow(_row(job))
-    return buf.getvalue()
+    return csv_text(study_rows(store.worklist(batch_id=batch_id), viewer_template=viewer_template))
 
 
 def _duration(seconds: float | None) -> str:
@@ -218,7 +156,7 @@ def follow_batch(
     last = ""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        p = store.batch_progress(batch_id)
+        p = settled_progress(store, batch_id)
         line = progress_line(p)
         if tty:
             out.write("\r" + line)
@@ -304,7 +242,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
             finally:
                 stop.set()
                 workers.join()
-            text = batch_csv(store, batch.id)
+            text = batch_csv(store, batch.id, viewer_template=settings.viewer_url_template)
             if args.csv:
                 Path(args.csv).write_text(text)
                 print(f"CSV written to {args.csv}", file=sys.stderr)
@@ -331,7 +269,6 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 
 __all__ = [
     "CSV_COLUMNS",
-    "CSV_DISCLAIMER",
     "add_batch_arguments",
     "batch_csv",
     "cmd_batch",

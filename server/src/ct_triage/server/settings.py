@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     triton_ssl_ca: Path | None = None
     triton_ssl_cert: Path | None = None
     triton_ssl_key: Path | None = None
+    #: This site's opaque id for a shared Triton pool (metrics, quotas): sent with every
+    #: request; never derived from a patient, study or AE title. ``None`` sends none.
+    site_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    #: Triton: retries after a transient failure, first delay (doubling); while the pool is
+    #: down, "local" runs the network on this site's CPU, "none" retries the study's job later;
+    #: after a pool failure, studies go to the fallback for this long before the pool is tried.
+    triton_retries: int = Field(default=3, ge=0, le=20)
+    triton_retry_backoff_s: float = Field(default=0.5, ge=0)
+    triton_fallback: Literal["none", "local"] = "none"
+    triton_retry_after_s: float = Field(default=15.0, ge=0)
 
     #: Series selection.
     min_slices: int = Field(default=40, ge=1)
@@ -106,8 +116,21 @@ class Settings(BaseSettings):
     dicom_port: int | None = Field(default=11112, ge=0, le=65535)
     #: Calling AE titles allowed to send to us; empty = any.
     allowed_calling_aets: list[str] = Field(default_factory=list)
-    #: A series is complete after this many seconds without a new instance.
-    quiet_period_s: float = Field(default=10.0, gt=0)
+    #: A series is complete after this many seconds without a new instance (the fallback
+    #: when the sender gives no sign; see "DICOM bridge" in the README and
+    #: ``ct_triage.dicom_bridge.spool``).
+    quiet_period_s: float = Field(default=5.0, gt=0)
+    #: Once the sender released the association that carried a series (or its expected
+    #: count arrived), it is complete after this many seconds without a new instance.
+    completion_settle_s: float = Field(default=1.0, ge=0)
+    #: A series whose sender aborted the association is held this long for a re-send, then
+    #: analysed as it is.
+    aborted_series_wait_s: float = Field(default=300.0, ge=0)
+    #: Where superseded results (a late instance re-ran the series) are deleted from the
+    #: PACS once the new result is delivered: "orthanc:http://host:8042" (Orthanc REST API)
+    #: and/or "dicomweb:https://host/dicom-web" (DICOMweb DELETE, e.g. Google Cloud
+    #: Healthcare, Azure DICOM service); credentials are the ``pacs_dicomweb_*`` ones.
+    retract_superseded: list[str] = Field(default_factory=list)
     #: Received instances of analysed (or failed) series are deleted this many days after
     #: their last arrival, checked hourly; results are kept. ``0`` keeps everything.
     spool_retention_days: float = Field(default=7.0, ge=0)
@@ -161,6 +184,10 @@ class Settings(BaseSettings):
 
     #: Log format for the CLI: "text" or "json".
     log_format: Literal["text", "json"] = "text"
+    #: Link from the worklist into the site's viewer: an http(s) URL (or a path on this
+    #: server) with ``{study}`` (StudyInstanceUID) and/or ``{accession}``, e.g. OHIF's
+    #: ``http://pacs/ohif/viewer?StudyInstanceUIDs={study}``. ``None``: no link.
+    viewer_url_template: str | None = None
 
     @field_validator("model_dir")
     @classmethod
@@ -190,6 +217,24 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"destination {d!r} must start with 'dimse:' (AET@host:port) or 'stow:' (URL)"
                 )
+        return v
+
+    @field_validator("retract_superseded")
+    @classmethod
+    def _retract_format(cls, v: list[str]) -> list[str]:
+        from ct_triage.dicom_bridge.retract import parse_retract_target
+
+        for spec in v:
+            parse_retract_target(spec)
+        return v
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _viewer_template(cls, v: str | None) -> str | None:
+        if v is not None:
+            from ct_triage.server.viewer import check_viewer_template
+
+            check_viewer_template(v)
         return v
 
     @model_validator(mode="after")
@@ -227,6 +272,11 @@ class Settings(BaseSettings):
             triton_ssl_ca=self.triton_ssl_ca,
             triton_ssl_cert=self.triton_ssl_cert,
             triton_ssl_key=self.triton_ssl_key,
+            triton_site_id=self.site_id,
+            triton_retries=self.triton_retries,
+            triton_retry_backoff_s=self.triton_retry_backoff_s,
+            triton_fallback=self.triton_fallback,
+            triton_retry_after_s=self.triton_retry_after_s,
         )
 
     def resolved_job_store_url(self) -> str:

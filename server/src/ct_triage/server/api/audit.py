@@ -7,7 +7,9 @@ One line per event in ``<data_dir>/audit.jsonl``::
      "study_uid": "1.2.3", "status": 202}
 
 It names the token (its name and public id, never the secret), the job and the
-StudyInstanceUID; never a patient name, patient ID or accession number. The file is opened
+StudyInstanceUID; never a patient name, patient ID or accession number. A view that showed
+patient identity (``worklist.read``, ``batch.csv``) lists the StudyInstanceUIDs shown
+(``study_uids``): who saw which patients, when, from where. The file is opened
 in append mode and each line is written with one ``write`` under a lock; events that change
 something (submissions, uploads, token changes) are also ``fsync``-ed.
 """
@@ -43,6 +45,7 @@ class AuditEvent:
     study_uid: str | None = None
     batch_id: str | None = None
     detail: str | None = None
+    study_uids: tuple[str, ...] | None = None
 
 
 class AuditLog:
@@ -76,6 +79,7 @@ class AuditLog:
         study_uid: str | None = None,
         batch_id: str | None = None,
         detail: str | None = None,
+        study_uids: tuple[str, ...] | None = None,
         durable: bool = False,
     ) -> AuditEvent:
         """Append one event.
@@ -94,6 +98,8 @@ class AuditLog:
             What it concerned.
         detail
             A short free text without patient data.
+        study_uids
+            The studies whose patient identity the caller was shown.
         durable
             ``fsync`` the line (for actions that change something).
         """
@@ -109,6 +115,7 @@ class AuditLog:
             study_uid=study_uid,
             batch_id=batch_id,
             detail=detail,
+            study_uids=study_uids,
         )
         line = json.dumps({k: v for k, v in asdict(event).items() if v is not None})
         with self._lock:

@@ -39,6 +39,8 @@ class ApiConfig:
         HTTPS certificate and key (PEM); both or neither.
     pacs_configured
         Whether a PACS (DIMSE or DICOMweb) is configured (readiness checks it).
+    viewer_url_template
+        Link from the worklist into the site's viewer (``{study}``, ``{accession}``), or None.
     """
 
     data_dir: Path
@@ -50,6 +52,7 @@ class ApiConfig:
     tls_cert: Path | None
     tls_key: Path | None
     pacs_configured: bool
+    viewer_url_template: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
@@ -78,4 +81,5 @@ class ApiConfig:
             tls_cert=Path(cert) if cert else None,
             tls_key=Path(key) if key else None,
             pacs_configured=bool(settings.pacs or settings.pacs_dicomweb_url),
+            viewer_url_template=getattr(settings, "viewer_url_template", None),
         )

@@ -64,6 +64,7 @@ class Caller:
         study_uid: str | None = None,
         batch_id: str | None = None,
         detail: str | None = None,
+        study_uids: tuple[str, ...] | None = None,
         durable: bool = False,
     ) -> None:
         """Record an audited action of this caller (no patient data)."""
@@ -76,6 +77,7 @@ class Caller:
             study_uid=study_uid,
             batch_id=batch_id,
             detail=detail,
+            study_uids=study_uids,
             durable=durable,
         )
 

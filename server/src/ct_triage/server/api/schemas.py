@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ct_triage.models.identity import DISCLAIMER
 from ct_triage.server.api.auth import Role, TokenInfo
 from ct_triage.server.jobs.model import Batch, BatchProgress, Job, JobKind, JobState
+from ct_triage.server.worklist import StudyRow
 
 API_PREFIX = "/api/v1"
 
@@ -302,23 +303,87 @@ class BatchPublic(_Schema):
 
 # -- worklist ----------------------------------------------------------------------------
 class WorklistItemPublic(_Schema):
-    """One row of the reading worklist."""
+    """One row of the reading worklist: the patient, the study, the finding, the links.
+
+    The fields are those of the CSV (:data:`ct_triage.server.worklist.CSV_COLUMNS`) plus the
+    preview link. Patient fields are empty when the headers could not be read.
+    """
 
     rank: int = Field(description="1 = read first.")
     job_id: str
     state: JobState
-    study_uid: str | None = None
-    accession: str | None = None
     triage: str | None = None
     priority: int | None = None
+    finding: str = Field(description="What was found, in one line (or why nothing was).")
+    patient_name: str = Field(description="Patient's Name, as 'FAMILY, Given'.")
+    patient_id: str
+    birth_date: str = Field(description="YYYY-MM-DD, or empty.")
+    age: str = Field(description="Age at the study, e.g. '50 y'.")
+    sex: str
+    study_date: str = Field(description="YYYY-MM-DD, or empty.")
+    study_time: str = Field(description="HH:MM, or empty.")
+    accession: str
+    modality: str
+    series_description: str = Field(description="The analysed series.")
+    study_description: str
+    study_uid: str | None = None
+    series_uid: str | None = None
     severity_score: int | None = None
     percent_involvement_total: float | None = None
+    percent_involvement_right: float | None = None
+    percent_involvement_left: float | None = None
     lesion_volume_ml_total: float | None = None
+    lesion_volume_ml_ggo: float | None = None
+    lesion_volume_ml_consolidation: float | None = None
+    lung_volume_ml_total: float | None = None
     quality_flags: list[str] = Field(default_factory=list)
     error: str | None = None
-    created_at: datetime | None = None
+    model_version: str | None = None
     finished_at: datetime | None = None
+    viewer_url: str | None = Field(
+        default=None, description="Opens the study in the site's viewer (when configured)."
+    )
     preview: str | None = Field(default=None, description="URL of the preview PNG when done.")
+
+    @classmethod
+    def from_row(cls, row: StudyRow) -> WorklistItemPublic:
+        """Build from the row the CSV is written from."""
+        done = row.state == JobState.DONE.value
+        return cls(
+            rank=row.rank,
+            job_id=row.job_id,
+            state=JobState(row.state),
+            triage=row.triage,
+            priority=row.priority,
+            finding=row.finding,
+            patient_name=row.patient_name,
+            patient_id=row.patient_id,
+            birth_date=row.birth_date,
+            age=row.age,
+            sex=row.sex,
+            study_date=row.study_date,
+            study_time=row.study_time,
+            accession=row.accession,
+            modality=row.modality,
+            series_description=row.series_description,
+            study_description=row.study_description,
+            study_uid=row.study_uid,
+            series_uid=row.series_uid,
+            severity_score=row.severity_score,
+            percent_involvement_total=row.percent_involvement_total,
+            percent_involvement_right=row.percent_involvement_right,
+            percent_involvement_left=row.percent_involvement_left,
+            lesion_volume_ml_total=row.lesion_volume_ml_total,
+            lesion_volume_ml_ggo=row.lesion_volume_ml_ggo,
+            lesion_volume_ml_consolidation=row.lesion_volume_ml_consolidation,
+            lung_volume_ml_total=row.lung_volume_ml_total,
+            quality_flags=list(row.quality_flags),
+            error=row.error,
+            model_version=row.model_version,
+            finished_at=row.finished_at,
+            viewer_url=row.viewer_url,
+            preview=f"{API_PREFIX}/jobs/{row.job_id}/preview.png" if done else None,
+        )
 
 
 class WorklistPublic(_Schema):

@@ -11,7 +11,7 @@ with backoff; nothing accepted is lost.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -209,10 +209,40 @@ def progress_from(
     )
 
 
+def settled_progress(store: JobStore, batch_id: str) -> BatchProgress:
+    """``store.batch_progress``, with the rate frozen once the batch is finished.
+
+    While jobs remain, the rate is finished jobs per minute since the first start. Once none
+    remains it is measured up to the last job's finish (not up to now, which would make it
+    fall for ever after completion), and the ETA is 0.
+    """
+    p = store.batch_progress(batch_id)
+    if p.remaining or p.total == 0:
+        return p
+    jobs = store.list_jobs(batch_id=batch_id, limit=max(p.total, 1))
+    starts = [j.started_at for j in jobs if j.started_at is not None]
+    ends = [j.finished_at for j in jobs if j.finished_at is not None]
+    if not starts or not ends:
+        return p
+    elapsed_min = max((max(ends) - min(starts)).total_seconds(), 1e-3) / 60.0
+    finished = p.done + p.declined + p.failed
+    return replace(p, rate_per_min=finished / elapsed_min, eta_s=0.0)
+
+
 def result_summary(report: dict[str, Any], result_dir: str) -> dict[str, Any]:
-    """The key numbers of ``report.json`` kept in :attr:`Job.result` (worklist and CSV)."""
+    """The key numbers of ``report.json`` kept in :attr:`Job.result` (worklist and CSV).
+
+    ``identity`` holds who and which study it is (patient name, ID, birth date, age, sex,
+    study date and time, accession number, series description), read from the result
+    objects' headers (:func:`ct_triage.server.worklist.read_identity`), for the worklist.
+    """
+    from pathlib import Path
+
+    from ct_triage.server.worklist import read_identity
+
     triage = report.get("triage", {})
     return {
+        "identity": read_identity(Path(result_dir), report),
         "study_uid": report.get("study_instance_uid"),
         "series_uid": report.get("series_instance_uid"),
         "triage": triage.get("category"),
@@ -262,6 +292,10 @@ class JobStore(Protocol):
 
     def requeue_expired(self) -> int:
         """Queue again the running jobs whose lease expired (their worker died)."""
+        ...
+
+    def release_dead_leases(self) -> int:
+        """Queue again at once the running jobs whose process on this host is gone."""
         ...
 
     def get(self, job_id: str) -> Job | None: ...

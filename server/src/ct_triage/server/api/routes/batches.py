@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from typing import Any
-
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
 
-from ct_triage.models.identity import DISCLAIMER
 from ct_triage.server.api.deps import AsOperator, AsViewer, Ctx, Store
 from ct_triage.server.api.errors import BadRequest, NotFound
 from ct_triage.server.api.routes._common import AUTH_ERRORS, Responses
-from ct_triage.server.api.routes.studies import submit_study
+from ct_triage.server.api.routes.studies import require_pacs, submit_study
 from ct_triage.server.api.schemas import API_PREFIX, BatchCreate, BatchPublic, ErrorPublic
-from ct_triage.server.jobs.model import Batch, Job, JobStore
+from ct_triage.server.jobs.model import Batch, JobStore, settled_progress
+from ct_triage.server.worklist import csv_text, study_rows
 
 router = APIRouter(tags=["batches"])
 
 _NOT_FOUND: Responses = {404: {"model": ErrorPublic, "description": "No such batch"}}
 MAX_BATCH = 5000
-
-CSV_COLUMNS = (
-    "rank",
-    "job_id",
-    "state",
-    "accession",
-    "study_uid",
-    "triage",
-    "priority",
-    "severity_score",
-    "percent_involvement_total",
-    "percent_involvement_right",
-    "percent_involvement_left",
-    "lesion_volume_ml_total",
-    "lesion_volume_ml_ggo",
-    "lesion_volume_ml_consolidation",
-    "lung_volume_ml_total",
-    "model_version",
-    "quality_flags",
-    "error",
-    "disclaimer",
-)
 
 
 def _batch_or_404(store: JobStore, batch_id: str) -> Batch:
@@ -59,12 +33,15 @@ def _batch_or_404(store: JobStore, batch_id: str) -> Batch:
     responses=AUTH_ERRORS
     | {
         400: {"model": ErrorPublic, "description": "Query without a PACS, or too many studies"},
+        409: {"model": ErrorPublic, "description": "UIDs/accessions but no PACS to fetch them"},
         502: {"model": ErrorPublic, "description": "The PACS query failed"},
     },
     summary="Submit a batch: UIDs and/or accessions, or a PACS date-range query",
 )
 def create_batch(body: BatchCreate, caller: AsOperator, ctx: Ctx, store: Store) -> BatchPublic:
     """Create one PULL job per study (existing jobs of the same study are reused)."""
+    if body.study_uids or body.accessions:
+        require_pacs(ctx)
     refs: list[tuple[str | None, str | None]] = [(u, None) for u in body.study_uids]
     refs += [(None, a) for a in body.accessions]
     if body.query is not None:
@@ -84,7 +61,7 @@ def create_batch(body: BatchCreate, caller: AsOperator, ctx: Ctx, store: Store) 
     caller.audit(
         "batch.submit", 202, batch_id=batch.id, detail=f"{len(job_ids)} job(s)", durable=True
     )
-    return BatchPublic.from_batch(batch, store.batch_progress(batch.id))
+    return BatchPublic.from_batch(batch, settled_progress(store, batch.id))
 
 
 @router.get(
@@ -97,52 +74,7 @@ def get_batch(batch_id: str, caller: AsViewer, store: Store) -> BatchPublic:
     """The batch with its progress."""
     batch = _batch_or_404(store, batch_id)
     caller.audit("batch.read", 200, batch_id=batch.id)
-    return BatchPublic.from_batch(batch, store.batch_progress(batch.id))
-
-
-def _cell(value: Any) -> str:
-    """A CSV cell; text that a spreadsheet would run as a formula is quoted with ``'``."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    text = str(value)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + text
-    return text
-
-
-def csv_rows(jobs: list[Job]) -> list[list[str]]:
-    """One row per job in worklist order (columns :data:`CSV_COLUMNS`)."""
-    from ct_triage.server.api.schemas import ResultSummaryPublic
-
-    rows = []
-    for rank, job in enumerate(jobs, start=1):
-        r = ResultSummaryPublic.from_result(job.result) if job.result else ResultSummaryPublic()
-        pi, les, lung = r.percent_involvement, r.lesion_volume_ml, r.lung_volume_ml
-        values: list[Any] = [
-            rank,
-            job.id,
-            job.state.value,
-            job.accession,
-            job.study_uid or job.result.get("study_uid"),
-            r.triage,
-            job.priority if job.priority is not None else r.priority,
-            r.severity_score,
-            pi.get("total"),
-            pi.get("right"),
-            pi.get("left"),
-            les.get("total"),
-            les.get("ggo"),
-            les.get("consolidation"),
-            lung.get("total"),
-            r.model_version,
-            "; ".join(r.quality_flags),
-            job.error,
-            DISCLAIMER,
-        ]
-        rows.append([_cell(v) for v in values])
-    return rows
+    return BatchPublic.from_batch(batch, settled_progress(store, batch.id))
 
 
 @router.get(
@@ -151,17 +83,26 @@ def csv_rows(jobs: list[Job]) -> list[list[str]]:
     responses=AUTH_ERRORS | _NOT_FOUND | {200: {"content": {"text/csv": {}}}},
     summary="The batch as CSV, in triage-priority order",
 )
-def get_batch_csv(batch_id: str, caller: AsViewer, store: Store) -> Response:
-    """CSV (RFC 4180, UTF-8) of the batch's jobs, sorted like the worklist."""
+def get_batch_csv(batch_id: str, caller: AsViewer, ctx: Ctx, store: Store) -> Response:
+    """CSV (RFC 4180, UTF-8) of the batch's studies, sorted like the worklist.
+
+    The same columns, in the same order, as ``ct-triage batch --csv``
+    (:data:`ct_triage.server.worklist.CSV_COLUMNS`), patient identity included; the download
+    is audited with the studies it holds.
+    """
     batch = _batch_or_404(store, batch_id)
-    jobs = store.worklist(batch_id=batch.id)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(csv_rows(jobs))
-    caller.audit("batch.csv", 200, batch_id=batch.id, detail=f"{len(jobs)} row(s)")
+    rows = study_rows(
+        store.worklist(batch_id=batch.id), viewer_template=ctx.config.viewer_url_template
+    )
+    caller.audit(
+        "batch.csv",
+        200,
+        batch_id=batch.id,
+        detail=f"{len(rows)} row(s)",
+        study_uids=tuple(r.study_uid or f"job:{r.job_id}" for r in rows),
+    )
     return Response(
-        content=buf.getvalue(),
+        content=csv_text(rows),
         media_type="text/csv; charset=utf-8",
         headers={
             "Content-Disposition": f'attachment; filename="batch-{batch.id}.csv"',

@@ -1,4 +1,8 @@
-"""The reading worklist: done studies by triage priority, then running, queued, the rest."""
+"""The reading worklist: done studies by triage priority, then running, queued, the rest.
+
+Each row names the patient and the study (see :mod:`ct_triage.server.worklist`); every
+answer is audited with the StudyInstanceUIDs it showed.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +11,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ct_triage.server.api.deps import AsViewer, Store
+from ct_triage.server.api.deps import AsViewer, Ctx, Store
 from ct_triage.server.api.routes._common import AUTH_ERRORS
-from ct_triage.server.api.schemas import (
-    API_PREFIX,
-    ResultSummaryPublic,
-    WorklistItemPublic,
-    WorklistPublic,
-)
-from ct_triage.server.jobs.model import Job, JobState
+from ct_triage.server.api.schemas import WorklistItemPublic, WorklistPublic
+from ct_triage.server.worklist import study_rows
 
 router = APIRouter(tags=["worklist"])
-
-
-def _item(rank: int, job: Job) -> WorklistItemPublic:
-    done = job.state is JobState.DONE
-    r = ResultSummaryPublic.from_result(job.result) if done else ResultSummaryPublic()
-    return WorklistItemPublic(
-        rank=rank,
-        job_id=job.id,
-        state=job.state,
-        study_uid=job.study_uid or job.result.get("study_uid"),
-        accession=job.accession,
-        triage=r.triage,
-        priority=job.priority if job.priority is not None else r.priority,
-        severity_score=r.severity_score,
-        percent_involvement_total=r.percent_involvement.get("total"),
-        lesion_volume_ml_total=r.lesion_volume_ml.get("total"),
-        quality_flags=r.quality_flags,
-        error=job.error,
-        created_at=job.created_at,
-        finished_at=job.finished_at,
-        preview=f"{API_PREFIX}/jobs/{job.id}/preview.png" if done else None,
-    )
 
 
 @router.get(
@@ -50,6 +27,7 @@ def _item(rank: int, job: Job) -> WorklistItemPublic:
 )
 def get_worklist(
     caller: AsViewer,
+    ctx: Ctx,
     store: Store,
     batch: Annotated[str | None, Query(max_length=64)] = None,
     day: Annotated[date | None, Query(alias="date", description="UTC day; default today")] = None,
@@ -57,7 +35,8 @@ def get_worklist(
     """Studies of ``batch`` (all days unless ``date`` is given) or of ``date`` (default today).
 
     Done studies come first by triage priority (1 = read first), then severity and percent
-    involved; then running, queued, declined and failed ones.
+    involved; then running, queued, declined and failed ones. Rows carry the patient's
+    identity (any authenticated role); the view is audited with the studies shown.
     """
     if batch is None and day is None:
         day = datetime.now(UTC).date()
@@ -71,10 +50,17 @@ def get_worklist(
         ]
     else:
         jobs = store.worklist(batch_id=batch)
-    caller.audit("worklist.read", 200, batch_id=batch, detail=f"{len(jobs)} row(s)")
+    rows = study_rows(jobs, viewer_template=ctx.config.viewer_url_template)
+    caller.audit(
+        "worklist.read",
+        200,
+        batch_id=batch,
+        detail=f"{len(rows)} row(s)",
+        study_uids=tuple(r.study_uid or f"job:{r.job_id}" for r in rows),
+    )
     return WorklistPublic(
         generated_at=datetime.now(UTC),
         batch_id=batch,
         day=day,
-        items=[_item(i, j) for i, j in enumerate(jobs, start=1)],
+        items=[WorklistItemPublic.from_row(r) for r in rows],
     )

@@ -30,6 +30,20 @@
     return td;
   }
 
+  function showFull(item, url) {
+    const dialog = $("preview-dialog");
+    const img = $("preview-full");
+    img.src = url;
+    img.alt = "Key slice of " + who(item) + " with the lesion overlay, at full size";
+    $("preview-disclaimer").textContent = $("disclaimer").textContent;
+    if (!dialog.open) dialog.showModal();
+  }
+
+  function who(item) {
+    return [item.patient_name, item.patient_id, item.accession].filter(Boolean).join(" · ") ||
+      item.study_uid || item.job_id;
+  }
+
   async function preview(item, td) {
     if (!item.preview) { td.textContent = "–"; return; }
     let url = previews.get(item.job_id);
@@ -38,12 +52,64 @@
       catch (e) { td.textContent = "–"; return; }
       previews.set(item.job_id, url);
     }
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "thumb-button";
+    button.title = "Show at full size";
     const img = document.createElement("img");
     img.className = "thumb";
     img.src = url;
-    img.alt = "Key slice of study " + (item.accession || item.study_uid || item.job_id) +
-      " with the lesion overlay, triage " + (item.triage || "unknown");
-    td.appendChild(img);
+    img.alt = "Key slice of " + who(item) + " with the lesion overlay, triage " +
+      (item.triage || "unknown") + " (click for full size)";
+    button.appendChild(img);
+    button.addEventListener("click", () => showFull(item, url));
+    td.appendChild(button);
+  }
+
+  function line(parent, text, cls) {
+    if (!text) return;
+    const div = document.createElement("div");
+    div.textContent = text;
+    if (cls) div.className = cls;
+    parent.appendChild(div);
+  }
+
+  function patientCell(tr, item) {
+    const td = cell(tr, "", "patient");
+    line(td, item.patient_name || "(name not available)", "patient-name");
+    line(td, ["ID " + (item.patient_id || "–"), item.sex, item.age].filter(Boolean).join(" · "));
+    if (item.birth_date) line(td, "born " + item.birth_date);
+  }
+
+  function studyCell(tr, item) {
+    const td = cell(tr, "", "study");
+    line(td, [item.study_date, item.study_time].filter(Boolean).join(" ") || "date –");
+    line(td, "Acc. " + (item.accession || "–"), "accession");
+    line(td, [item.modality, item.series_description].filter(Boolean).join(" · "));
+    if (item.viewer_url) {
+      const a = document.createElement("a");
+      a.href = item.viewer_url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      a.className = "viewer-link";
+      a.textContent = "Open in viewer";
+      td.appendChild(a);
+    }
+    const uid = document.createElement("div");
+    uid.className = "uid";
+    uid.textContent = item.study_uid || "";
+    td.appendChild(uid);
+  }
+
+  // A normal study's small measured volumes are below the triage thresholds (false-positive
+  // level): they are shown as "below threshold", the measurement in the tooltip.
+  function measure(tr, item, value, digits, unit) {
+    if (item.triage === "normal" && value !== null && value !== undefined) {
+      const td = cell(tr, "below threshold", "num muted");
+      td.title = "measured " + fmt(value, digits) + unit + ", below the triage thresholds";
+      return td;
+    }
+    return cell(tr, fmt(value, digits), "num");
   }
 
   function render(data) {
@@ -61,18 +127,18 @@
       badge.className = "triage triage-" + cat;
       badge.textContent = item.triage ? item.triage.toUpperCase() : "—";
       t.appendChild(badge);
-      if (item.quality_flags && item.quality_flags.length) {
-        const why = document.createElement("div");
-        why.className = "quality";
-        why.textContent = "Needs a human: " + item.quality_flags.join("; ");
-        t.appendChild(why);
-      }
+      line(t, item.finding, item.quality_flags && item.quality_flags.length ? "quality" : "finding");
+      patientCell(tr, item);
+      studyCell(tr, item);
       cell(tr, item.state + (item.error ? ": " + item.error : ""));
-      cell(tr, item.accession || "–");
-      cell(tr, item.study_uid || "–", "uid");
-      cell(tr, fmt(item.percent_involvement_total, 1), "num");
-      cell(tr, fmt(item.lesion_volume_ml_total, 1), "num");
-      cell(tr, item.severity_score === null ? "–" : String(item.severity_score), "num");
+      measure(tr, item, item.percent_involvement_total, 1, " %");
+      measure(tr, item, item.lesion_volume_ml_total, 1, " mL");
+      if (item.triage === "normal") {
+        const td = cell(tr, "–", "num muted");
+        td.title = "severity " + item.severity_score + "/25 from volumes below the triage thresholds";
+      } else {
+        cell(tr, item.severity_score === null ? "–" : String(item.severity_score), "num");
+      }
       rows.push(tr);
     }
     tbody.replaceChildren(...rows);
@@ -125,6 +191,10 @@
     });
     $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); refresh(); });
     $("logout").addEventListener("click", () => logout(""));
+    $("preview-close").addEventListener("click", () => $("preview-dialog").close());
+    $("preview-dialog").addEventListener("click", (ev) => {
+      if (ev.target === $("preview-dialog")) $("preview-dialog").close();
+    });
     if (token()) start(); else logout("");
   });
 })();
