@@ -32,7 +32,6 @@ from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.phantom import generate, spec_from_seed
 from ct_triage.server.batch import (
     CSV_COLUMNS,
-    CSV_DISCLAIMER,
     batch_csv,
     follow_batch,
     submit_batch,
@@ -165,32 +164,43 @@ def test_batch_by_accession_end_to_end(
         assert "ETA" in out.getvalue()
         assert not out.getvalue().count("\r")  # not a TTY: plain lines
 
-        # CSV: disclaimer, header, one row per study matching each job's result.
+        # CSV: header, one row per study matching each job's result and its DICOM.
         text = batch_csv(store, batch.id)
-        lines = text.splitlines()
-        assert lines[0] == CSV_DISCLAIMER
-        rows = list(csv.DictReader(io.StringIO("\n".join(lines[1:]))))
+        rows = list(csv.DictReader(io.StringIO(text)))
         assert tuple(rows[0].keys()) == CSV_COLUMNS
-        assert sorted(r["accession_number"] for r in rows) == sorted(mine)
+        assert sorted(r["accession"] for r in rows) == sorted(mine)
         jobs = {j.accession: j for j in store.list_jobs(batch_id=batch.id)}
         for r in rows:
-            job = jobs[r["accession_number"]]
+            job = jobs[r["accession"]]
             res = job.result
-            assert r["status"] == "done"
-            assert r["study_instance_uid"] == res["study_uid"]
-            assert r["series_instance_uid"] == res["series_uid"]
-            assert float(r["percent_involvement_total"]) == res["percent_involvement"]["total"]
-            assert float(r["lesion_volume_ggo_ml"]) == res["lesion_volume_ml"]["ggo"]
-            assert float(r["lung_volume_left_ml"]) == res["lung_volume_ml"]["left"]
+            assert r["state"] == "done"
+            assert r["study_uid"] == res["study_uid"]
+            assert r["series_uid"] == res["series_uid"]
+            assert float(r["percent_involvement_total"]) == pytest.approx(
+                res["percent_involvement"]["total"], abs=0.005
+            )
+            assert float(r["lesion_volume_ml_ggo"]) == pytest.approx(
+                res["lesion_volume_ml"]["ggo"], abs=0.005
+            )
+            assert float(r["lung_volume_ml_left"]) == pytest.approx(
+                res["lung_volume_ml"]["left"], abs=0.005
+            )
             assert int(r["severity_score"]) == res["severity_score"]
-            assert r["triage_category"] == res["triage"]
-            assert int(r["triage_priority"]) == res["priority"] == job.priority
+            assert r["triage"] == res["triage"]
+            assert int(r["priority"]) == res["priority"] == job.priority
             assert r["model_version"] == model.identity.version
+            assert r["patient_id"].startswith("PHANTOM-")
+            assert r["study_date"]
+            assert "NOT FOR PRIMARY DIAGNOSIS" in r["disclaimer"]
             assert (Path(res["result_dir"]) / "report.json").is_file()
+        # Finished: the rate is frozen at completion (it does not fall afterwards).
+        rate = follow_batch(store, batch.id, out=io.StringIO()).rate_per_min
+        time.sleep(1.1)
+        assert follow_batch(store, batch.id, out=io.StringIO()).rate_per_min == rate
         # The worklist (= CSV order) is in triage priority order, then severity.
-        keys = [(int(r["triage_priority"]), -int(r["severity_score"])) for r in rows]
+        keys = [(int(r["priority"]), -int(r["severity_score"])) for r in rows]
         assert keys == sorted(keys)
-        assert len({r["triage_category"] for r in rows}) >= 2  # varied severities
+        assert len({r["triage"] for r in rows}) >= 2  # varied severities
         # Every study's results were delivered once.
         segs = _seg_series_per_study(orthanc)
         assert all(segs[res.result["study_uid"]] == 1 for res in jobs.values())
