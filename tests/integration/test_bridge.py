@@ -441,3 +441,88 @@ def test_late_instance_reruns_the_series_and_supersedes_the_result(
             == old["outputs"]["sr"]["sop_instance_uid"]
         )
         assert bridge.process_due(now=time.time() + 10) == []
+
+
+def _scu_send(port: int, paths: list[Path], *, abort: bool = False) -> None:
+    """C-STORE ``paths`` to our SCP in one association, then release (or abort) it."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title=OUR_AET)
+    assert assoc.is_established
+    try:
+        assert all(int(assoc.send_c_store(p).Status) == 0 for p in paths)
+    finally:
+        assoc.abort() if abort else assoc.release()
+
+
+def _result_series(orthanc: OrthancServer) -> dict[str, list[dict[str, Any]]]:
+    return {m: orthanc.series_by_modality(m) for m in ("SEG", "SR", "OT")}
+
+
+def _one_result_each(orthanc: OrthancServer) -> dict[str, list[dict[str, Any]]]:
+    found = _result_series(orthanc)
+    assert {m: len(s) for m, s in found.items()} == {"SEG": 1, "SR": 1, "OT": 1}
+    return found
+
+
+def test_aborted_send_is_held_and_the_resend_is_analysed_once(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    """Issue 16: an association aborted part-way is not analysed as a partial series."""
+    orthanc, our_port = pacs
+    settings = _settings(tmp_path, orthanc, our_port, completion_settle_s=0.3)
+    ordered = sorted(study)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        _scu_send(our_port, ordered[:45], abort=True)
+        time.sleep(1.0)  # quiet period (0.5 s) over, the abort recorded
+        assert bridge.process_due(now=time.time() + 30) == []  # held, not analysed
+        _scu_send(our_port, ordered)  # the sender's full re-send: 45 duplicates + 15 new
+        (outcome,) = wait_until(bridge.process_due, 60)
+        assert outcome.status == "analysed"
+        assert outcome.result_dir is not None
+        report = json.loads((outcome.result_dir / "report.json").read_text())
+        assert report["volume"]["shape_zyx"][0] == len(study)
+        _drain(bridge)
+        _one_result_each(orthanc)
+        assert bridge.process_due(now=time.time() + 600) == []
+
+
+def test_superseded_result_is_retracted_from_orthanc(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    """Issue 16: the partial result of an aborted send (analysed after the hold) is replaced
+    in the PACS by the full re-send's result: one SEG, one SR, one overlay series in the end."""
+    orthanc, our_port = pacs
+    settings = _settings(
+        tmp_path,
+        orthanc,
+        our_port,
+        completion_settle_s=0.3,
+        aborted_series_wait_s=1.0,
+        retract_superseded=[f"orthanc:{orthanc.url}"],
+        pacs_dicomweb_user=orthanc.username,
+        pacs_dicomweb_password=orthanc.password,
+    )
+    ordered = sorted(study)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        _scu_send(our_port, ordered[:45], abort=True)
+        (partial,) = wait_until(bridge.process_due, 60)
+        assert partial.status == "analysed"
+        _drain(bridge)
+        old = _one_result_each(orthanc)
+
+        _scu_send(our_port, ordered)
+        (full,) = wait_until(bridge.process_due, 60)
+        assert full.status == "analysed"
+        assert full.result_dir is not None
+        report = json.loads((full.result_dir / "report.json").read_text())
+        assert report["volume"]["shape_zyx"][0] == len(study)
+        _drain(bridge)
+        new = wait_until(
+            lambda: (r := _result_series(orthanc)) and all(len(s) == 1 for s in r.values()) and r,
+            30,
+        )
+        for modality in ("SEG", "SR", "OT"):
+            assert new[modality][0]["ID"] != old[modality][0]["ID"]
+        sr_uid = report["outputs"]["sr"]["series_instance_uid"]
+        assert new["SR"][0]["MainDicomTags"]["SeriesInstanceUID"] == sr_uid

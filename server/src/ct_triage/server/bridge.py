@@ -15,7 +15,10 @@ Selection is per *study*: when a series completes, the bridge waits until no oth
 the same study is still arriving, then chooses among all of the study's series (a scout, a
 soft-tissue and a lung series pushed together give one analysis of the lung series). A series
 already analysed at its current generation is not analysed again; a late instance bumps its
-generation, and the new result supersedes the old one (recorded in ``report.json``).
+generation, and the new result supersedes the old one (recorded in ``report.json`` and in the
+new SR's PredecessorDocumentsSequence); with ``retract_superseded`` configured, the old
+result's series are deleted from the PACS once the new result is delivered
+(:mod:`ct_triage.dicom_bridge.retract`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from typing import Any
 from ct_triage.dicom_bridge.deliver import CStoreDestination, Destination, Outbox, StowDestination
 from ct_triage.dicom_bridge.dicomweb import BasicAuth, BearerToken, DicomWebClient, DicomWebNode
 from ct_triage.dicom_bridge.load import load_series
-from ct_triage.dicom_bridge.query import DimseClient, PacsNode, StudyMatch
+from ct_triage.dicom_bridge.query import DimseClient, PacsError, PacsNode, StudyMatch
+from ct_triage.dicom_bridge.retract import (
+    DicomWebRetractor,
+    OrthancRetractor,
+    Retractor,
+    parse_retract_target,
+)
 from ct_triage.dicom_bridge.scp import StorageSCP
 from ct_triage.dicom_bridge.spool import PurgeReport, ReadySeries, SeriesState, Spool
 from ct_triage.dicom_bridge.tls import client_ssl_context, server_ssl_context
@@ -126,6 +135,34 @@ def build_destinations(settings: Settings) -> dict[str, Destination]:
     return out
 
 
+def build_retractors(settings: Settings) -> dict[str, Retractor]:
+    """Where superseded results are deleted (``settings.retract_superseded``)."""
+    out: dict[str, Retractor] = {}
+    for spec in settings.retract_superseded:
+        kind, url = parse_retract_target(spec)
+        node = dicomweb_node(settings, url)
+        assert node is not None
+        node = replace(node, timeout_s=settings.delivery_connect_timeout_s)
+        out[spec] = OrthancRetractor(node) if kind == "orthanc" else DicomWebRetractor(node)
+    return out
+
+
+_RETRACTIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS retractions (
+    job_ref         TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    study_uid       TEXT NOT NULL,
+    series_uids     TEXT NOT NULL,
+    delivery_ids    TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_ref, target)
+)
+"""
+
+
 class Bridge:
     """Receive/pull, analyse and deliver, with durable state under ``settings.data_dir``.
 
@@ -154,7 +191,12 @@ class Bridge:
         data.mkdir(parents=True, exist_ok=True)
         self.results_dir = data / "results"
         self.results_dir.mkdir(exist_ok=True)
-        self.spool = Spool(data / "spool", quiet_period_s=settings.quiet_period_s)
+        self.spool = Spool(
+            data / "spool",
+            quiet_period_s=settings.quiet_period_s,
+            settle_s=settings.completion_settle_s,
+            aborted_wait_s=settings.aborted_series_wait_s,
+        )
         self.outbox = Outbox(
             data / "outbox",
             build_destinations(settings),
@@ -167,7 +209,10 @@ class Bridge:
             "CREATE TABLE IF NOT EXISTS seen_studies (study_uid TEXT PRIMARY KEY, seen REAL)"
         )
         self._state.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
+        self._state.execute(_RETRACTIONS_SCHEMA)
         self._state.commit()
+        self._state_lock = threading.Lock()
+        self.retractors = build_retractors(settings)
         self._lock = threading.Lock()
         self._next_purge = 0.0  # monotonic time of the next spool purge (0: at the first step)
         self.scp: StorageSCP | None = None
@@ -404,10 +449,8 @@ class Bridge:
             timer=timer,
             supersedes=self._superseded(chosen.previous_result_ref),
         )
-        files = [out / "seg.dcm", out / "sr.dcm", *sorted((out / "overlay").glob("*.dcm"))]
-        job_ref = f"{chosen_uid}.g{chosen.generation}"
-        if enqueue and self.outbox_has_destinations:
-            self.outbox.enqueue(files, job_ref=job_ref)
+        if enqueue:
+            self.enqueue_results(out, job_ref=f"{chosen_uid}.g{chosen.generation}")
         self.spool.mark_done(chosen_uid, chosen.generation, str(out))
         triage = result.report["triage"]["category"]
         logger.info("study %s series %s analysed: triage %s", study_uid, chosen_uid, triage)
@@ -480,15 +523,107 @@ class Bridge:
                 self.spool.mark_failed(series_uid, ready.generation, failure)
 
     def enqueue_results(self, out_dir: Path, *, job_ref: str) -> list[str]:
-        """Queue a result folder's SEG, SR and overlay for delivery (idempotent per job_ref)."""
-        if not self.outbox_has_destinations:
-            return []
-        files = [
-            out_dir / "seg.dcm",
-            out_dir / "sr.dcm",
-            *sorted((out_dir / "overlay").glob("*.dcm")),
+        """Queue a result folder's SEG, SR and overlay for delivery (idempotent per job_ref).
+
+        When the result supersedes an earlier one, the earlier one's series are queued for
+        retraction from the PACS (``retract_superseded``), done once these deliveries are.
+        """
+        ids: list[str] = []
+        if self.outbox_has_destinations:
+            files = [
+                out_dir / "seg.dcm",
+                out_dir / "sr.dcm",
+                *sorted((out_dir / "overlay").glob("*.dcm")),
+            ]
+            ids = self.outbox.enqueue(files, job_ref=job_ref)
+        self._queue_retraction(out_dir, job_ref, ids)
+        return ids
+
+    # -- supersede in the PACS -----------------------------------------------------------
+    def _queue_retraction(self, out_dir: Path, job_ref: str, delivery_ids: list[str]) -> None:
+        if not self.retractors:
+            return
+        report = json.loads((out_dir / "report.json").read_text())
+        previous = (report.get("supersedes") or {}).get("result")
+        if not previous:
+            return
+        old_report = Path(str(previous)) / "report.json"
+        if not old_report.is_file():
+            logger.warning("superseded result %s has no report.json; not retracted", previous)
+            return
+        outputs = json.loads(old_report.read_text()).get("outputs", {})
+        series = [
+            str(uid)
+            for key in ("seg", "sr", "overlay")
+            if (uid := (outputs.get(key) or {}).get("series_instance_uid"))
         ]
-        return self.outbox.enqueue(files, job_ref=job_ref)
+        if not series:
+            return
+        now = time.time()
+        with self._state_lock:
+            for target in self.retractors:
+                self._state.execute(
+                    "INSERT OR IGNORE INTO retractions (job_ref, target, study_uid, series_uids,"
+                    " delivery_ids, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
+                    (
+                        job_ref,
+                        target,
+                        str(report["study_instance_uid"]),
+                        json.dumps(series),
+                        json.dumps(delivery_ids),
+                        now,
+                    ),
+                )
+            self._state.commit()
+        logger.info(
+            "result %s supersedes %d series; retracted once delivered", job_ref, len(series)
+        )
+
+    def retract_due(self, now: float | None = None) -> int:
+        """Delete superseded results whose successors were delivered; returns how many ran.
+
+        A retraction waits while any delivery of the new result is pending (or dead: the
+        old result then stays, better than none). Transient PACS errors are retried with the
+        delivery backoff up to ``delivery_max_attempts``; a refusal ends it with an error.
+        """
+        if not self.retractors:
+            return 0
+        t = time.time() if now is None else now
+        with self._state_lock:
+            rows = self._state.execute(
+                "SELECT job_ref, target, study_uid, series_uids, delivery_ids, attempts "
+                "FROM retractions WHERE state = 'pending' AND next_attempt_at <= ?",
+                (t,),
+            ).fetchall()
+        ran = 0
+        for job_ref, target, study_uid, series_json, ids_json, attempts in rows:
+            states = {self.outbox.get(i).state.value for i in json.loads(ids_json)}
+            if states - {"done"}:
+                continue
+            retractor = self.retractors.get(str(target))
+            if retractor is None:  # target removed from the settings since
+                continue
+            ran += 1
+            state, error, next_at = "done", "", t
+            try:
+                n = retractor.retract_series(str(study_uid), json.loads(series_json))
+                logger.info("superseded result retracted from %r: %d series", retractor, n)
+            except PacsError as exc:
+                error = str(exc)
+                if exc.transient and attempts + 1 < self.settings.delivery_max_attempts:
+                    state, next_at = "pending", t + self.outbox.backoff_s(attempts + 1)
+                    logger.warning("retraction from %r failed, will retry: %s", retractor, exc)
+                else:
+                    state = "dead"
+                    logger.error("retraction from %r failed: %s", retractor, exc)
+            with self._state_lock:
+                self._state.execute(
+                    "UPDATE retractions SET state = ?, attempts = attempts + 1, "
+                    "next_attempt_at = ?, last_error = ? WHERE job_ref = ? AND target = ?",
+                    (state, next_at, error, job_ref, target),
+                )
+                self._state.commit()
+        return ran
 
     def _write_declined(self, study_uid: str, job: str, reason: str) -> None:
         folder = self.results_dir / study_uid
@@ -503,8 +638,10 @@ class Bridge:
         were attempted. ``wait=False`` (the service loops) returns without waiting for them:
         a destination still busy is skipped by the next call, the others go on."""
         if not self.outbox_has_destinations:
-            return 0
-        return self.outbox.run_once(now, wait=wait)
+            return self.retract_due(now) if self.retractors else 0
+        attempted = self.outbox.run_once(now, wait=wait)
+        self.retract_due(now)
+        return attempted
 
     # -- pull mode -----------------------------------------------------------------------
     def find_studies(
@@ -638,5 +775,6 @@ __all__ = [
     "ConfigurationError",
     "StudyOutcome",
     "build_destinations",
+    "build_retractors",
     "dicomweb_node",
 ]
