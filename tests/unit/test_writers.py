@@ -6,6 +6,7 @@ checked against the IOD definitions.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import replace
@@ -30,6 +31,11 @@ from ct_triage.dicom_bridge.writers.overlay import (
     write_overlay_series,
     write_preview_png,
 )
+from ct_triage.dicom_bridge.writers.planar import (
+    KeySection,
+    largest_cross_sections,
+    trace_outline,
+)
 from ct_triage.dicom_bridge.writers.seg import (
     SEGMENTS,
     SegRequest,
@@ -37,9 +43,21 @@ from ct_triage.dicom_bridge.writers.seg import (
     segments_overlap,
     write_seg,
 )
-from ct_triage.dicom_bridge.writers.sr import SrRequest, round_measurement, write_sr
+from ct_triage.dicom_bridge.writers.sr import (
+    NotAnalysedSrRequest,
+    SrRequest,
+    round_measurement,
+    write_not_analysed_sr,
+    write_sr,
+)
+from ct_triage.dicom_bridge.writers.summary import (
+    declined_page,
+    result_page,
+    write_summary,
+)
 from ct_triage.kernels import overlay as kov
 from ct_triage.models.identity import DISCLAIMER, DISCLAIMER_SHORT, ModelIdentity
+from ct_triage.models.quality import QualityFlag, QualityReport
 from ct_triage.models.quantify import (
     LesionVolumes,
     Quantification,
@@ -47,7 +65,7 @@ from ct_triage.models.quantify import (
     TriageCategory,
     Zone,
 )
-from ct_triage.models.segmentation import Segmentation
+from ct_triage.models.segmentation import LesionLabel, Segmentation
 
 N_SLICES, ROWS, COLS = 20, 64, 64
 MODEL = ModelIdentity("ct-triage-lesion-unet2d", "1.2.3", "ab" * 32, "CPUExecutionProvider")
@@ -151,6 +169,11 @@ def _dciodvfy(path: Path) -> list[str]:
         [DCIODVFY, str(path)], capture_output=True, text=True, timeout=60, check=False
     )
     return (proc.stdout + proc.stderr).splitlines()
+
+
+def _findings(path: Path) -> list[str]:
+    """dciodvfy's errors and warnings about ``path`` (we allow neither)."""
+    return [ln for ln in _dciodvfy(path) if ln.startswith(("Error", "Warning"))]
 
 
 # --- kernels.overlay ----------------------------------------------------------------------
@@ -327,9 +350,15 @@ def test_seg_dciodvfy(tmp_path: Path, seg_ds: Dataset) -> None:
 
 
 @pytest.fixture(scope="module")
-def sr_ds(source: tuple[Dataset, ...], seg_ds: Dataset) -> Dataset:
+def sr_ds(source: tuple[Dataset, ...], seg_ds: Dataset, segmentation: Segmentation) -> Dataset:
     return write_sr(
-        SrRequest(source=source, seg=seg_ds, quantification=make_quantification(), model=MODEL)
+        SrRequest(
+            source=source,
+            seg=seg_ds,
+            quantification=make_quantification(),
+            model=MODEL,
+            sections=largest_cross_sections(segmentation),
+        )
     )
 
 
@@ -364,7 +393,15 @@ def test_sr_round_trip(
     assert sr.CompletionFlag == "COMPLETE"
     assert sr.VerificationFlag == "UNVERIFIED"
     assert DISCLAIMER_SHORT in sr.SeriesDescription
-    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99CTTRIAGE"
+    assert sr.SeriesDate
+    assert sr.SeriesTime
+    schemes = {
+        code.CodingSchemeDesignator
+        for item in _walk(sr_ds.ContentSequence)
+        for kw in ("ConceptNameCodeSequence", "ConceptCodeSequence", "MeasurementUnitsCodeSequence")
+        for code in item.get(kw, [])
+    }
+    assert schemes <= {"DCM", "SCT", "LN", "UCUM", "UMLS", "RFC5646"}, schemes  # standard only
     evidence = {
         i.ReferencedSOPInstanceUID
         for study in sr.CurrentRequestedProcedureEvidenceSequence
@@ -409,13 +446,36 @@ def test_sr_round_trip(
         ]
         assert percents == expected
 
-    (whole,) = report.get_image_measurement_groups()
+    whole, lesions = report.get_image_measurement_groups()
     assert _values(whole, codes.VOLUME) == [(r(q.lung_volume_ml.total), "ml", [])]
-    assert _values(whole, codes.LESION_VOLUME) == [(r(q.lesion_volume_ml.total), "ml", [])]
+    assert _values(lesions, codes.VOLUME) == [(r(q.lesion_volume_ml.total), "ml", [])]
     assert _values(whole, codes.PERCENT_INVOLVEMENT) == [(r(q.percent_involvement.total), "%", [])]
     assert _values(whole, codes.SEVERITY_SCORE) == [(3.0, "{score}", [])]
+    assert _values(whole, codes.TRIAGE_PRIORITY) == [(4.0, "{rank}", [])]
     (triage,) = whole.get_qualitative_evaluations(name=codes.TRIAGE_CATEGORY)
     assert triage.value == codes.TRIAGE_VALUES[TriageCategory.MILD]
+    (gate,) = whole.get_qualitative_evaluations(name=codes.SUMMARY_OF_ANALYSES)
+    assert gate.value == codes.ALL_SUCCEEDED_WITH_FINDINGS
+
+    # planar groups: the largest lesion section of each lung, outlined on its CT slice
+    planar = report.get_planar_roi_measurement_groups()
+    assert len(planar) == 2
+    sections = largest_cross_sections(make_segmentation())
+    for group, section in zip(planar, sections, strict=True):
+        region = group.roi
+        assert region is not None
+        assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        data = region.value
+        np.testing.assert_allclose(data, section.outline)
+        assert (data[0] == data[-1]).all()
+        (ref,) = region.ContentSequence[0].ReferencedSOPSequence
+        assert ref.ReferencedSOPInstanceUID == source[section.slice_index].SOPInstanceUID
+        assert _values(group, codes.AREA)[0][:2] == (r(section.area_mm2), "mm2")
+    assert [s.kind for s in sections] == [LesionLabel.GGO, LesionLabel.CONSOLIDATION]
+    # every container is SEPARATE, so renderers label each value (dsr2html: "Volume: ...")
+    containers = [i for i in _walk(sr_ds.ContentSequence) if i.ValueType == "CONTAINER"]
+    assert containers
+    assert all(c.ContinuityOfContent == "SEPARATE" for c in containers)
 
     texts = [item.TextValue for item in _walk(sr_ds.ContentSequence) if item.ValueType == "TEXT"]
     assert DISCLAIMER in texts
@@ -438,8 +498,82 @@ def test_sr_rejects_non_finite(source: tuple[Dataset, ...], seg_ds: Dataset) -> 
 
 
 def test_sr_dciodvfy(tmp_path: Path, sr_ds: Dataset) -> None:
-    lines = _dciodvfy(_save(sr_ds, tmp_path / "sr.dcm"))
-    assert not [ln for ln in lines if ln.startswith("Error")], lines
+    assert _findings(_save(sr_ds, tmp_path / "sr.dcm")) == []
+
+
+@pytest.mark.skipif(shutil.which("dsr2html") is None, reason="dsr2html (dcmtk) missing")
+def test_dsr2html_labels_the_values(tmp_path: Path, sr_ds: Dataset) -> None:
+    proc = subprocess.run(
+        ["dsr2html", str(_save(sr_ds, tmp_path / "sr.dcm"))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(re.sub(r"<[^>]+>", " ", proc.stdout).split())
+    q = make_quantification()
+    assert f"Volume: {round_measurement(q.lung_volume_ml.right)} ml" in text
+    assert f"Extent: {round_measurement(q.percent_involvement.total)} %" in text
+    assert "Severity: Mild" in text
+    assert "Score: 3.0 {score}" in text
+    assert "Area: " in text
+
+
+def test_planar_outline_and_sections() -> None:
+    square = np.zeros((8, 8), bool)
+    square[2:5, 3:7] = True
+    outline = trace_outline(square)
+    # boundary pixel centres, clockwise from the top-left pixel, closed
+    assert outline[0].tolist() == [3.5, 2.5]
+    assert outline[-1].tolist() == [3.5, 2.5]
+    assert {tuple(p) for p in outline.tolist()} == {
+        (c + 0.5, r + 0.5) for r in range(2, 5) for c in range(3, 7) if r != 3 or c in (3, 6)
+    }
+    single = np.zeros((4, 4), bool)
+    single[1, 2] = True  # one pixel: its edges
+    assert trace_outline(single).tolist() == [[2, 1], [3, 1], [3, 2], [2, 2], [2, 1]]
+    seg = make_segmentation()
+    right, left = largest_cross_sections(seg)
+    assert (right.side, left.side) == ("right", "left")
+    assert 5 <= right.slice_index <= 7
+    assert 9 <= left.slice_index <= 10
+    assert right.area_mm2 == pytest.approx(10 * 12 * 0.75 * 0.75)
+    assert left.area_mm2 == pytest.approx(10 * 10 * 0.75 * 0.75)
+    empty = Segmentation(seg.lungs, np.zeros_like(seg.lesions), seg.spacing)
+    assert largest_cross_sections(empty) == ()
+
+
+def test_sr_rejects_a_section_off_the_series(source: tuple[Dataset, ...], seg_ds: Dataset) -> None:
+    bad = KeySection("right", len(source), LesionLabel.GGO, 1.0, np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="not in source"):
+        SrRequest(
+            source=source,
+            seg=seg_ds,
+            quantification=make_quantification(),
+            model=MODEL,
+            sections=(bad,),
+        )
+
+
+def test_not_analysed_sr(tmp_path: Path, source: tuple[Dataset, ...]) -> None:
+    reason = "no CT series: series 1 (MR, 20 images) is not CT"
+    sr_ds = write_not_analysed_sr(
+        NotAnalysedSrRequest(evidence=source[:3], reason=reason, model=MODEL)
+    )
+    path = _save(sr_ds, tmp_path / "declined.dcm")
+    assert _findings(path) == []
+    sr = hd.sr.srread(path)
+    assert sr.StudyInstanceUID == source[0].StudyInstanceUID
+    assert sr.SeriesDate
+    assert "not analysed" in sr.SeriesDescription.lower()
+    items = _walk(sr_ds.ContentSequence)
+    texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
+    assert f"Not analysed: {reason}" in texts
+    assert DISCLAIMER in texts
+    coded = [i.ConceptCodeSequence[0].CodeValue for i in items if i.ValueType == "CODE"]
+    assert codes.NONE_SUCCEEDED.value in coded
+    with pytest.raises(ValueError, match="reason"):
+        NotAnalysedSrRequest(evidence=source[:1], reason=" ", model=MODEL)
 
 
 # --- overlay ------------------------------------------------------------------------------
@@ -459,7 +593,7 @@ def test_overlay_key_slices_reference_their_source(
     segmentation: Segmentation,
     overlay: list[Dataset],
 ) -> None:
-    keys = kov.key_slices(segmentation.lungs, segmentation.lesions, 24)
+    keys = sorted(kov.key_slices(segmentation.lungs, segmentation.lesions, 24), reverse=True)
     assert len(overlay) == len(keys)
     assert len({ds.SeriesInstanceUID for ds in overlay}) == 1
     assert overlay[0].SeriesInstanceUID != source[0].SeriesInstanceUID
@@ -475,17 +609,23 @@ def test_overlay_key_slices_reference_their_source(
         assert ds.RecognizableVisualFeatures == "NO"
         assert ds.ConversionType == "WSD"
         assert ds.StudyInstanceUID == src.StudyInstanceUID
-        assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID
-        assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx(
-            [float(v) for v in src.ImagePositionPatient]
-        )
+        for ct_only in (
+            "FrameOfReferenceUID",
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "SliceLocation",
+            "SliceThickness",
+        ):
+            assert ct_only not in ds
+        assert ds.SeriesDate
+        assert ds.SeriesTime
         assert ds.PatientID == src.PatientID
         assert DISCLAIMER_SHORT in ds.SeriesDescription
         assert ds.pixel_array.shape == (ROWS, COLS, 3)
 
 
 def test_overlay_banner_and_outlines(segmentation: Segmentation, overlay: list[Dataset]) -> None:
-    k = kov.key_slices(segmentation.lungs, segmentation.lesions, 24)[0]
+    k = max(kov.key_slices(segmentation.lungs, segmentation.lesions, 24))  # superior first
     plain = kov.render_slice(
         make_hu(segmentation)[k], segmentation.lungs[k], segmentation.lesions[k]
     )
@@ -496,7 +636,8 @@ def test_overlay_banner_and_outlines(segmentation: Segmentation, overlay: list[D
     assert (burned[:band] != plain[:band]).any()
     assert (burned[:band] > 160).all(axis=-1).any()  # light text on the dark band
     np.testing.assert_array_equal(burned[band:], plain[band:])
-    assert (burned == np.asarray(kov.GGO_COLOR, np.uint8)).all(axis=-1).any()
+    lesion_colours = [np.asarray(c, np.uint8) for c in (kov.GGO_COLOR, kov.CONSOLIDATION_COLOR)]
+    assert any((burned == c).all(axis=-1).any() for c in lesion_colours)
 
 
 def test_overlay_all_and_no_lesion(source: tuple[Dataset, ...], segmentation: Segmentation) -> None:
@@ -513,8 +654,63 @@ def test_overlay_all_and_no_lesion(source: tuple[Dataset, ...], segmentation: Se
 
 
 def test_overlay_dciodvfy(tmp_path: Path, overlay: list[Dataset]) -> None:
-    lines = _dciodvfy(_save(overlay[0], tmp_path / "ov.dcm"))
-    assert not [ln for ln in lines if ln.startswith("Error")], lines
+    assert _findings(_save(overlay[0], tmp_path / "ov.dcm")) == []
+
+
+# --- summary page -------------------------------------------------------------------------
+
+
+def test_summary_page_shows_images_and_numbers(
+    tmp_path: Path, source: tuple[Dataset, ...], segmentation: Segmentation
+) -> None:
+    q = replace(
+        make_quantification(),
+        triage=TriageCategory.INDETERMINATE,
+        quality=QualityReport((QualityFlag("small_lungs", "lungs 300 mL, expected >= 1500"),)),
+    )
+    hu = make_hu(segmentation)
+    page = result_page(source=source, hu=hu, segmentation=segmentation, quant=q, model=MODEL)
+    body = "\n".join(page.lines)
+    assert "Triage: INDETERMINATE" in body
+    assert "priority 2 of 5" in body
+    assert "Severity score: 3 / 25" in body
+    assert "right 0.8 %" in body
+    assert "left 0.1 %" in body
+    assert "total 0.5 %" in body
+    assert "total 2691.4 mL" in body
+    assert "consolidation 2.3 mL" in body
+    assert "!NEEDS A HUMAN: lung segmentation unreliable: lungs 300 mL" in body
+    assert f"{MODEL.name} {MODEL.version}" in body
+    ds = write_summary(page)
+    path = _save(ds, tmp_path / "summary.dcm")
+    assert _findings(path) == []
+    back = pydicom.dcmread(path)
+    assert back.StudyInstanceUID == source[0].StudyInstanceUID
+    assert back.PatientID == source[0].PatientID
+    assert back.SeriesDate
+    assert DISCLAIMER_SHORT in back.SeriesDescription
+    assert DISCLAIMER in back.ImageComments
+    assert "NEEDS A HUMAN" not in back.ImageComments[:30]
+    rgb = back.pixel_array
+    assert rgb.shape[2] == 3
+    assert rgb.shape[1] >= 1024
+    assert page.images is not None
+    h, _w = page.images.shape[:2]
+    # the montage (with the outlines' colours) is on the page under the title
+    found = np.argwhere((rgb == np.asarray(kov.GGO_COLOR, np.uint8)).all(axis=-1))
+    assert len(found)
+    assert found[:, 0].max() < 12 + 40 + h
+    # text below the images: light pixels, and the warning line in its own colour
+    assert (rgb[12 + 40 + h :] > 200).all(axis=-1).any()
+    assert (rgb[12 + 40 + h :] == (255, 90, 60)).all(axis=-1).any()
+
+
+def test_declined_page(tmp_path: Path, source: tuple[Dataset, ...]) -> None:
+    page = declined_page(header=source[0], reason="no CT series in the study", model=MODEL)
+    ds = write_summary(page)
+    assert "not analysed" in ds.SeriesDescription.lower()
+    assert "NOT ANALYSED: no CT series in the study" in ds.ImageComments
+    assert _findings(_save(ds, tmp_path / "declined.dcm")) == []
 
 
 # --- preview ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Coded concepts used by the result writers (PS3.16, SNOMED CT, LOINC, UCUM, private).
+"""Coded concepts used by the result writers (PS3.16, SNOMED CT, LOINC, UCUM).
 
 Every concept the SEG, SR and secondary-capture writers emit is defined here, once, with
 its source, so the objects agree with each other and with ``report.json``.
@@ -22,25 +22,34 @@ Sources
 * ``LN 24627-2`` "CT Chest" (LOINC; pydicom lists it in CID 7000) is the procedure
   reported.
 * ``UMLS C0034375`` "Qualitative Evaluations" is the TID 1500 row 12 container.
-* Concepts with no standard code (percent of a lung involved, severity score, triage
-  category and its values) use the private coding scheme :data:`PRIVATE_SCHEME`
-  ``99CTTRIAGE``, declared in the SR's Coding Scheme Identification Sequence
-  (PS3.3 C.12.1.1.2; PS3.16 section 8 "Private coding schemes": designators begin ``99``).
+* Concepts that have no dedicated code are expressed with standard SNOMED CT attributes and
+  the unit or finding site that makes them specific (no private coding scheme is used, so
+  ``dciodvfy`` and every PACS know every code):
+
+  - percent of a lung (or zone) involved by lesion: ``SCT 260858005`` "Extent" in UCUM
+    ``%`` with the lung / zone as finding site (the pattern of PS3.16 ``DCM 112019``
+    "Calcification extent as percent of volume");
+  - CT severity score (5 lobar regions, 0-25): ``SCT 246262008`` "Score", UCUM ``{score}``;
+  - triage category: ``SCT 246112005`` "Severity" with the SNOMED CT severity values
+    ``17621005`` Normal, ``255604002`` Mild, ``6736007`` Moderate, ``24484000`` Severe
+    (CID 3716 / 6130) and ``82334004`` Indeterminate (CID 4220);
+  - triage priority (1 = read first): ``SCT 260870009`` "Priority", UCUM ``{rank}``;
+  - the lung segmentation quality gate and a declined study: ``DCM 111065`` "Summary of
+    Analyses" with its CID 6047 values ("All algorithms succeeded; with / without
+    findings", "Not all algorithms succeeded; ...", "No algorithms succeeded; without
+    findings");
+  - total lesion volume: ``SCT 118565006`` Volume in a group whose finding is
+    ``SCT 49755003`` "Morphologically Abnormal Structure" of the lung;
+  - planar outlines: ``SCT 42798000`` "Area" (mm2) of a ``DCM 111030`` "Image Region".
 """
 
 from __future__ import annotations
 
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from ct_triage.models.identity import PRODUCT_NAME, PRODUCT_VERSION
 from ct_triage.models.quantify import TriageCategory
-
-#: Private coding scheme designator (PS3.16 section 8: private designators begin "99").
-PRIVATE_SCHEME = "99CTTRIAGE"
-#: Human-readable name of :data:`PRIVATE_SCHEME` (Coding Scheme Name, LO).
-PRIVATE_SCHEME_NAME = "chest-ct-triage private codes"
 
 # --- Segmented property categories (CID 7150) ---------------------------------------------
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
@@ -64,31 +73,47 @@ ZONES: dict[str, Code] = {
 
 # --- Measurement concept names and units -----------------------------------------------------
 VOLUME = Code("118565006", "SCT", "Volume")
-PERCENT_INVOLVEMENT = Code("CTT0001", PRIVATE_SCHEME, "Percent of lung involved by lesion")
-SEVERITY_SCORE = Code("CTT0002", PRIVATE_SCHEME, "CT severity score (5 regions, 0-25)")
-TRIAGE_CATEGORY = Code("CTT0003", PRIVATE_SCHEME, "Triage category")
-LESION_VOLUME = Code("CTT0004", PRIVATE_SCHEME, "Total lesion volume")
-LUNG_ASSESSMENT = Code("CTT0005", PRIVATE_SCHEME, "Whole lung assessment")
+#: Percent of a lung (or zone) involved by lesion, with UCUM "%" (see the module docstring).
+PERCENT_INVOLVEMENT = Code("260858005", "SCT", "Extent")
+#: CT severity score (5 lobar regions, 0-25).
+SEVERITY_SCORE = Code("246262008", "SCT", "Score")
+#: Triage category (coded value, :data:`TRIAGE_VALUES`).
+TRIAGE_CATEGORY = Code("246112005", "SCT", "Severity")
+#: Triage priority, 1 = read first.
+TRIAGE_PRIORITY = Code("260870009", "SCT", "Priority")
+AREA = Code("42798000", "SCT", "Area")
 
 UNIT_ML = Code("ml", "UCUM", "milliliter")
+UNIT_MM2 = Code("mm2", "UCUM", "square millimeter")
 UNIT_PERCENT = Code("%", "UCUM", "percent")
 UNIT_SCORE = Code("{score}", "UCUM", "score")
+UNIT_RANK = Code("{rank}", "UCUM", "rank")
 
-#: Triage category values (coded, private scheme).
+#: Triage category values (SNOMED CT severity modifiers, CID 3716 / 6130; CID 4220).
 TRIAGE_VALUES: dict[TriageCategory, Code] = {
-    TriageCategory.NORMAL: Code("CTT0010", PRIVATE_SCHEME, "Normal - no lesion detected"),
-    TriageCategory.MILD: Code("CTT0011", PRIVATE_SCHEME, "Mild involvement"),
-    TriageCategory.MODERATE: Code("CTT0012", PRIVATE_SCHEME, "Moderate involvement"),
-    TriageCategory.SEVERE: Code("CTT0013", PRIVATE_SCHEME, "Severe involvement"),
-    TriageCategory.INDETERMINATE: Code(
-        "CTT0014", PRIVATE_SCHEME, "Indeterminate - lung segmentation unreliable, needs a human"
-    ),
+    TriageCategory.NORMAL: Code("17621005", "SCT", "Normal"),
+    TriageCategory.MILD: Code("255604002", "SCT", "Mild"),
+    TriageCategory.MODERATE: Code("6736007", "SCT", "Moderate"),
+    TriageCategory.SEVERE: Code("24484000", "SCT", "Severe"),
+    TriageCategory.INDETERMINATE: Code("82334004", "SCT", "Indeterminate"),
 }
 
-#: Quality gate (:mod:`ct_triage.models.quality`): a coded evaluation of the lung masks.
-SEGMENTATION_QUALITY = Code("CTT0006", PRIVATE_SCHEME, "Lung segmentation quality")
-SEGMENTATION_RELIABLE = Code("CTT0020", PRIVATE_SCHEME, "Lung segmentation passed quality checks")
-SEGMENTATION_UNRELIABLE = Code("CTT0021", PRIVATE_SCHEME, "Lung segmentation unreliable")
+#: The quality gate (:mod:`ct_triage.models.quality`) and a declined study, as the CAD
+#: "Summary of Analyses" (TID 4015) with its CID 6047 values.
+SUMMARY_OF_ANALYSES: Code = codes.DCM.SummaryOfAnalyses
+ALL_SUCCEEDED_WITH_FINDINGS: Code = codes.DCM.AllAlgorithmsSucceededWithFindings
+ALL_SUCCEEDED_WITHOUT_FINDINGS: Code = codes.DCM.AllAlgorithmsSucceededWithoutFindings
+NOT_ALL_SUCCEEDED_WITH_FINDINGS: Code = codes.DCM.NotAllAlgorithmsSucceededWithFindings
+NOT_ALL_SUCCEEDED_WITHOUT_FINDINGS: Code = codes.DCM.NotAllAlgorithmsSucceededWithoutFindings
+NONE_SUCCEEDED: Code = codes.DCM.NoAlgorithmsSucceededWithoutFindings
+
+
+def analyses_summary(*, reliable: bool, findings: bool) -> Code:
+    """The CID 6047 value for a result: lungs reliable or not, lesions found or not."""
+    if reliable:
+        return ALL_SUCCEEDED_WITH_FINDINGS if findings else ALL_SUCCEEDED_WITHOUT_FINDINGS
+    return NOT_ALL_SUCCEEDED_WITH_FINDINGS if findings else NOT_ALL_SUCCEEDED_WITHOUT_FINDINGS
+
 
 # --- Document, procedure, context -----------------------------------------------------------
 IMAGING_MEASUREMENT_REPORT: Code = codes.DCM.ImagingMeasurementReport
@@ -101,20 +126,3 @@ ARTIFICIAL_INTELLIGENCE: Code = codes.DCM.ArtificialIntelligence
 #: Product line used as Manufacturer / ManufacturerModelName / SoftwareVersions.
 MANUFACTURER = PRODUCT_NAME
 SOFTWARE_VERSION = PRODUCT_VERSION
-
-
-def private_coding_scheme_item() -> Dataset:
-    """One Coding Scheme Identification Sequence item for :data:`PRIVATE_SCHEME`.
-
-    Returns
-    -------
-    pydicom.dataset.Dataset
-        Item with Coding Scheme Designator, Name, Version and Responsible Organization
-        (PS3.3 C.12.1.1.2, Table C.12-1).
-    """
-    item = Dataset()
-    item.CodingSchemeDesignator = PRIVATE_SCHEME
-    item.CodingSchemeName = PRIVATE_SCHEME_NAME
-    item.CodingSchemeVersion = SOFTWARE_VERSION
-    item.CodingSchemeResponsibleOrganization = PRODUCT_NAME
-    return item

@@ -7,19 +7,18 @@ single-frame *Secondary Capture Image Storage* instance (PS3.3 A.8.1; SOP Class
 1.2.840.10008.5.1.4.1.1.7), RGB, the SC IOD every PACS viewer displays.
 
 Every image references its source CT slice (Source Image Sequence and Referenced Image
-Sequence, PS3.3 C.7.6.1) and carries the source's Frame of Reference UID and Image Plane
-attributes (Image Position / Orientation (Patient), Pixel Spacing), so viewers that link
-series by position can synchronise it with the CT. These Image Plane attributes are not part
-of the SC Image IOD; PS3.4 B.1.1 / B.3 ("Standard Extended SOP Class") allows them, and
-``dciodvfy`` reports them as warnings only. Patient and study attributes are copied from the
-source slice; the series, SOP instances and Series Description are new.
+Sequence, PS3.3 C.7.6.1) and carries only attributes of the SC Image IOD (no Frame of
+Reference or Image Plane attributes of the CT, which the SC IOD does not define). Viewers
+order an SC series by Instance Number, so the images are numbered superior first, the order
+in which viewers show the axial CT (:func:`reading_order`): the overlay scrolls in the same
+direction as the CT. Patient and study attributes
+are copied from the source slice; the series, SOP instances and Series Description are new.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,14 +80,6 @@ _TYPE2: Final = (
     "StudyID",
     "AccessionNumber",
     "ReferringPhysicianName",
-)
-#: Image Plane attributes (PS3.3 C.7.6.2) kept so viewers can link the series to the CT.
-_PLANE: Final = (
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "SliceLocation",
 )
 
 
@@ -173,14 +164,14 @@ def banner_height(rows: int, columns: int, n_lines: int = 2) -> int:
     return min(rows, (size + max(2, size // 4)) * n_lines + 4)
 
 
-def _finite_numbers(src: Dataset, keyword: str) -> bool:
-    """Whether every value of the DS attribute ``keyword`` is a finite number."""
-    value = src.get(keyword)
-    values = [value] if isinstance(value, str | float | int) else list(value or [None])
-    try:
-        return all(math.isfinite(float(v)) for v in values)
-    except (TypeError, ValueError):
-        return False
+def reading_order(indices: Sequence[int]) -> list[int]:
+    """``indices`` (volume z order, inferior to superior) in axial reading order.
+
+    Superior first: how viewers present an axial CT (OHIF and most PACS sort a CT by Image
+    Position along the slice normal, head first; scanners number axial chests the same
+    way). An SC series has no position, so viewers order it by Instance Number alone.
+    """
+    return sorted(indices, reverse=True)
 
 
 def _reference(src: Dataset) -> Dataset:
@@ -190,7 +181,7 @@ def _reference(src: Dataset) -> Dataset:
     return item
 
 
-def _sc_dataset(
+def secondary_capture(
     src: Dataset,
     rgb: npt.NDArray[np.uint8],
     *,
@@ -199,8 +190,15 @@ def _sc_dataset(
     instance_number: int,
     model: ModelIdentity,
     now: _dt.datetime,
+    series_description: str = SERIES_DESCRIPTION,
+    derivation_description: str = DERIVATION_DESCRIPTION,
+    references: Sequence[Dataset] | None = None,
 ) -> Dataset:
-    """One Secondary Capture Image (PS3.3 A.8.1) of ``rgb`` derived from ``src``."""
+    """One Secondary Capture Image (PS3.3 A.8.1) of ``rgb`` derived from ``src``.
+
+    Patient and study attributes are copied from ``src``; the image references
+    ``references`` (default: ``src``) as its source images.
+    """
     ds = Dataset()
     sop_uid = hd.UID()
     ds.file_meta = FileMetaDataset()
@@ -225,7 +223,7 @@ def _sc_dataset(
     ds.Modality = "OT"
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
-    ds.SeriesDescription = SERIES_DESCRIPTION
+    ds.SeriesDescription = series_description[:64]
     # The chest is not a paired body part, so Laterality (Type 2C) is not required.
     ds.BodyPartExamined = "CHEST"
     ds.SeriesDate = ds.InstanceCreationDate
@@ -244,19 +242,15 @@ def _sc_dataset(
     ds.ContentDate = ds.InstanceCreationDate
     ds.ContentTime = ds.InstanceCreationTime
     ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = DERIVATION_DESCRIPTION
-    ds.SourceImageSequence = DicomSequence([_reference(src)])
-    ds.ReferencedImageSequence = DicomSequence([_reference(src)])
+    ds.DerivationDescription = derivation_description[:1024]
+    shown = [src] if references is None else list(references)
+    if shown:
+        ds.SourceImageSequence = DicomSequence([_reference(r) for r in shown])
+        ds.ReferencedImageSequence = DicomSequence([_reference(r) for r in shown])
     ds.BurnedInAnnotation = "YES"
     ds.RecognizableVisualFeatures = "NO"
     ds.LossyImageCompression = "00"
     ds.ImageComments = DISCLAIMER
-    # Frame of Reference + Image Plane (standard extended, see the module docstring)
-    ds.FrameOfReferenceUID = src.FrameOfReferenceUID
-    ds.PositionReferenceIndicator = src.get("PositionReferenceIndicator", None)
-    for kw in _PLANE:
-        if kw in src and _finite_numbers(src, kw):
-            ds[kw] = src[kw]
     # Image Pixel (C.7.6.3)
     ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
     ds.SamplesPerPixel = 3
@@ -281,8 +275,8 @@ def write_overlay_series(req: OverlayRequest) -> list[Dataset]:
     Returns
     -------
     list of pydicom.dataset.Dataset
-        In z order, Instance Numbers 1..n, one new Series Instance UID, ready for
-        ``dcmwrite(..., enforce_file_format=True)``.
+        In the CT's reading order (:func:`reading_order`), Instance Numbers 1..n, one new
+        Series Instance UID, ready for ``dcmwrite(..., enforce_file_format=True)``.
     """
     t0 = time.perf_counter()
     seg = req.segmentation
@@ -290,6 +284,7 @@ def write_overlay_series(req: OverlayRequest) -> list[Dataset]:
         indices = list(range(req.hu.shape[0]))
     else:
         indices = kov.key_slices(seg.lungs, seg.lesions, req.max_key_slices)
+    indices = reading_order(indices)
     series_uid = hd.UID()
     now = _dt.datetime.now()
     lines = banner_lines(req.model)
@@ -298,7 +293,7 @@ def write_overlay_series(req: OverlayRequest) -> list[Dataset]:
         rgb = kov.render_slice(req.hu[k], seg.lungs[k], seg.lesions[k])
         rgb = _draw_banner(rgb, lines)
         out.append(
-            _sc_dataset(
+            secondary_capture(
                 req.source[k],
                 rgb,
                 series_uid=series_uid,

@@ -455,6 +455,8 @@ def write_seg(req: SegRequest) -> hd.seg.Segmentation:
         specific_character_set=output_character_set(req.source[0]),
     )
     seg.ImageComments = DISCLAIMER
+    # General Series (C.7.3.1): dated like the content, so PACS sort the series by date
+    seg.SeriesDate, seg.SeriesTime = seg.ContentDate, seg.ContentTime
     logger.info(
         "SEG built: %d source slices, %d frames, %.2f s",
         len(req.source),

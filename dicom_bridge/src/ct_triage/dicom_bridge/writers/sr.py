@@ -15,14 +15,18 @@ Document layout (PS3.16 TID 1500 "Measurement Report", PS3.3 A.35.13 Comprehensi
   - ground-glass opacity / consolidation: Volume (mL).
 
 * one TID 1501 "Measurement and Qualitative Evaluation Group" for the whole lungs: total
-  lung volume, total lesion volume, total percent involvement, severity score (0-25) and
-  the triage category as a coded qualitative evaluation;
+  lung volume, total percent involvement, severity score (0-25), triage priority, the
+  triage category (Severity) and the quality gate (Summary of Analyses) as coded
+  qualitative evaluations; one for the lesions of both lungs: total lesion volume;
+* per lung with lesions, one TID 1410 "Planar ROI Measurements" group: the outline of its
+  largest lesion cross-section as a closed POLYLINE on the CT slice it lies on (SCOORD, PS3.3
+  C.18.6) with its Area (mm2), so viewers that list measurements by image coordinates
+  (OHIF's measurement panel) show them (:mod:`ct_triage.dicom_bridge.writers.planar`);
 * TID 1500 row 12 "Qualitative Evaluations" holding the disclaimer as a TEXT Comment.
 
 Numbers are rounded with :func:`round_measurement`, which ``report.json`` also uses, so both
-carry exactly the same values. Concepts without a standard code use the private scheme
-``99CTTRIAGE`` (declared in Coding Scheme Identification Sequence); see
-:mod:`ct_triage.dicom_bridge.writers.codes`.
+carry exactly the same values. Every code is a standard one (SNOMED CT, DCM, LOINC, UCUM);
+see :mod:`ct_triage.dicom_bridge.writers.codes`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -40,6 +45,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import SegmentationStorage, generate_uid
 
 from ct_triage.dicom_bridge.writers import codes
+from ct_triage.dicom_bridge.writers.planar import KeySection
 from ct_triage.dicom_bridge.writers.seg import (
     SEGMENT_CONSOLIDATION,
     SEGMENT_GGO,
@@ -56,6 +62,7 @@ from ct_triage.models.identity import (
     ModelIdentity,
 )
 from ct_triage.models.quantify import Quantification
+from ct_triage.models.segmentation import LesionLabel
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +114,9 @@ class SrRequest:
     previous_versions
         Earlier SRs of the same series that this one supersedes (a late instance re-ran the
         analysis); referenced in the Predecessor Documents Sequence (PS3.3 C.17.2.1).
+    sections
+        Largest lesion cross-sections (:func:`~.planar.largest_cross_sections`), written as
+        planar groups on ``source[section.slice_index]``.
     """
 
     source: tuple[Dataset, ...]
@@ -116,6 +126,7 @@ class SrRequest:
     series_number: int = 9002
     instance_number: int = 1
     previous_versions: tuple[Dataset, ...] = ()
+    sections: tuple[KeySection, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.source) == 0:
@@ -135,6 +146,13 @@ class SrRequest:
                 raise ValueError(f"quantification {name} is not finite: {value}")
         if not 0 < self.series_number < 2**31 or not 0 < self.instance_number < 2**31:
             raise ValueError("series_number and instance_number must be positive IS values")
+        for section in self.sections:
+            if not 0 <= section.slice_index < len(self.source):
+                raise ValueError(f"section slice {section.slice_index} is not in source")
+            if section.outline.ndim != 2 or section.outline.shape[1] != 2:
+                raise ValueError("section outline must be an (n, 2) array")
+            if not math.isfinite(section.area_mm2) or section.area_mm2 < 0:
+                raise ValueError("section area must be a finite non-negative number")
 
 
 def _all_values(q: Quantification) -> list[tuple[str, float]]:
@@ -272,17 +290,15 @@ def _whole_lung_group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     q = req.quantification
     lung_site = [hd.sr.FindingSite(anatomic_location=codes.LUNG)]
+    findings = q.lesion_volume_ml.total > 0
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(), identifier=codes.LUNG_ASSESSMENT.meaning
-        ),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Both lungs"),
         finding_type=codes.LUNG,
         finding_category=codes.ANATOMICAL_STRUCTURE,
         finding_sites=lung_site,
         algorithm_id=algorithm,
         measurements=[
             _measurement(codes.VOLUME, q.lung_volume_ml.total, codes.UNIT_ML, algorithm),
-            _measurement(codes.LESION_VOLUME, q.lesion_volume_ml.total, codes.UNIT_ML, algorithm),
             _measurement(
                 codes.PERCENT_INVOLVEMENT,
                 q.percent_involvement.total,
@@ -292,19 +308,71 @@ def _whole_lung_group(
             _measurement(
                 codes.SEVERITY_SCORE, float(q.severity_score), codes.UNIT_SCORE, algorithm
             ),
+            _measurement(
+                codes.TRIAGE_PRIORITY, float(q.triage.priority), codes.UNIT_RANK, algorithm
+            ),
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(
                 name=codes.TRIAGE_CATEGORY, value=codes.TRIAGE_VALUES[q.triage]
             ),
             hd.sr.QualitativeEvaluation(
-                name=codes.SEGMENTATION_QUALITY,
-                value=(
-                    codes.SEGMENTATION_RELIABLE
-                    if q.quality.reliable
-                    else codes.SEGMENTATION_UNRELIABLE
-                ),
+                name=codes.SUMMARY_OF_ANALYSES,
+                value=codes.analyses_summary(reliable=q.quality.reliable, findings=findings),
             ),
+        ],
+    )
+
+
+def _all_lesions_group(
+    req: SrRequest, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    q = req.quantification
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier="Lesions of both lungs (GGO + consolidation)"
+        ),
+        finding_type=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.LUNG)],
+        algorithm_id=algorithm,
+        measurements=[
+            _measurement(codes.VOLUME, q.lesion_volume_ml.total, codes.UNIT_ML, algorithm)
+        ],
+    )
+
+
+def _planar_group(
+    req: SrRequest, section: KeySection, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410: the outline of a lung's largest lesion cross-section and its area."""
+    image = req.source[section.slice_index]
+    lung = codes.RIGHT_LUNG if section.side == "right" else codes.LEFT_LUNG
+    finding = codes.GROUND_GLASS_OPACITY if section.kind == LesionLabel.GGO else codes.CONSOLIDATION
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=section.outline,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(image.SOPClassUID),
+            referenced_sop_instance_uid=str(image.SOPInstanceUID),
+        ),
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"Largest lesion section, {section.side} lung"
+        ),
+        referenced_region=region,
+        finding_type=finding,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=lung)],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.AREA,
+                value=round_measurement(section.area_mm2),
+                unit=codes.UNIT_MM2,
+                algorithm_id=algorithm,
+            )
         ],
     )
 
@@ -332,9 +400,8 @@ def _disclaimer_container(q: Quantification) -> hd.sr.ContainerContentItem:
     return container
 
 
-def build_measurement_report(req: SrRequest) -> hd.sr.MeasurementReport:
-    """Build the TID 1500 content tree (see the module docstring for its layout)."""
-    model = req.model
+def _observation_context(model: ModelIdentity) -> hd.sr.ObservationContext:
+    """TID 1002 with a device observer (TID 1004) naming the algorithm."""
     observer = hd.sr.ObserverContext(
         observer_type=dcm_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -345,9 +412,30 @@ def build_measurement_report(req: SrRequest) -> hd.sr.MeasurementReport:
             serial_number=(model.sha256[:16] or None),
         ),
     )
+    return hd.sr.ObservationContext(observer_device_context=observer)
+
+
+def separate_containers(items: Dataset | Sequence[Dataset]) -> None:
+    """Set Continuity Of Content SEPARATE on every CONTAINER under ``items`` (in place).
+
+    highdicom writes CONTINUOUS; renderers such as ``dsr2html`` then run the children of a
+    container together as prose and drop their concept names ("2146.31 ml 27.98 %").
+    SEPARATE (PS3.3 C.17.3.2.4) makes each item its own labelled entry; TID 1500 allows
+    both.
+    """
+    for item in [items] if isinstance(items, Dataset) else items:
+        if item.get("ValueType") == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        if "ContentSequence" in item:
+            separate_containers(item.ContentSequence)
+
+
+def build_measurement_report(req: SrRequest) -> hd.sr.MeasurementReport:
+    """Build the TID 1500 content tree (see the module docstring for its layout)."""
+    model = req.model
     algorithm = _algorithm(model)
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=_observation_context(model),
         procedure_reported=codes.CT_CHEST,
         imaging_measurements=[
             _lung_group(req, "right", algorithm),
@@ -355,6 +443,8 @@ def build_measurement_report(req: SrRequest) -> hd.sr.MeasurementReport:
             _lesion_group(req, "ggo", algorithm),
             _lesion_group(req, "consolidation", algorithm),
             _whole_lung_group(req, algorithm),
+            _all_lesions_group(req, algorithm),
+            *(_planar_group(req, section, algorithm) for section in req.sections),
         ],
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
@@ -396,6 +486,105 @@ def write_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
     )
     sr.ManufacturerModelName = req.model.algorithm_label
     sr.SoftwareVersions = codes.SOFTWARE_VERSION
-    sr.CodingSchemeIdentificationSequence = [codes.private_coding_scheme_item()]
+    separate_containers(sr)
+    # General Series (C.7.3.1): dated like the content, so PACS sort the series by date
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     logger.info("SR built: %d evidence instances, %.2f s", len(evidence), time.perf_counter() - t0)
+    return sr
+
+
+@dataclass(frozen=True, slots=True)
+class NotAnalysedSrRequest:
+    """What :func:`write_not_analysed_sr` needs, validated on construction.
+
+    Parameters
+    ----------
+    evidence
+        Headers of the study's instances the decision was about (at least one); patient
+        and study attributes are copied from the first.
+    reason
+        One line for people: why the study was not analysed.
+    model
+        The software's model (device observer), though it produced no result.
+    series_number
+        Series Number of the new SR series (IS).
+    """
+
+    evidence: tuple[Dataset, ...]
+    reason: str
+    model: ModelIdentity
+    series_number: int = 9002
+
+    def __post_init__(self) -> None:
+        if not self.evidence:
+            raise ValueError("evidence must contain at least one header")
+        study = self.evidence[0].get("StudyInstanceUID")
+        if not study or any(ds.get("StudyInstanceUID") != study for ds in self.evidence):
+            raise ValueError("evidence must come from one study")
+        if not self.reason.strip():
+            raise ValueError("reason must not be empty")
+        if not 0 < self.series_number < 2**31:
+            raise ValueError("series_number must be a positive IS value")
+
+
+#: Series Description of a "not analysed" SR.
+NOT_ANALYSED_DESCRIPTION: Final = f"AI not analysed SR - {DISCLAIMER_SHORT}"[:64]
+
+
+def write_not_analysed_sr(req: NotAnalysedSrRequest) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 report without measurements: "Not analysed: REASON".
+
+    One TID 1501 group (finding: lung) holds the Summary of Analyses "No algorithms
+    succeeded; without findings" (DCM 111065 / DCM 111245, CID 6047); the Qualitative
+    Evaluations container (TID 1500 row 12) holds the reason as a TEXT Comment and the
+    disclaimer, so a PACS shows the radiologist that the
+    study was seen and skipped, and why.
+    """
+    verdict = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="Not analysed"),
+        finding_type=codes.LUNG,
+        finding_category=codes.ANATOMICAL_STRUCTURE,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.SUMMARY_OF_ANALYSES, value=codes.NONE_SUCCEEDED)
+        ],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(req.model),
+        procedure_reported=codes.CT_CHEST,
+        imaging_measurements=[verdict],
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+    )
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=text[:1024],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for text in (f"Not analysed: {req.reason}", DISCLAIMER)
+        ]
+    )
+    report[0].ContentSequence.append(container)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(with_type2_defaults(req.evidence)),
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=req.series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=codes.MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=NOT_ANALYSED_DESCRIPTION,
+        specific_character_set=output_character_set(req.evidence[0]),
+    )
+    sr.ManufacturerModelName = req.model.algorithm_label
+    sr.SoftwareVersions = codes.SOFTWARE_VERSION
+    separate_containers(sr)
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     return sr
