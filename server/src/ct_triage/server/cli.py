@@ -71,6 +71,14 @@ def _cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from ct_triage.server.startup import probe
+
+    healthy, line = probe(settings, timeout_s=args.timeout)
+    print(line)
+    return 0 if healthy else 1
+
+
 def _cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from ct_triage.server import commands
 
@@ -140,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.set_defaults(func=_cmd_serve)
 
+    he = sub.add_parser(
+        "health",
+        help="ask the local server's /healthz on the configured port: exit 0 healthy, "
+        "1 degraded or not answering (the container health check)",
+    )
+    he.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    he.set_defaults(func=_cmd_health)
+
     pl = sub.add_parser("pull", help="retrieve one study from the PACS, analyse it, deliver")
     who = pl.add_mutually_exclusive_group(required=True)
     who.add_argument("--study", help="StudyInstanceUID")
@@ -175,8 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"ct-triage: configuration error: {problems}", file=sys.stderr)
         return 1
+    # `serve` prints nothing else: its log (JSON in the images) goes to stdout, where
+    # container runtimes and log shippers expect it.
     configure_logging(
-        level=logging.DEBUG if args.verbose else logging.INFO, fmt=settings.log_format
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        fmt=settings.log_format,
+        stream=sys.stdout if args.command == "serve" else None,
     )
     if settings.malloc_tuning:
         from ct_triage.server.tuning import tune_allocator
@@ -185,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     job = uuid.uuid4().hex[:12]
     with job_context(job):
         try:
+            if settings.extra_ca_certs is not None and args.command != "health":
+                from ct_triage.server.startup import install_extra_ca
+
+                install_extra_ca(settings.extra_ca_certs)
             rc: int = args.func(args, settings)
         except TriageError as exc:
             # Logged once, here, at the boundary.

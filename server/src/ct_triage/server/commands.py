@@ -136,7 +136,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     from ct_triage.server.jobs.factory import create_job_store
     from ct_triage.server.jobs.model import JobKind
     from ct_triage.server.jobs.worker import run_workers
+    from ct_triage.server.startup import PacsWatch, ServiceHealth, check_data_dir
 
+    check_data_dir(settings.data_dir)  # one line naming the chown, not a traceback later
     model = load_model(settings)  # fail at start-up, not on the first study
     if settings.http_port:
         check_port_free(
@@ -145,13 +147,21 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     version = f"{model.identity.version}-{model.identity.sha256[:12]}"
     store = create_job_store(settings.resolved_job_store_url())
+    health = ServiceHealth()
     try:
         with Bridge(settings, model, options_from(settings)) as bridge:
+            watch = PacsWatch(
+                bridge.check_pacs,
+                health,
+                retry_s=settings.startup_retry_s,
+                strict=settings.strict_startup,
+            )
             if settings.pacs_check_at_startup:
-                bridge.check_pacs()
+                # A PACS that is not up yet: start degraded and retry (strict: refuse).
+                watch.start(stop)
             http = None
             if settings.http_port is not None:
-                app = create_app(settings, store=store, model=model.identity)
+                app = create_app(settings, store=store, model=model.identity, service_health=health)
                 http = HttpServer(uvicorn_config(app, settings)).start()
                 logger.info("HTTP API on %s", http.url)
 
@@ -192,8 +202,10 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
             finally:
                 stop.set()
                 intake_thread.join(timeout=10)
+                watch.join()
                 if http is not None:
                     http.stop()
+        logger.info("stopped: running jobs finished, listener closed")
     finally:
         store.close()
 

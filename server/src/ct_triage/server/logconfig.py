@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 _job_id: contextvars.ContextVar[str] = contextvars.ContextVar("ct_triage_job", default="-")
 
@@ -46,9 +47,11 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(payload)
 
 
-def configure_logging(*, level: int = logging.INFO, fmt: str = "text") -> None:
-    """Send ``ct_triage`` logs to stderr as text or JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(
+    *, level: int = logging.INFO, fmt: str = "text", stream: TextIO | None = None
+) -> None:
+    """Send ``ct_triage`` logs to ``stream`` (default stderr) as text or JSON lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_JobFilter())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())

@@ -157,8 +157,15 @@ class Settings(BaseSettings):
     delivery_connect_timeout_s: float = Field(default=10.0, gt=0)
     delivery_association_timeout_s: float = Field(default=30.0, gt=0)
     delivery_store_timeout_s: float = Field(default=120.0, gt=0)
-    #: ``serve`` refuses to start when the configured PACS does not answer C-ECHO/QIDO-RS.
+    #: ``serve`` checks at start-up that the configured PACS answers C-ECHO/QIDO-RS. When it
+    #: does not, ``serve`` starts degraded (``/healthz`` and ``ct-triage health`` say why) and
+    #: retries every ``startup_retry_s``; with ``strict_startup`` it refuses to start instead.
     pacs_check_at_startup: bool = True
+    strict_startup: bool = False
+    startup_retry_s: float = Field(default=10.0, gt=0)
+    #: Extra CA certificate(s) to trust for DICOMweb and Triton over TLS (a PEM file or a
+    #: folder of them), added to the default bundle, e.g. a hospital CA.
+    extra_ca_certs: Path | None = None
     #: Pull mode: poll the PACS for new CT studies every N seconds (0 = off).
     poll_interval_s: float = Field(default=0.0, ge=0)
     #: Pull mode: how many days back the first poll looks.

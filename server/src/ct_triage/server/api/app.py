@@ -60,6 +60,7 @@ from ct_triage.server.api.routes import (
 from ct_triage.server.api.schemas import API_PREFIX
 from ct_triage.server.jobs.model import JobStore
 from ct_triage.server.settings import Settings
+from ct_triage.server.startup import ServiceHealth
 
 __all__ = ["create_app"]
 
@@ -156,6 +157,7 @@ def create_app(
     study_finder: StudyFinder | None = None,
     pacs_check: PacsCheck | None = None,
     api_config: ApiConfig | None = None,
+    service_health: ServiceHealth | None = None,
 ) -> FastAPI:
     """Build the HTTP application.
 
@@ -178,6 +180,9 @@ def create_app(
     api_config
         Override of the API's view of the settings (limits, paths); default
         :meth:`ApiConfig.from_settings`.
+    service_health
+        Shared with the process's start-up checks: why the service is degraded
+        (``/healthz``); default: a fresh one (never degraded).
 
     Returns
     -------
@@ -219,6 +224,7 @@ def create_app(
                 model_version=model.version if model is not None else _manifest_version(settings),
                 study_finder=finder,
                 pacs_check=check,
+                health=service_health or ServiceHealth(),
             )
             logger.info("HTTP API ready (job store %r)", job_store)
             try:

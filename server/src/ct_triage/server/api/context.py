@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,7 @@ from ct_triage.server.api.config import ApiConfig
 from ct_triage.server.api.metrics import ApiMetrics
 from ct_triage.server.jobs.model import JobStore
 from ct_triage.server.settings import Settings
+from ct_triage.server.startup import ServiceHealth
 
 if TYPE_CHECKING:
     from ct_triage.dicom_bridge.query import StudyMatch
@@ -50,6 +51,8 @@ class ApiContext:
         PACS query for batches (``None``: no PACS configured).
     pacs_check
         PACS reachability check for readiness (``None``: no PACS configured).
+    health
+        Why the service is degraded, if it is (``/healthz``).
     """
 
     settings: Settings
@@ -62,3 +65,4 @@ class ApiContext:
     model_version: str
     study_finder: StudyFinder | None
     pacs_check: PacsCheck | None
+    health: ServiceHealth = field(default_factory=ServiceHealth)

@@ -398,9 +398,10 @@ class WorklistPublic(_Schema):
 
 # -- health ------------------------------------------------------------------------------
 class HealthPublic(_Schema):
-    """Liveness."""
+    """Liveness: ``ok``, or ``degraded`` (alive, but something it needs is missing)."""
 
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = "ok"
+    reasons: list[str] = Field(default_factory=list)
 
 
 class CheckPublic(_Schema):

@@ -19,8 +19,12 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=HealthPublic, summary="Liveness (no token needed)")
-async def healthz() -> HealthPublic:
-    """The process answers HTTP. Nothing else is checked (see ``/readyz``)."""
+async def healthz(ctx: Ctx) -> HealthPublic:
+    """The process answers HTTP; ``degraded`` with short reasons while something it needs is
+    missing (e.g. the PACS not answering since start-up). Details: the log and ``/readyz``."""
+    problems = ctx.health.problems()
+    if problems:
+        return HealthPublic(status="degraded", reasons=[f"{k}: {v}" for k, v in problems.items()])
     return HealthPublic()
 
 
