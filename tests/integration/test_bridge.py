@@ -100,11 +100,26 @@ def _study_id(orthanc: OrthancServer) -> str:
     return str(studies[0])
 
 
+#: Our two Secondary Capture series (both Modality OT), told apart by Series Description.
+_SC_KINDS = {"OT": "AI lung overlay", "SUMMARY": "AI lung summary"}
+
+
+def _series_of(orthanc: OrthancServer, kind: str) -> list[dict[str, Any]]:
+    """Series of one result kind: SEG, SR, OT (the overlay) or SUMMARY (the summary page)."""
+    if kind not in _SC_KINDS:
+        return orthanc.series_by_modality(kind)
+    return [
+        s
+        for s in orthanc.series_by_modality("OT")
+        if str(s["MainDicomTags"].get("SeriesDescription", "")).startswith(_SC_KINDS[kind])
+    ]
+
+
 def _results_in_orthanc(orthanc: OrthancServer) -> dict[str, pydicom.Dataset]:
-    """First instance of each result modality (SEG, SR, OT) held by Orthanc."""
+    """First instance of each result kind (SEG, SR, OT overlay, SUMMARY) held by Orthanc."""
     found: dict[str, pydicom.Dataset] = {}
-    for modality in ("SEG", "SR", "OT"):
-        series = orthanc.series_by_modality(modality)
+    for modality in ("SEG", "SR", "OT", "SUMMARY"):
+        series = _series_of(orthanc, modality)
         if len(series) != 1:
             continue
         iid = series[0]["Instances"][0]
@@ -115,9 +130,9 @@ def _results_in_orthanc(orthanc: OrthancServer) -> dict[str, pydicom.Dataset]:
 
 
 def _check_results(orthanc: OrthancServer, source: pydicom.Dataset) -> None:
-    res = wait_until(lambda: (r := _results_in_orthanc(orthanc)) and len(r) == 3 and r, 30)
+    res = wait_until(lambda: (r := _results_in_orthanc(orthanc)) and len(r) == 4 and r, 30)
     seg, sr, sc = res["SEG"], res["SR"], res["OT"]
-    for ds in (seg, sr, sc):
+    for ds in (seg, sr, sc, res["SUMMARY"]):
         assert ds.StudyInstanceUID == source.StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
@@ -332,7 +347,7 @@ def test_sigkill_after_acknowledging_then_restart_analyses(
     proc = _serve(dict(env, CT_TRIAGE_QUIET_PERIOD_S="0.5"), log)
     try:
         source = pydicom.dcmread(study[0], stop_before_pixels=True)
-        wait_until(lambda: len(_results_in_orthanc(orthanc)) == 3, 120, 1.0)
+        wait_until(lambda: len(_results_in_orthanc(orthanc)) == 4, 120, 1.0)
         _check_results(orthanc, source)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -456,12 +471,12 @@ def _scu_send(port: int, paths: list[Path], *, abort: bool = False) -> None:
 
 
 def _result_series(orthanc: OrthancServer) -> dict[str, list[dict[str, Any]]]:
-    return {m: orthanc.series_by_modality(m) for m in ("SEG", "SR", "OT")}
+    return {m: _series_of(orthanc, m) for m in ("SEG", "SR", "OT", "SUMMARY")}
 
 
 def _one_result_each(orthanc: OrthancServer) -> dict[str, list[dict[str, Any]]]:
     found = _result_series(orthanc)
-    assert {m: len(s) for m, s in found.items()} == {"SEG": 1, "SR": 1, "OT": 1}
+    assert {m: len(s) for m, s in found.items()} == {"SEG": 1, "SR": 1, "OT": 1, "SUMMARY": 1}
     return found
 
 
@@ -526,3 +541,48 @@ def test_superseded_result_is_retracted_from_orthanc(
             assert new[modality][0]["ID"] != old[modality][0]["ID"]
         sr_uid = report["outputs"]["sr"]["series_instance_uid"]
         assert new["SR"][0]["MainDicomTags"]["SeriesInstanceUID"] == sr_uid
+
+
+def test_declined_study_gets_one_not_analysed_sr_and_page_in_orthanc(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    """A study with no usable chest CT (here only a localizer series) ends with one "not
+    analysed" SR and one summary page in the PACS, in its own study, delivered exactly once."""
+    orthanc, our_port = pacs
+    mr = _variant(
+        study,
+        tmp_path / "scout",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        SeriesDescription="Scout",
+    )
+    source = pydicom.dcmread(mr[0], stop_before_pixels=True)
+    settings = _settings(tmp_path, orthanc, our_port)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        _storescu(our_port, mr)
+        outcomes = wait_until(bridge.process_due, 60)
+        assert [o.status for o in outcomes] == ["declined"]
+        _drain(bridge)
+        # asking again for the same decision writes and sends nothing new
+        tag = f"{source.SeriesInstanceUID}.g1"
+        bridge.report_not_analysed(source.StudyInstanceUID, outcomes[0].detail, tag=tag)
+        _drain(bridge)
+        srs = wait_until(lambda: orthanc.series_by_modality("SR"), 30)
+        pages = [
+            s
+            for s in orthanc.series_by_modality("OT")
+            if "not analysed" in str(s["MainDicomTags"].get("SeriesDescription", ""))
+        ]
+        assert len(srs) == 1
+        assert len(srs[0]["Instances"]) == 1
+        assert len(pages) == 1
+        assert len(pages[0]["Instances"]) == 1
+        r = httpx.get(
+            f"{orthanc.url}/instances/{srs[0]['Instances'][0]}/file", auth=orthanc.auth, timeout=30
+        )
+        r.raise_for_status()
+        sr = pydicom.dcmread(io.BytesIO(r.content))
+        assert sr.StudyInstanceUID == source.StudyInstanceUID
+        assert sr.PatientID == source.PatientID
+        texts = [str(v.value) for v in sr.iterall() if v.keyword == "TextValue"]
+        assert any(t.startswith("Not analysed: ") and "localizer" in t for t in texts), texts
+        assert not orthanc.series_by_modality("SEG")

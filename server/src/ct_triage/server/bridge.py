@@ -51,6 +51,7 @@ from ct_triage.dicom_bridge.spool import PurgeReport, ReadySeries, SeriesState, 
 from ct_triage.dicom_bridge.tls import client_ssl_context, server_ssl_context
 from ct_triage.models.analysis import LesionModel
 from ct_triage.models.errors import StudyDeclined, TriageError
+from ct_triage.models.identity import ModelIdentity
 from ct_triage.server.logconfig import job_context
 from ct_triage.server.pipeline import (
     AnalysisOptions,
@@ -58,6 +59,8 @@ from ct_triage.server.pipeline import (
     analyze_series,
     analyze_study,
     choose_series,
+    result_files,
+    write_not_analysed,
 )
 from ct_triage.server.settings import Settings, parse_dimse_node
 from ct_triage.server.timing import StageTimer
@@ -384,6 +387,7 @@ class Bridge:
         except StudyDeclined as exc:
             for r in claimed:
                 self.spool.mark_failed(r.series_uid, r.generation, f"declined: {exc}")
+            self.report_not_analysed(study_uid, str(exc), tag=out_dir.name)
             raise
 
     def _process_claimed(self, study_uid: str, claimed: list[ReadySeries]) -> StudyOutcome:
@@ -395,6 +399,10 @@ class Bridge:
                 for r in claimed:
                     self.spool.mark_failed(r.series_uid, r.generation, f"declined: {exc}")
                 self._write_declined(study_uid, job, str(exc))
+                first = claimed[0]
+                self.report_not_analysed(
+                    study_uid, str(exc), tag=f"{first.series_uid}.g{first.generation}"
+                )
                 logger.warning("study %s declined: %s", study_uid, exc)
                 return StudyOutcome(study_uid, None, "declined", str(exc))
             except TriageError as exc:
@@ -502,6 +510,7 @@ class Bridge:
             result = analyze_study(folder, out_dir, self.model, self.options)
         except StudyDeclined as exc:
             self._settle_spool(study_uid, None, f"declined: {exc}")
+            self.report_not_analysed(study_uid, str(exc), tag=out_dir.name)
             raise
         self._settle_spool(study_uid, str(result.out_dir), None)
         return result
@@ -530,12 +539,7 @@ class Bridge:
         """
         ids: list[str] = []
         if self.outbox_has_destinations:
-            files = [
-                out_dir / "seg.dcm",
-                out_dir / "sr.dcm",
-                *sorted((out_dir / "overlay").glob("*.dcm")),
-            ]
-            ids = self.outbox.enqueue(files, job_ref=job_ref)
+            ids = self.outbox.enqueue(result_files(out_dir), job_ref=job_ref)
         self._queue_retraction(out_dir, job_ref, ids)
         return ids
 
@@ -554,7 +558,7 @@ class Bridge:
         outputs = json.loads(old_report.read_text()).get("outputs", {})
         series = [
             str(uid)
-            for key in ("seg", "sr", "overlay")
+            for key in ("seg", "sr", "summary", "overlay")
             if (uid := (outputs.get(key) or {}).get("series_instance_uid"))
         ]
         if not series:
@@ -624,6 +628,24 @@ class Bridge:
                 )
                 self._state.commit()
         return ran
+
+    def report_not_analysed(self, study_uid: str, reason: str, *, tag: str) -> list[str]:
+        """Write and queue the "not analysed: REASON" SR and page of a declined study.
+
+        Delivered like results, to every destination; ``tag`` names the decision (a job or
+        a series generation), so asking again for the same decision sends nothing new.
+        Never raises: the decline itself is the outcome that matters.
+        """
+        out = self.results_dir / study_uid / f"not-analysed.{tag}"
+        try:
+            identity: ModelIdentity = self.model.identity  # type: ignore[attr-defined]
+            files = write_not_analysed(self.spool.instances_dir / study_uid, reason, identity, out)
+            if not files or not self.outbox_has_destinations:
+                return []
+            return self.outbox.enqueue(files, job_ref=f"not-analysed.{tag}")
+        except Exception:
+            logger.exception("study %s: the 'not analysed' objects were not written", study_uid)
+            return []
 
     def _write_declined(self, study_uid: str, job: str, reason: str) -> None:
         folder = self.results_dir / study_uid

@@ -27,8 +27,16 @@ from ct_triage.dicom_bridge.writers.overlay import (
     write_overlay_series,
     write_preview_png,
 )
+from ct_triage.dicom_bridge.writers.planar import largest_cross_sections
 from ct_triage.dicom_bridge.writers.seg import SegRequest, write_seg
-from ct_triage.dicom_bridge.writers.sr import SrRequest, round_measurement, write_sr
+from ct_triage.dicom_bridge.writers.sr import (
+    NotAnalysedSrRequest,
+    SrRequest,
+    round_measurement,
+    write_not_analysed_sr,
+    write_sr,
+)
+from ct_triage.dicom_bridge.writers.summary import declined_page, result_page, write_summary
 from ct_triage.models.analysis import LesionModel, segment
 from ct_triage.models.errors import InvalidInput
 from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
@@ -43,6 +51,60 @@ logger = logging.getLogger(__name__)
 
 #: Version of the ``report.json`` layout; bump on any incompatible change.
 SCHEMA_VERSION = "1.0"
+
+
+def result_files(out_dir: Path) -> list[Path]:
+    """The DICOM objects of a result folder, in delivery order: SEG, SR, summary, overlay."""
+    files = [out_dir / "seg.dcm", out_dir / "sr.dcm"]
+    if (out_dir / "summary.dcm").is_file():
+        files.append(out_dir / "summary.dcm")
+    return [*files, *sorted((out_dir / "overlay").glob("*.dcm"))]
+
+
+#: File names of the "not analysed" objects of a declined study (see :func:`write_not_analysed`).
+NOT_ANALYSED_FILES = ("not-analysed-sr.dcm", "not-analysed-summary.dcm")
+
+
+def write_not_analysed(
+    study_folder: Path, reason: str, identity: ModelIdentity, out_dir: Path
+) -> list[Path]:
+    """Write the SR and summary page saying "not analysed: REASON" for a declined study.
+
+    One header per folder of ``study_folder`` (the spool keeps each series in a folder) is the
+    evidence; the objects go into the study they came with, so the PACS shows the radiologist
+    that the study was seen and why it was skipped. Idempotent: objects written before are returned
+    as they are (same SOP Instance UIDs, so a retry never adds a second copy). Returns
+    ``[]`` when no DICOM header can be read there.
+    """
+    files = [out_dir / name for name in NOT_ANALYSED_FILES]
+    if all(f.is_file() for f in files):
+        return files
+    evidence: dict[str, Dataset] = {}
+    read: set[Path] = set()  # folders with a header read (the spool keeps a series a folder)
+    for path in sorted(p for p in study_folder.rglob("*") if p.is_file()):
+        if path.parent in read:
+            continue
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:  # not DICOM: nothing to reference
+            continue
+        if "SOPInstanceUID" in ds and "StudyInstanceUID" in ds and "SeriesInstanceUID" in ds:
+            evidence.setdefault(str(ds.SeriesInstanceUID), ds)
+            read.add(path.parent)
+    if not evidence:
+        return []
+    headers = tuple(evidence.values())
+    headers = tuple(h for h in headers if h.StudyInstanceUID == headers[0].StudyInstanceUID)
+    sr = write_not_analysed_sr(
+        NotAnalysedSrRequest(evidence=headers, reason=reason, model=identity)
+    )
+    page = write_summary(declined_page(header=headers[0], reason=reason, model=identity))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for ds, path in ((sr, files[0]), (page, files[1])):
+        tmp = path.with_name(path.name + ".tmp")
+        save_dataset(ds, tmp)
+        tmp.replace(path)
+    return files
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +145,7 @@ def build_report(
     seg: Dataset,
     sr: Dataset,
     overlay: list[Dataset],
+    summary: Dataset | None = None,
     timings: dict[str, float],
     network_slice_step: int = 1,
 ) -> dict[str, Any]:
@@ -145,6 +208,15 @@ def build_report(
                 "series_instance_uid": str(overlay[0].SeriesInstanceUID) if overlay else None,
                 "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in overlay],
             },
+            "summary": (
+                {
+                    "file": "summary.dcm",
+                    "sop_instance_uid": str(summary.SOPInstanceUID),
+                    "series_instance_uid": str(summary.SeriesInstanceUID),
+                }
+                if summary is not None
+                else None
+            ),
             "preview": "preview.png",
         },
         "supersedes": supersedes,
@@ -296,10 +368,11 @@ def analyze_series(
                     quantification=quant,
                     model=identity,
                     previous_versions=previous,
+                    sections=largest_cross_sections(segmentation),
                 )
             )
             save_dataset(sr, staging / "sr.dcm")
-        overlay = images.result()
+        overlay, summary = images.result()
         report = build_report(
             supersedes=supersedes,
             series=series,
@@ -309,6 +382,7 @@ def analyze_series(
             seg=seg,
             sr=sr,
             overlay=overlay,
+            summary=summary,
             timings=timer.rounded(),
             network_slice_step=z_step_for(
                 float(series.volume.spacing[0]), float(getattr(lesion_model, "z_step_mm", 0.0))
@@ -343,10 +417,11 @@ def _write_images(
     identity: ModelIdentity,
     options: AnalysisOptions,
     timer: StageTimer,
-) -> list[Dataset]:
-    """The burned-in overlay series and the preview PNG of one result; the overlay datasets.
+) -> tuple[list[Dataset], Dataset]:
+    """The burned-in overlay series, the summary page and the preview PNG of one result.
 
-    The preview's title needs the quantification (``measured``), the overlay does not.
+    The preview's title and the summary need the quantification (``measured``), the overlay
+    does not. Returns the overlay datasets and the summary.
     """
     source = series.datasets
     with timer.stage("write_overlay"):
@@ -376,4 +451,15 @@ def _write_images(
         write_preview_png(
             series.volume.hu, segmentation, staging / "preview.png", title_lines=title
         )
-    return overlay
+    with timer.stage("write_summary"):
+        summary = write_summary(
+            result_page(
+                source=source,
+                hu=series.volume.hu,
+                segmentation=segmentation,
+                quant=quant,
+                model=identity,
+            )
+        )
+        save_dataset(summary, staging / "summary.dcm")
+    return overlay, summary
