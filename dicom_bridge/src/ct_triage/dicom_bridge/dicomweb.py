@@ -155,6 +155,22 @@ class StowResult:
         return all(o.stored for o in self.outcomes)
 
 
+#: What dicomweb-client asks for with every QIDO-RS / metadata request. PS3.18 8.7.3 lets a
+#: client list several types, but Orthanc's DICOMweb plugin compares the header as one string
+#: and logs "Unsupported return MIME type" for each such request.
+_JSON_ACCEPT_LIST: Final = "application/dicom+json, application/json"
+
+
+class _SingleJsonAccept(requests.adapters.HTTPAdapter):
+    """Send ``Accept: application/dicom+json`` (the QIDO-RS media type, PS3.18 10.6.3.2)
+    where dicomweb-client would send a list of JSON types; other requests pass unchanged."""
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        if request.headers.get("Accept") == _JSON_ACCEPT_LIST:
+            request.headers["Accept"] = "application/dicom+json"
+        return super().send(request, *args, **kwargs)
+
+
 class DicomWebClient:
     """QIDO-RS / WADO-RS / STOW-RS against one :class:`DicomWebNode`. Use as a context manager.
 
@@ -170,6 +186,8 @@ class DicomWebClient:
         self.node = node
         self._session = session or requests.Session()
         self._session.verify = node.verify
+        for scheme in ("http://", "https://"):
+            self._session.mount(scheme, _SingleJsonAccept())
         if isinstance(node.auth, BasicAuth):
             self._session.auth = (node.auth.username, node.auth.password)
         elif isinstance(node.auth, BearerToken):

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -209,6 +210,29 @@ class TokenStore:
                 self._cache[fingerprint] = (principal, now + self.cache_ttl_s)
         return principal
 
+    def why_refused(self, token: str) -> str:
+        """Why :meth:`verify` refused ``token``, for the 401 answer (no secret in it).
+
+        The token's public id tells apart a token this server never issued (made with
+        another data folder, the usual mistake), a revoked one and a wrong secret.
+        """
+        parts = _split(token)
+        if parts is None:
+            return "not a chest-ct-triage API token (they read ctt_<id>_<secret>)"
+        with self._lock:
+            row = self._db.execute(
+                "SELECT revoked_at FROM api_tokens WHERE id = ?", (parts[0],)
+            ).fetchone()
+        if row is None:
+            return (
+                f"token ctt_{parts[0]}_... is unknown to this server: it was created in another "
+                "data folder. Create tokens with `ct-triage token create` run with the same "
+                "CT_TRIAGE_DATA_DIR (or from the same folder) as `ct-triage serve`"
+            )
+        if row[0] is not None:
+            return f"token ctt_{parts[0]}_... has been revoked"
+        return f"token ctt_{parts[0]}_... has a wrong secret"
+
     def list(self) -> list[TokenInfo]:
         """Every token, newest first (revoked ones included)."""
         with self._lock:
@@ -278,12 +302,27 @@ def cmd_token(args: argparse.Namespace, settings: object) -> int:
     from ct_triage.server.settings import Settings
 
     assert isinstance(settings, Settings)
-    store = TokenStore(ApiConfig.from_settings(settings).tokens_db)
+    data_dir = Path(settings.data_dir).resolve()
+    used = any((data_dir / name).exists() for name in ("jobs.db", "spool", "audit.jsonl"))
+    db = ApiConfig.from_settings(settings).tokens_db.resolve()
+    store = TokenStore(db)
     try:
         if args.token_command == "create":
             info, token = store.create(name=args.name, role=Role(args.role))
             print(f"Token {info.id} ({info.role}, {info.name!r}) created. It is shown once:")
             print(token)
+            print(
+                f"Stored in {db}: valid for a `ct-triage serve` whose data folder is "
+                f"{data_dir} (CT_TRIAGE_DATA_DIR).",
+                file=sys.stderr,
+            )
+            if not used:
+                print(
+                    f"Note: no server has used {data_dir} yet. If yours runs with another "
+                    "data folder, run this command with CT_TRIAGE_DATA_DIR set to it (or from "
+                    "the folder it was started in): this token will not work there.",
+                    file=sys.stderr,
+                )
         elif args.token_command == "list":
             for t in store.list():
                 state = f"revoked {t.revoked_at:%Y-%m-%d}" if t.revoked_at else "active"

@@ -102,7 +102,7 @@ def require(role: Role) -> Callable[..., Caller]:
         principal = ctx.tokens.verify(credentials.credentials)
         if principal is None:
             ctx.audit.record(principal=None, ip=ip, action="auth.invalid", status=401, detail=route)
-            raise Unauthorized("invalid or revoked token")
+            raise Unauthorized(ctx.tokens.why_refused(credentials.credentials))
         if not principal.role.allows(role):
             ctx.audit.record(
                 principal=principal, ip=ip, action="auth.forbidden", status=403, detail=route
