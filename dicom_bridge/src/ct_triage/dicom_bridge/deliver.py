@@ -60,11 +60,6 @@ __all__ = [
     "StowDestination",
 ]
 
-# send_c_store(path) streams the file's encoded dataset instead of decoding and re-encoding it
-# (pynetdicom >= 2.0). Only CStoreDestination passes paths, and only with an accepted context
-# in the file's own transfer syntax.
-pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
-
 LOGGER = logging.getLogger(__name__)
 
 # C-STORE statuses, PS3.4 B.2.3 and PS3.7 C.
@@ -145,6 +140,11 @@ class CStoreDestination:
     def __init__(self, node: PacsNode, *, client: DimseClient | None = None) -> None:
         self.node = node
         self.client = client or DimseClient()
+        # pynetdicom's switch (a process-wide setting, >= 2.0) that makes send_c_store(path)
+        # stream the file's encoded dataset instead of decoding and re-encoding it. Set here,
+        # when a C-STORE destination exists, not when the module is imported; only this class
+        # passes paths, and only with an accepted context in the file's own transfer syntax.
+        pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
 
     def __repr__(self) -> str:
         return f"CStoreDestination({self.node})"
