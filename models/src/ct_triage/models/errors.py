@@ -42,7 +42,3 @@ class RuntimeUnavailable(TriageError):
 
 class InferenceError(TriageError):
     """The model ran but failed or produced unusable output."""
-
-
-class DeliveryError(TriageError):
-    """Results could not be delivered to a destination."""

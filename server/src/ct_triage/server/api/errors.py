@@ -8,8 +8,8 @@ the status of :func:`status_for`, and logs it once.
 
 from __future__ import annotations
 
+from ct_triage.dicom_bridge.query import PacsError
 from ct_triage.models.errors import (
-    DeliveryError,
     InferenceError,
     ModelError,
     RuntimeUnavailable,
@@ -90,22 +90,15 @@ def status_for(exc: TriageError) -> int:
     -------
     int
         ``exc.status_code`` for API errors; 400 for a declined or invalid input; 502 for a
-        PACS or delivery failure; 503 for a model or runtime that is unavailable; 500 else.
+        PACS failure (PacsError); 503 for a model or runtime that is unavailable; 500 else.
     """
     if isinstance(exc, ApiError):
         return exc.status_code
     if isinstance(exc, StudyDeclined):
         return 400
-    if isinstance(exc, DeliveryError):
-        return 502
     if isinstance(exc, ModelError | RuntimeUnavailable):
         return 503
     if isinstance(exc, InferenceError):
-        return 500
-    # PacsError lives in the bridge; import lazily so the API imports without pynetdicom.
-    try:
-        from ct_triage.dicom_bridge.query import PacsError
-    except ImportError:  # pragma: no cover - the bridge is a dependency of the server
         return 500
     if isinstance(exc, PacsError):
         return 502
