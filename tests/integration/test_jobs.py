@@ -8,6 +8,11 @@ worklist order and batch progress.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -30,8 +35,8 @@ from ct_triage.server.jobs.model import (
     RetryPolicy,
     progress_from,
 )
-from ct_triage.server.jobs.postgres import PostgresJobStore
-from ct_triage.server.jobs.sqlite import SqliteJobStore
+from ct_triage.server.jobs.owner import LeaseOwner, current_owner
+from ct_triage.server.jobs.store import SqlJobStore
 from ct_triage.server.jobs.worker import JobOutcome, Worker
 
 pytestmark = pytest.mark.integration
@@ -66,8 +71,8 @@ def _submit(store: JobStore, n: int, prefix: str = "k") -> list[Job]:
 def test_factory_kinds(store_url: str) -> None:
     s = create_job_store(store_url)
     try:
-        expected = SqliteJobStore if store_url.startswith("sqlite") else PostgresJobStore
-        assert isinstance(s, expected)
+        assert isinstance(s, SqlJobStore)
+        assert s.dialect == ("sqlite" if store_url.startswith("sqlite") else "postgresql")
     finally:
         s.close()
     with pytest.raises(JobStoreConfigError):
@@ -343,3 +348,301 @@ def test_worker_runs_declines_and_retries(store: JobStore) -> None:
     assert states["k2"].state is JobState.DONE
     assert states["k2"].attempts == 2
     assert calls == {"k0": 1, "k1": 1, "k2": 2}
+
+
+# -- databases of the previous version ---------------------------------------------------------
+#: The schema the previous version (separate SQLite and PostgreSQL stores) created.
+_V1_SCHEMA = {
+    "sqlite": """
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL, state TEXT NOT NULL, payload TEXT NOT NULL, batch_id TEXT,
+    study_uid TEXT, accession TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL, not_before REAL, created_at REAL NOT NULL,
+    updated_at REAL NOT NULL, started_at REAL, finished_at REAL, worker_id TEXT,
+    lease_until REAL, priority INTEGER, result TEXT NOT NULL DEFAULT '{}', error TEXT);
+CREATE INDEX jobs_runnable ON jobs (state, not_before, created_at);
+CREATE INDEX jobs_lease ON jobs (state, lease_until);
+CREATE TABLE batches (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL, created_by TEXT NOT NULL);
+CREATE TABLE batch_jobs (
+    batch_id TEXT NOT NULL REFERENCES batches(id), job_id TEXT NOT NULL REFERENCES jobs(id),
+    position INTEGER NOT NULL, PRIMARY KEY (batch_id, job_id));
+CREATE INDEX batch_jobs_job ON batch_jobs (job_id)""",
+    "postgresql": """
+CREATE TABLE ct_triage_jobs (
+    seq BIGSERIAL UNIQUE, id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    state TEXT NOT NULL, payload JSONB NOT NULL, batch_id TEXT, study_uid TEXT, accession TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL,
+    not_before TIMESTAMPTZ, created_at TIMESTAMPTZ NOT NULL, updated_at TIMESTAMPTZ NOT NULL,
+    started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, worker_id TEXT, lease_until TIMESTAMPTZ,
+    priority INTEGER, result JSONB NOT NULL DEFAULT '{}'::jsonb, error TEXT);
+CREATE INDEX ct_triage_jobs_runnable ON ct_triage_jobs (state, not_before, created_at);
+CREATE INDEX ct_triage_jobs_lease ON ct_triage_jobs (state, lease_until);
+CREATE TABLE ct_triage_batches (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL,
+    created_by TEXT NOT NULL);
+CREATE TABLE ct_triage_batch_jobs (
+    batch_id TEXT NOT NULL REFERENCES ct_triage_batches(id),
+    job_id TEXT NOT NULL REFERENCES ct_triage_jobs(id), position INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, job_id));
+CREATE INDEX ct_triage_batch_jobs_job ON ct_triage_batch_jobs (job_id)""",
+}
+
+
+def _raw_sql(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement with the database's own driver (``?`` placeholders, autocommit)."""
+    if url.startswith("sqlite"):
+        db = sqlite3.connect(url[len("sqlite:///") :], isolation_level=None)
+        try:
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
+    import psycopg  # only where PostgreSQL runs (tests/pg.py skips without it)
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(sql.replace("?", "%s"), params)
+        return cur.fetchall() if cur.description else []
+
+
+def _table(url: str, name: str) -> str:
+    return name if url.startswith("sqlite") else f"ct_triage_{name}"
+
+
+def test_previous_version_database_opens_and_is_migrated(store_url: str) -> None:
+    dialect = "sqlite" if store_url.startswith("sqlite") else "postgresql"
+    for stmt in _V1_SCHEMA[dialect].split(";"):
+        _raw_sql(store_url, stmt)
+    t0 = datetime.now(UTC) - timedelta(minutes=5)
+    when: Any = t0.timestamp() if dialect == "sqlite" else t0
+    lease: Any = (
+        (t0 + timedelta(hours=1)).timestamp() if dialect == "sqlite" else t0 + timedelta(hours=1)
+    )
+    jobs, batches, links = (_table(store_url, n) for n in ("jobs", "batches", "batch_jobs"))
+    cast = "" if dialect == "sqlite" else "::jsonb"
+    insert = (
+        f"INSERT INTO {jobs} (id, key, kind, state, payload, attempts, max_attempts, created_at,"
+        f" updated_at, started_at, worker_id, lease_until) VALUES (?, ?, ?, ?, ?{cast}, ?, 3,"
+        " ?, ?, ?, ?, ?)"
+    )
+    _raw_sql(
+        store_url,
+        insert,
+        "j-run",
+        "k-run",
+        "pull",
+        "running",
+        '{"accession": "A1"}',
+        1,
+        when,
+        when,
+        when,
+        "old-worker",
+        lease,
+    )
+    _raw_sql(
+        store_url,
+        insert,
+        "j-new",
+        "k-new",
+        "upload",
+        "queued",
+        '{"path": "/x.zip"}',
+        0,
+        when,
+        when,
+        None,
+        None,
+        None,
+    )
+    _raw_sql(store_url, f"INSERT INTO {batches} VALUES ('b1', 'rtw', ?, 'dr-a')", when)
+    for pos, job_id in enumerate(("j-run", "j-new")):
+        _raw_sql(store_url, f"INSERT INTO {links} VALUES ('b1', ?, ?)", job_id, pos)
+
+    for _reopen in range(2):  # the migration is done once, the second open finds it done
+        store = create_job_store(store_url, retry=FAST)
+        try:
+            old = store.get("j-run")
+            assert old is not None
+            assert (old.state, old.worker_id, old.payload) == (
+                JobState.RUNNING,
+                "old-worker",
+                {"accession": "A1"},
+            )
+            assert old.created_at is not None
+            assert abs((old.created_at - t0).total_seconds()) < 0.01
+            assert old.lease_until is not None
+            assert old.lease_until > datetime.now(UTC)
+            assert store.get_batch("b1").job_ids == ("j-run", "j-new")  # type: ignore[union-attr]
+            # a lease of the previous version names no process: left to expire
+            assert store.release_dead_leases() == 0
+            assert store.requeue_expired() == 0
+        finally:
+            store.close()
+    columns = (
+        [r[1] for r in _raw_sql(store_url, "PRAGMA table_info(jobs)")]
+        if dialect == "sqlite"
+        else [
+            r[0]
+            for r in _raw_sql(
+                store_url,
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                jobs,
+            )
+        ]
+    )
+    assert "lease_owner" in columns
+    store = create_job_store(store_url, retry=FAST)
+    try:
+        c = store.claim("new-worker", lease_s=30)
+        assert c is not None
+        assert (c.id, c.attempts, c.payload) == ("j-new", 1, {"path": "/x.zip"})
+        done = store.complete(c.id, "new-worker", {"priority": 3})
+        assert (done.state, done.priority) == (JobState.DONE, 3)
+        p = store.batch_progress("b1")
+        assert (p.done, p.running, p.queued) == (1, 1, 0)
+        fresh, created = store.submit(key="k-next", kind=JobKind.PULL, payload={})
+        assert created
+        assert [j.id for j in store.list_jobs()] == [fresh.id, "j-new", "j-run"]
+    finally:
+        store.close()
+    if dialect == "sqlite":
+        assert _raw_sql(store_url, "PRAGMA journal_mode") == [("wal",)]
+
+
+# -- dead processes' leases (issue 16) ----------------------------------------------------------
+_CLAIMER = """
+import sys, time
+from ct_triage.server.jobs.factory import create_job_store
+job = create_job_store(sys.argv[1]).claim(sys.argv[2], lease_s=600)
+print(job.id if job else "", flush=True)
+time.sleep(600)
+"""
+
+
+def _claim_in_process(url: str, worker: str) -> tuple[subprocess.Popen[str], str]:
+    """A real process that claims one job (lease 600 s) and then sleeps; its job id."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLAIMER, url, worker], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    job_id = proc.stdout.readline().strip()
+    assert job_id, f"claimer exited with {proc.poll()}"
+    return proc, job_id
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def _set_owner(url: str, job_id: str, owner: str) -> None:
+    _raw_sql(url, f"UPDATE {_table(url, 'jobs')} SET lease_owner = ? WHERE id = ?", owner, job_id)
+
+
+def test_dead_process_lease_is_released_at_once_other_leases_kept(
+    store: JobStore, store_url: str
+) -> None:
+    _submit(store, 6)
+    victim, victim_job = _claim_in_process(store_url, "victim")
+    alive, alive_job = _claim_in_process(store_url, "alive")
+    try:
+        me = current_owner()
+        assert me is not None
+        host, _boot, pid_ns = me.scope.split("/")
+        dead_pid = victim.pid
+        _kill(victim)
+        # Leases naming the same (now dead) PID in another scope are never judged from here:
+        # another host, or this host before a reboot.
+        kept = {}
+        for i, scope in enumerate(("otherhost/boot/pid:[1]", f"{host}/{uuid.uuid4()}/{pid_ns}")):
+            job = store.claim(f"remote{i}", lease_s=600)
+            assert job is not None
+            _set_owner(store_url, job.id, f"{scope}|{dead_pid}|1")
+            kept[job.id] = f"remote{i}"
+        kept[alive_job] = "alive"
+        # This PID, but another start time: the PID was reused after its owner died.
+        reused = store.claim("reused", lease_s=600)
+        assert reused is not None
+        _set_owner(store_url, reused.id, f"{me.scope}|{os.getpid()}|1")
+
+        assert store.requeue_expired() == 0  # every lease is valid for 10 more minutes
+        t0 = time.monotonic()
+        assert store.release_dead_leases() == 2  # the victim's and the reused PID's, at once
+        assert time.monotonic() - t0 < 5
+        for job_id, pid in ((victim_job, dead_pid), (reused.id, os.getpid())):
+            j = store.get(job_id)
+            assert j is not None
+            assert (j.state, j.worker_id, j.attempts, j.not_before) == (
+                JobState.QUEUED,
+                None,
+                1,
+                None,
+            )
+            assert j.error is not None
+            assert f"process {pid} is gone" in j.error
+        for job_id, worker in kept.items():
+            j = store.get(job_id)
+            assert j is not None
+            assert (j.state, j.worker_id) == (JobState.RUNNING, worker)
+        assert store.release_dead_leases() == 0
+        _kill(alive)  # the live process's lease was kept because it lived
+        assert store.release_dead_leases() == 1
+        assert store.get(alive_job).state is JobState.QUEUED  # type: ignore[union-attr]
+    finally:
+        for proc in (victim, alive):
+            if proc.poll() is None:
+                _kill(proc)
+
+
+def test_restarted_worker_runs_the_killed_process_job_at_once(
+    store: JobStore, store_url: str
+) -> None:
+    (job,) = _submit(store, 1)
+    victim, victim_job = _claim_in_process(store_url, "victim")
+    assert victim_job == job.id
+    _kill(victim)  # SIGKILL mid-analysis: the lease (600 s) is still valid
+    ran: list[Job] = []
+
+    def runner(j: Job) -> JobOutcome:
+        ran.append(j)
+        return JobOutcome(result={"priority": 4})
+
+    worker = Worker(store, runner, "restarted", lease_s=600, idle_s=0.05)
+    stop = threading.Event()
+    t0 = time.monotonic()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        while store.counts_by_state()[JobState.DONE] == 0 and time.monotonic() - t0 < 30:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+    assert time.monotonic() - t0 < 30  # well under the lease
+    done = store.get(job.id)
+    assert done is not None
+    assert (done.state, done.worker_id, done.attempts) == (JobState.DONE, "restarted", 2)
+    assert [j.id for j in ran] == [job.id]
+
+
+def test_lease_owner_of_a_process() -> None:
+    me = current_owner()
+    assert me is not None
+    assert not me.is_gone()
+    assert LeaseOwner.parse(me.token) == me
+    assert LeaseOwner.parse(None) is None
+    assert LeaseOwner.parse("worker-1") is None
+    assert LeaseOwner.parse(f"{me.scope}|{os.getpid()}|{me.start}1").is_gone()  # type: ignore[union-attr]
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stat = Path(f"/proc/{child.pid}/stat").read_text()
+        owner = LeaseOwner(me.scope, child.pid, stat[stat.rindex(")") + 2 :].split()[19])
+        assert not owner.is_gone()
+        child.send_signal(signal.SIGKILL)
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
+        assert owner.is_gone()
+    finally:
+        child.kill()
+        child.wait()
+    assert owner.is_gone()

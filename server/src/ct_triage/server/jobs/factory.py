@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ct_triage.models.errors import TriageError
 from ct_triage.server.jobs.model import JobStore, RetryPolicy
+from ct_triage.server.jobs.store import SqlJobStore
 
 
 class JobStoreConfigError(TriageError):
@@ -36,13 +37,9 @@ def create_job_store(url: str, *, retry: RetryPolicy | None = None) -> JobStore:
             path = path[1:]
         if not path:
             raise JobStoreConfigError(f"job store URL {url!r} names no file")
-        from ct_triage.server.jobs.sqlite import SqliteJobStore
-
-        return SqliteJobStore(Path(path), retry=retry)
+        return SqlJobStore.sqlite(Path(path), retry=retry)
     if url.startswith(("postgresql://", "postgres://")):
-        from ct_triage.server.jobs.postgres import PostgresJobStore
-
-        return PostgresJobStore(url, retry=retry)
+        return SqlJobStore.postgresql(url, retry=retry)
     scheme = url.partition("://")[0] if "://" in url else url[:20]
     raise JobStoreConfigError(
         f"job store URL scheme {scheme!r} not supported: use sqlite:///PATH or postgresql://..."

@@ -4,7 +4,8 @@ A :class:`Worker` claims one job at a time with a lease, extends the lease from 
 thread while the job runs, and records the outcome: done, declined (final), or failed
 (retried with backoff by the store until the job's attempts are spent). A worker that dies
 stops heart-beating; its lease expires and :meth:`JobStore.requeue_expired` (called by every
-worker before each claim) queues the job again.
+worker before each claim) queues the job again; a worker starting on the same host releases
+the jobs of its dead processes at once (:meth:`JobStore.release_dead_leases`).
 
 :class:`BridgeJobRunner` is the real runner: pull jobs are retrieved from the PACS through
 the :class:`~ct_triage.server.bridge.Bridge`, upload jobs read from their path; both go
@@ -97,6 +98,10 @@ class Worker:
     def run(self, stop: threading.Event) -> None:
         """Run jobs until ``stop`` is set (the job in progress is finished first)."""
         logger.info("worker %s started", self.worker_id)
+        try:  # jobs of this host's processes that died (SIGKILL, crash): at once, not at expiry
+            self.store.release_dead_leases()
+        except TriageError as exc:
+            logger.error("worker %s: %s", self.worker_id, exc)
         while not stop.is_set():
             try:
                 worked = self.run_once()
