@@ -299,7 +299,8 @@ def study_row(rank: int, job: Job, *, viewer_template: str | None = None) -> Stu
     r = job.result if job.state is JobState.DONE else {}
     ident = job_identity(job)
     accession = job.accession or ident.get("accession") or _text(job.payload.get("accession"))
-    study_uid = job.study_uid or r.get("study_uid") or job.payload.get("study_uid")
+    # The analysed study's UID (a pull by accession knows it only once done).
+    study_uid = r.get("study_uid") or job.study_uid or job.payload.get("study_uid")
     triage = r.get("triage")
     priority = job.priority if job.priority is not None else r.get("priority")
     severity = r.get("severity_score")

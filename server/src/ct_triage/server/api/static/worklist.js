@@ -76,7 +76,12 @@
 
   function patientCell(tr, item) {
     const td = cell(tr, "", "patient");
-    line(td, item.patient_name || "(name not available)", "patient-name");
+    if (!item.patient_name && !item.patient_id) {
+      // Not known until the images are read (a queued pull) or not readable.
+      td.textContent = "–";
+      return;
+    }
+    line(td, item.patient_name || "(no name)", "patient-name");
     line(td, ["ID " + (item.patient_id || "–"), item.sex, item.age].filter(Boolean).join(" · "));
     if (item.birth_date) line(td, "born " + item.birth_date);
   }
