@@ -11,6 +11,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "--dev" ]; then
   .venv/bin/python -m pip install -q -r requirements-dev.txt
+  # the real tritonserver for the Triton tests (see the file for why --no-deps)
+  .venv/bin/python -m pip install -q --no-deps -r requirements-triton-server.txt
 else
   .venv/bin/python -m pip install -q -e ./kernels -e ./models -e ./dicom_bridge -e ./server
 fi

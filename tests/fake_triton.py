@@ -1,15 +1,12 @@
-"""A fake Triton Inference Server for the tests (Triton itself cannot run here).
+"""What is left of the fake Triton: an HTTP gateway answering 502/503/504 on demand.
 
-It speaks the real wire protocols that tritonclient uses, on a free loopback port:
-
-- HTTP: the KServe v2 REST endpoints (``/v2/health/live``, ``/v2/health/ready``,
-  ``/v2/models/<m>/ready``, ``/v2/models/<m>``, ``/v2/models/<m>/config``,
-  ``/v2/models/<m>/infer``) with the binary-data extension (``Inference-Header-Content-Length``
-  + JSON + raw little-endian tensor bytes);
-- gRPC: ``inference.GRPCInferenceService`` from ``tritonclient.grpc.service_pb2_grpc``.
-
-Behind both, an ONNX Runtime CPU session runs the model. What it cannot show: Triton's own
-batching, TensorRT, TLS.
+Every other Triton test runs against the real ``tritonserver`` (``tests/triton_server.py``,
+``tests/integration/test_triton_server.py``). What the real server cannot do here, and this
+fake still does: answer an inference with an HTTP 503 (or another status) on demand, as a load
+balancer or gateway in front of a shared pool does while it restarts — the transient statuses
+that :class:`~ct_triage.models.runtime.triton.TritonPredictor` retries (a real server killed or
+slowed is tested for real). It speaks the KServe v2 HTTP endpoints tritonclient uses, with the
+binary-data extension; ONNX Runtime on the CPU runs the model behind them.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import json
 import re
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pytest
 
 from ct_triage.models.manifest import Manifest, load_manifest
 
@@ -169,86 +164,3 @@ def http_server(model: FakeModel) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-# -- fake gRPC server ------------------------------------------------------------------------
-
-
-def grpc_server(model: FakeModel) -> tuple[Any, int]:
-    grpc = pytest.importorskip("grpc")
-    from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
-
-    class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-        def ServerLive(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return service_pb2.ServerLiveResponse(live=True)
-
-        def ServerReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return service_pb2.ServerReadyResponse(ready=True)
-
-        def ModelReady(self, request: Any, context: Any) -> Any:  # noqa: N802
-            return service_pb2.ModelReadyResponse(ready=model.ready and request.name == MODEL)
-
-        def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
-            if not model.ready:
-                context.abort(grpc.StatusCode.UNAVAILABLE, f"model {MODEL} is not ready")
-            meta = model.metadata()
-            return service_pb2.ModelMetadataResponse(
-                name=meta["name"],
-                versions=meta["versions"],
-                platform=meta["platform"],
-                inputs=[
-                    service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]
-                ],
-                outputs=[
-                    service_pb2.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]
-                ],
-            )
-
-        def ModelConfig(self, request: Any, context: Any) -> Any:  # noqa: N802
-            config = model_config_pb2.ModelConfig(name=MODEL, max_batch_size=4)
-            return service_pb2.ModelConfigResponse(config=config)
-
-        def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
-            if model.fail_next > 0:
-                model.fail_next -= 1
-                context.abort(grpc.StatusCode.UNAVAILABLE, "fake: try again")
-            (inp,) = request.inputs
-            assert inp.datatype == "FP32"
-            x = np.frombuffer(request.raw_input_contents[0], dtype="<f4").reshape(list(inp.shape))
-            probs = model.run(inp.name, x)
-            out = service_pb2.ModelInferResponse.InferOutputTensor(
-                name=model.manifest.input.output_name, datatype="FP32", shape=list(probs.shape)
-            )
-            return service_pb2.ModelInferResponse(
-                model_name=MODEL, outputs=[out], raw_output_contents=[probs.astype("<f4").tobytes()]
-            )
-
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=4),
-        options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)],
-    )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
-
-
-@contextmanager
-def serving(model: FakeModel, protocol: str) -> Iterator[str]:
-    """Serve ``model`` over ``"http"`` or ``"grpc"``; yields ``host:port``.
-
-    Skips the test when tritonclient lacks that protocol (the ``triton`` extra).
-    """
-    from ct_triage.models.runtime.triton import is_available
-
-    if not is_available(protocol):
-        pytest.skip(f"tritonclient[{protocol}] is not installed (the 'triton' extra)")
-    if protocol == "http":
-        with http_server(model) as url:
-            yield url
-        return
-    server, port = grpc_server(model)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)

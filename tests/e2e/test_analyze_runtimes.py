@@ -1,8 +1,8 @@
 """``ct-triage analyze`` with the runtime chosen by configuration (``CT_TRIAGE_RUNTIME``...).
 
-The same study is analysed in-process with ONNX Runtime and through Triton over HTTP and
-gRPC. **Triton here is the fake in ``tests/fake_triton.py``** (the real KServe v2 wire
-protocols, ONNX Runtime behind them): no Triton Inference Server can run on this machine.
+The same study is analysed in-process with ONNX Runtime and through a real Triton Inference
+Server (``tritonserver`` 2.51 from the ``nvidia-pytriton`` wheel, the generated CPU repository:
+Python backend, ONNX Runtime inside) over HTTP and gRPC.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_triton import fake_model, serving
+from triton_server import TritonServer, triton_server, triton_unavailable
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
-from ct_triage.models.lesions import WEIGHTS_DIR
 from ct_triage.models.phantom import generate, spec_from_seed
 from ct_triage.models.runtime.triton import is_available
 from ct_triage.server.cli import main
@@ -39,13 +38,21 @@ def _analyze(study: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **env: str
     return json.loads((out / "report.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    reason = triton_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with triton_server(tmp_path_factory.mktemp("triton")) as running:
+        yield running
+
+
 @pytest.fixture(params=["http", "grpc"])
-def triton_url(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+def triton_url(request: pytest.FixtureRequest, server: TritonServer) -> Iterator[tuple[str, str]]:
     protocol: str = request.param
-    model = fake_model(WEIGHTS_DIR)
-    with serving(model, protocol) as url:
-        yield protocol, url
-    assert model.infer_calls, "the analysis did not call the Triton server"
+    before = server.metric("nv_inference_request_success")
+    yield protocol, server.url(protocol)
+    assert server.metric("nv_inference_request_success") > before, "Triton was not called"
 
 
 def test_triton_runtime_gives_the_onnxruntime_result(
@@ -79,11 +86,13 @@ def test_triton_runtime_without_a_server_fails_in_one_line(
     monkeypatch.setenv("CT_TRIAGE_RUNTIME", "triton")
     monkeypatch.setenv("CT_TRIAGE_TRITON_URL", "127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("CT_TRIAGE_TRITON_TIMEOUT_S", "2")
+    monkeypatch.setenv("CT_TRIAGE_TRITON_RETRY_BACKOFF_S", "0.1")
     out = tmp_path / "out"
     assert main(["analyze", str(study), "--out", str(out)]) == 1  # not the input's fault
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert "triton" in err[0].lower()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ct-triage")]
+    assert len(err) == 1, err  # one line says why (the log above it has the retries)
+    assert "Triton pool unavailable" in err[0]
+    assert "127.0.0.1:9" in err[0]
     assert not out.exists()
 
 

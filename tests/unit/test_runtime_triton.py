@@ -1,18 +1,10 @@
-"""TritonPredictor over HTTP and gRPC, and the Triton model-repository generator.
+"""TritonPredictor's own checks, the gateway statuses it retries, and the repository generator.
 
-**These tests use a fake Triton**, not Triton Inference Server (which cannot run here). The fake
-speaks the real wire protocols that tritonclient uses, on a free loopback port:
-
-- HTTP: the KServe v2 REST endpoints (``/v2/health/live``, ``/v2/health/ready``,
-  ``/v2/models/<m>/ready``, ``/v2/models/<m>``, ``/v2/models/<m>/config``,
-  ``/v2/models/<m>/infer``) with the binary-data extension (``Inference-Header-Content-Length``
-  + JSON + raw little-endian tensor bytes);
-- gRPC: ``inference.GRPCInferenceService`` from ``tritonclient.grpc.service_pb2_grpc``
-  (ServerLive, ServerReady, ModelReady, ModelMetadata, ModelConfig, ModelInfer with
-  ``raw_input_contents``).
-
-Behind both, the shipped ONNX model runs with ONNX Runtime on the CPU, so TritonPredictor must
-match OnnxPredictor. What the fake cannot show: Triton's own batching, TensorRT, TLS.
+The predictor against a **real** Triton Inference Server (HTTP and gRPC: results, dynamic
+batching, model not loaded, wrong shape, slow and killed server, identifier search) is in
+``tests/integration/test_triton_server.py``. Here only what the real server cannot show: an
+HTTP 503 answered by a gateway in front of the pool is retried, a 400 is not
+(``tests/fake_triton.py``, HTTP only).
 """
 
 from __future__ import annotations
@@ -27,12 +19,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from fake_triton import MODEL, FakeModel, fake_model, http_server, serving
+from fake_triton import MODEL, FakeModel, fake_model, http_server
 
 from ct_triage.models.errors import InferenceError, ModelError, RuntimeUnavailable
 from ct_triage.models.lesions import WEIGHTS_DIR
 from ct_triage.models.manifest import Manifest, load_manifest, sha256_of
-from ct_triage.models.runtime.base import Predictor
 from ct_triage.models.runtime.onnx import OnnxPredictor
 from ct_triage.models.runtime.triton import TritonPredictor, is_available
 from ct_triage.models.runtime.triton_repo import TritonModelSpec, write_model_repository
@@ -57,16 +48,10 @@ def fake() -> FakeModel:
 
 @pytest.fixture
 def http_url(fake: FakeModel) -> Iterator[str]:
+    if not is_available("http"):
+        pytest.skip("tritonclient[http] is not installed (the 'triton' extra)")
     with http_server(fake) as url:
         yield url
-
-
-@pytest.fixture(params=["http", "grpc"])
-def served(request: pytest.FixtureRequest, fake: FakeModel) -> Iterator[tuple[str, str]]:
-    """``(protocol, url)`` of a running fake Triton; skipped without tritonclient."""
-    protocol: str = request.param
-    with serving(fake, protocol) as url:
-        yield protocol, url
 
 
 def _predictor(protocol: str, url: str, manifest: Manifest, **kw: Any) -> TritonPredictor:
@@ -91,49 +76,23 @@ def _batch(manifest: Manifest, n: int, seed: int = 0) -> npt.NDArray[np.float32]
 # -- tests -----------------------------------------------------------------------------------
 
 
-def test_triton_matches_onnxruntime(
-    served: tuple[str, str], manifest: Manifest, reference: OnnxPredictor, fake: FakeModel
+def test_gateway_503_is_retried_with_backoff(
+    http_url: str, manifest: Manifest, reference: OnnxPredictor, fake: FakeModel
 ) -> None:
-    protocol, url = served
-    pred = _predictor(protocol, url, manifest)
-    assert isinstance(pred, Predictor)
-    assert isinstance(pred, TritonPredictor)
-    scheme = "http" if protocol == "http" else "grpc"
-    assert pred.provider == f"triton:{scheme}://{url}/{MODEL}"
-    assert pred.max_batch == 4  # the server's max_batch_size wins over 32
-    x = _batch(manifest, 6)
-    got = pred.predict(x)
-    assert got.dtype == np.float32
-    assert got.shape == (6, manifest.num_classes, manifest.input.height, manifest.input.width)
-    assert float(np.abs(got - reference.predict(x)).max()) < 1e-5
-    assert fake.infer_calls == [(4, 1, 224, 224), (2, 1, 224, 224)]
-
-
-def test_transient_failure_is_retried_once(
-    served: tuple[str, str], manifest: Manifest, reference: OnnxPredictor, fake: FakeModel
-) -> None:
-    protocol, url = served
-    pred = _predictor(protocol, url, manifest)
+    pred = _predictor("http", http_url, manifest, retries=2, retry_backoff_s=0.01)
     x = _batch(manifest, 2, seed=1)
-    fake.fail_next = 1
-    assert float(np.abs(pred.predict(x) - reference.predict(x)).max()) < 1e-5
     fake.fail_next = 2
-    with pytest.raises(InferenceError, match=f"triton:.*{MODEL}"):
+    assert float(np.abs(pred.predict(x) - reference.predict(x)).max()) < 1e-5
+    assert fake.fail_next == 0
+    fake.fail_next = 3
+    with pytest.raises(InferenceError, match=f"triton:.*{MODEL}.*after 3 attempts") as info:
         pred.predict(x)
+    assert "\n" not in str(info.value)
 
 
-def test_model_not_ready(served: tuple[str, str], manifest: Manifest, fake: FakeModel) -> None:
-    protocol, url = served
-    fake.ready = False
-    with pytest.raises(RuntimeUnavailable, match=rf"model '{MODEL}' .*not ready.*{url}"):
-        _predictor(protocol, url, manifest)
-
-
-def test_metadata_mismatch(served: tuple[str, str], manifest: Manifest, fake: FakeModel) -> None:
-    protocol, url = served
-    fake.input_dims = [3, 256, 256]
-    with pytest.raises(ModelError, match=r"takes input \(-1, 3, 256, 256\).*manifest"):
-        _predictor(protocol, url, manifest)
+def test_site_id_is_an_opaque_label(http_url: str, manifest: Manifest) -> None:
+    with pytest.raises(ValueError, match="site id"):
+        _predictor("http", http_url, manifest, site_id="Doe^John 1.2.840")
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -144,15 +103,14 @@ def test_server_down(protocol: str, manifest: Manifest) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"127.0.0.1:{port}"
-    with pytest.raises(RuntimeUnavailable, match=re.escape(url)):
+    with pytest.raises(RuntimeUnavailable, match=re.escape(url)) as info:
         _predictor(protocol, url, manifest)
+    assert "\n" not in str(info.value)
 
 
 def test_non_transient_error_is_not_retried(
     manifest: Manifest, fake: FakeModel, http_url: str
 ) -> None:
-    if not is_available("http"):
-        pytest.skip("tritonclient[http] is not installed (the 'triton' extra)")
     pred = _predictor("http", http_url, manifest)
     fake.fail_next, fake.fail_status = 1, 400
     with pytest.raises(InferenceError, match="fake: try again"):
@@ -241,13 +199,38 @@ def test_spec_validation() -> None:
         TritonModelSpec(max_batch_size=8, preferred_batch_sizes=(16,))
 
 
-@pytest.mark.parametrize("name", [MODEL, f"{MODEL}_cpu"])
-def test_committed_configs_are_current(tmp_path: Path, name: str) -> None:
-    """``deploy/triton`` holds exactly what the generator writes today (no drift)."""
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"triton/{MODEL}/config.pbtxt",
+        f"triton/{MODEL}_cpu/config.pbtxt",
+        f"triton-cpu/{MODEL}/config.pbtxt",
+        f"triton-cpu/{MODEL}/1/model.py",
+    ],
+)
+def test_committed_repositories_are_current(tmp_path: Path, path: str) -> None:
+    """``deploy/triton`` (GPU) and ``deploy/triton-cpu`` (Python backend) hold exactly what the
+    one command writes today (no drift)."""
     from ct_triage.models.runtime.triton_repo import main
 
-    assert main([str(tmp_path), "--config-only"]) == 0
-    committed = REPO_ROOT / "deploy" / "triton" / name / "config.pbtxt"
-    assert committed.read_text(encoding="utf-8") == (tmp_path / name / "config.pbtxt").read_text(
-        encoding="utf-8"
-    ), "regenerate: python -m ct_triage.models.runtime.triton_repo deploy/triton --config-only"
+    assert main([str(tmp_path / "triton"), "--config-only"]) == 0
+    committed = REPO_ROOT / "deploy" / path
+    assert committed.read_text(encoding="utf-8") == (tmp_path / path).read_text(encoding="utf-8"), (
+        "regenerate: python -m ct_triage.models.runtime.triton_repo deploy/triton --config-only"
+    )
+
+
+def test_generated_python_backend_repository(tmp_path: Path, manifest: Manifest) -> None:
+    spec = TritonModelSpec(
+        instance_kind="cpu", tensorrt=False, backend="python", cpu_threads=2, instance_count=1
+    )
+    folder = write_model_repository(WEIGHTS_DIR, tmp_path, spec)
+    assert sha256_of(folder / "1" / "model.onnx") == manifest.sha256
+    assert "class TritonPythonModel" in (folder / "1" / "model.py").read_text(encoding="utf-8")
+    cfg = _parse((folder / "config.pbtxt").read_text(encoding="utf-8"))
+    assert cfg["backend"] == "python"
+    assert "platform" not in cfg
+    assert cfg["dynamic_batching"]["preferred_batch_size"] == [8, 16, 32]
+    assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
+    with pytest.raises(ValueError, match="CPU"):
+        TritonModelSpec(tensorrt=False, backend="python")

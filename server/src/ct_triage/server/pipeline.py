@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +330,11 @@ def analyze_series(
         series.volume.shape[0],
         tuple(round(s, 3) for s in series.volume.spacing),
     )
+    _runtimes_used(lesion_model)  # start this study's record (a shared pool may fall back)
     segmentation: Segmentation = segment(series.volume, lesion_model, stage=timer.stage)
+    used = _runtimes_used(lesion_model)
+    if used:  # the runtimes that served this study, e.g. the pool or the local fallback
+        identity = replace(identity, provider=" + ".join(used))
     source = series.datasets
     with (
         atomic_output_dir(out_dir) as staging,
@@ -396,6 +400,13 @@ def analyze_series(
         report["timings_s"]["total"],
     )
     return AnalysisResult(out_dir=out_dir.resolve(), report=report)
+
+
+def _runtimes_used(lesion_model: LesionModel) -> list[str]:
+    """The runtimes that served this thread since the last call, when the predictor records
+    them (:class:`ct_triage.models.runtime.triton_pool.PoolPredictor`), else ``[]``."""
+    take = getattr(getattr(lesion_model, "predictor", None), "take_used", None)
+    return list(take()) if callable(take) else []
 
 
 def _quantify(

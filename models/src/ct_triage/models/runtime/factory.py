@@ -12,13 +12,16 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ct_triage.models.errors import ModelError, RuntimeUnavailable
 from ct_triage.models.manifest import Manifest, load_manifest, verify_file
 from ct_triage.models.runtime.base import Predictor
+
+if TYPE_CHECKING:
+    from ct_triage.models.runtime.triton import TritonPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,15 @@ class RuntimeConfig(BaseModel):
         Network timeout of each Triton call.
     triton_ssl, triton_ssl_ca, triton_ssl_cert, triton_ssl_key
         TLS to the server (CA bundle, client certificate and key for mutual TLS).
+    triton_site_id
+        This site's opaque id, sent with each request (metrics and quotas of a shared pool).
+    triton_retries, triton_retry_backoff_s
+        Retries after a transient failure, and the first delay (doubling each retry).
+    triton_fallback
+        ``"local"``: while the pool is down, run the network on this site's CPU (ONNX Runtime,
+        ``threads``); ``"none"``: the study fails and its job is retried with backoff.
+    triton_retry_after_s
+        With the fallback, how long after a pool failure studies go straight to the fallback.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -89,6 +101,11 @@ class RuntimeConfig(BaseModel):
     triton_ssl_ca: Path | None = None
     triton_ssl_cert: Path | None = None
     triton_ssl_key: Path | None = None
+    triton_site_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    triton_retries: int = Field(default=3, ge=0, le=20)
+    triton_retry_backoff_s: float = Field(default=0.5, ge=0)
+    triton_fallback: Literal["none", "local"] = "none"
+    triton_retry_after_s: float = Field(default=15.0, ge=0)
 
     @model_validator(mode="after")
     def _triton_needs_url(self) -> RuntimeConfig:
@@ -150,14 +167,36 @@ def create_predictor(config: RuntimeConfig, model_dir: Path) -> Predictor:
     manifest = load_manifest(model_dir)
     path = verify_file(manifest, model_dir)
     if config.kind == "triton":
-        return _create_triton(config, manifest)
+        fallback = None
+        if config.triton_fallback == "local":
+            local = config.model_copy(update={"kind": "onnxruntime", "provider": "cpu"})
+            fallback = _create_onnx(local, manifest, model_dir, path)
+        return _create_triton(config, manifest, fallback)
     return _create_onnx(config, manifest, model_dir, path)
 
 
-def _create_triton(config: RuntimeConfig, manifest: Manifest) -> Predictor:
+def _create_triton(
+    config: RuntimeConfig, manifest: Manifest, fallback: Predictor | None
+) -> Predictor:
+    """The pool connection: reconnecting, with the local fallback when configured."""
+    from ct_triage.models.runtime.triton_pool import PoolPredictor
+
+    url = config.triton_url
+    assert url is not None  # enforced by the validator
+    return PoolPredictor(
+        lambda: _connect_triton(config, manifest),
+        url=url,
+        fallback=fallback,
+        retry_after_s=config.triton_retry_after_s,
+        connect_retries=config.triton_retries,
+        connect_backoff_s=config.triton_retry_backoff_s,
+    )
+
+
+def _connect_triton(config: RuntimeConfig, manifest: Manifest) -> TritonPredictor:
     from ct_triage.models.runtime.triton import TritonPredictor
 
-    assert config.triton_url is not None  # enforced by the validator
+    assert config.triton_url is not None
     return TritonPredictor(
         config.triton_url,
         config.triton_model_name,
@@ -170,6 +209,9 @@ def _create_triton(config: RuntimeConfig, manifest: Manifest) -> Predictor:
         ssl_key=config.triton_ssl_key,
         manifest=manifest,
         max_batch=config.max_batch,
+        site_id=config.triton_site_id,
+        retries=config.triton_retries,
+        retry_backoff_s=config.triton_retry_backoff_s,
     )
 
 

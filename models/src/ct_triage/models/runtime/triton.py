@@ -13,9 +13,11 @@ lazy, and :func:`unavailable_reason` says what is missing.
 
 from __future__ import annotations
 
+import http.client
 import importlib
 import importlib.util
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -33,9 +35,17 @@ logger = logging.getLogger(__name__)
 #: What to install for this runtime.
 TRITON_EXTRA_HINT = "pip install 'ct-triage-models[triton]'"
 
-#: Status codes worth one retry (server briefly overloaded, restarting, or a proxy hiccup).
-_TRANSIENT = frozenset({"StatusCode.UNAVAILABLE", "502", "503", "504"})
-_RETRY_DELAY_S = 0.5
+#: Status codes worth a retry (server overloaded, restarting, slow, or a proxy hiccup).
+_TRANSIENT = frozenset(
+    {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "502", "503", "504"}
+)
+
+#: The request parameter that carries the site's opaque id (see :mod:`.triton_pymodel`).
+SITE_PARAMETER = "ct_triage_site"
+#: The same id as an HTTP header / gRPC metadata key, for a gateway in front of the pool.
+SITE_HEADER = "x-ct-triage-site"
+#: What a site id may contain: an opaque label, never derived from a patient or study.
+SITE_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 T = TypeVar("T")
 
@@ -65,6 +75,12 @@ def unavailable_reason(protocol: str = "http") -> str | None:
 def is_available(protocol: str = "http") -> bool:
     """Whether tritonclient for ``protocol`` (``"http"`` or ``"grpc"``) is installed."""
     return unavailable_reason(protocol) is None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's text on one line (tritonclient and gRPC messages span several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _split_url(url: str, protocol: str, ssl: bool) -> tuple[str, str, bool]:
@@ -115,6 +131,15 @@ class TritonPredictor:
         shape check (the model must still have FP32 IO of rank 4).
     max_batch
         Largest batch per request; the server's ``max_batch_size`` lowers it.
+    site_id
+        This site's opaque id, sent with every inference request as the request parameter
+        ``ct_triage_site`` and the header ``x-ct-triage-site`` (metrics and quotas of a shared
+        pool). Never derived from a patient or study; ``None`` sends nothing.
+    retries
+        Retries of a chunk after a transient failure (connection refused or reset, timeout,
+        gRPC ``UNAVAILABLE``/``DEADLINE_EXCEEDED``, HTTP 502/503/504).
+    retry_backoff_s
+        The first retry's delay; each further retry doubles it.
 
     Raises
     ------
@@ -139,6 +164,9 @@ class TritonPredictor:
         ssl_key: Path | None = None,
         manifest: Manifest | None = None,
         max_batch: int = 32,
+        site_id: str | None = None,
+        retries: int = 3,
+        retry_backoff_s: float = 0.5,
     ) -> None:
         reason = unavailable_reason(protocol)
         if reason is not None:
@@ -147,6 +175,13 @@ class TritonPredictor:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retries < 0 or retry_backoff_s < 0:
+            raise ValueError("retries and retry_backoff_s must be >= 0")
+        if site_id is not None and not re.match(SITE_ID_PATTERN, site_id):
+            raise ValueError(f"site id must match {SITE_ID_PATTERN} (an opaque label)")
+        self._site_id = site_id
+        self._retries = retries
+        self._backoff_s = float(retry_backoff_s)
         self._host, scheme, self._ssl = _split_url(url, protocol, ssl)
         self._protocol = protocol
         self._model = model_name
@@ -217,7 +252,7 @@ class TritonPredictor:
             return fn()
         except Exception as exc:
             raise RuntimeUnavailable(
-                f"Triton server at {self._url} is unreachable or failed ({what}): {exc}"
+                f"Triton server at {self._url} is unreachable or failed ({what}): {_one_line(exc)}"
             ) from exc
 
     def _check_server(self) -> None:
@@ -311,7 +346,9 @@ class TritonPredictor:
         """Send ``(N, C, H, W)`` float32 pixels, get ``(N, K, H, W)`` float32 probabilities.
 
         The batch is split into chunks of :attr:`max_batch`. A transient failure
-        (gRPC ``UNAVAILABLE``, HTTP 502/503/504, a dropped connection) is retried once.
+        (gRPC ``UNAVAILABLE``, HTTP 502/503/504, a dropped or refused connection, a timeout)
+        is retried ``retries`` times with exponential backoff, on a fresh connection; a server
+        restarted meanwhile answers the retry.
 
         Raises
         ------
@@ -335,30 +372,41 @@ class TritonPredictor:
         return result
 
     def _infer_with_retry(self, chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        try:
-            return self._infer(chunk)
-        except InferenceError:
-            raise
-        except Exception as exc:
-            if not self._is_transient(exc):
-                raise self._inference_error(exc, chunk) from exc
-            logger.warning("transient Triton failure (%s); retrying once", exc)
-            self._local.client = None  # a fresh connection for the retry
-            time.sleep(_RETRY_DELAY_S)
-        try:
-            return self._infer(chunk)
-        except InferenceError:
-            raise
-        except Exception as exc:
-            raise self._inference_error(exc, chunk) from exc
-
-    def _inference_error(self, exc: Exception, chunk: npt.NDArray[np.float32]) -> InferenceError:
-        return InferenceError(f"{self._provider} failed on a batch of shape {chunk.shape}: {exc}")
+        attempt = 0
+        while True:
+            try:
+                return self._infer(chunk)
+            except InferenceError:
+                raise
+            except Exception as exc:
+                if not self._is_transient(exc) or attempt >= self._retries:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise InferenceError(
+                        f"{self._provider} failed on a batch of shape {chunk.shape}{tries}: "
+                        f"{_one_line(exc)}"
+                    ) from exc
+                delay = self._backoff_s * (2**attempt)
+                attempt += 1
+                logger.warning(
+                    "transient Triton failure (%s); retry %d of %d in %.1f s",
+                    _one_line(exc),
+                    attempt,
+                    self._retries,
+                    delay,
+                )
+                self._local.client = None  # a fresh connection for the retry
+                self._grpc_client = None
+                time.sleep(delay)
 
     def _is_transient(self, exc: Exception) -> bool:
         if isinstance(exc, self._utils.InferenceServerException):
-            return str(exc.status()) in _TRANSIENT
-        return isinstance(exc, ConnectionError | TimeoutError)
+            status = str(exc.status())
+            # tritonclient.http reports a dropped connection as a status-less exception
+            return status in _TRANSIENT or (
+                exc.status() is None and "model" not in str(exc).lower()
+            )
+        # refused, reset, timed out, or an HTTP exchange cut short (geventhttpclient)
+        return isinstance(exc, OSError | EOFError | http.client.HTTPException)
 
     def _infer(self, chunk: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         module = self._module
@@ -369,8 +417,14 @@ class TritonPredictor:
         else:
             inp.set_data_from_numpy(chunk)
             out = module.InferRequestedOutput(self._output_name)
+        site: dict[str, Any] = {}
+        if self._site_id is not None:
+            site = {
+                "parameters": {SITE_PARAMETER: self._site_id},
+                "headers": {SITE_HEADER: self._site_id},
+            }
         result = self._client().infer(
-            self._model, [inp], model_version=self._version, outputs=[out], **self._kw()
+            self._model, [inp], model_version=self._version, outputs=[out], **site, **self._kw()
         )
         array = result.as_numpy(self._output_name)
         if array is None:

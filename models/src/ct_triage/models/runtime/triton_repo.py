@@ -9,7 +9,7 @@ the ONNX Runtime backend (FP16, engine cache) in ``optimization.execution_accele
 
 Command line (see ``deploy/triton/README.md``)::
 
-    python -m ct_triage.models.runtime.triton_repo deploy/triton            # GPU + CPU entries
+    python -m ct_triage.models.runtime.triton_repo deploy/triton   # + deploy/triton-cpu
     python -m ct_triage.models.runtime.triton_repo deploy/triton --config-only
 """
 
@@ -59,6 +59,11 @@ class TritonModelSpec:
         Engine cache directory inside the Triton container.
     cpu_threads
         ONNX Runtime intra-op threads per CPU instance (``0``: backend default).
+    backend
+        ``"onnxruntime"`` (Triton's ONNX Runtime backend, platform ``onnxruntime_onnx``) or
+        ``"python"`` (Triton's Python backend running :mod:`.triton_pymodel`, which runs the same
+        ONNX file with ONNX Runtime on the CPU; for Triton builds without the ONNX Runtime
+        backend, such as the one in the ``nvidia-pytriton`` wheel).
     """
 
     name: str = "ct_triage_lesion"
@@ -72,6 +77,7 @@ class TritonModelSpec:
     tensorrt_workspace_bytes: int = 2 << 30
     tensorrt_cache_path: str = "/models/.trt_cache"
     cpu_threads: int = 0
+    backend: Literal["onnxruntime", "python"] = "onnxruntime"
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -81,6 +87,8 @@ class TritonModelSpec:
             raise ValueError(f"preferred batch sizes {bad} outside 1..{self.max_batch_size}")
         if self.tensorrt and self.instance_kind == "cpu":
             raise ValueError("the TensorRT accelerator needs instance_kind='gpu'")
+        if self.backend == "python" and self.instance_kind != "cpu":
+            raise ValueError("the Python-backend model runs on the CPU: instance_kind='cpu'")
         if self.instance_count < 1 or self.max_queue_delay_us < 0:
             raise ValueError("instance_count must be >= 1 and max_queue_delay_us >= 0")
 
@@ -148,7 +156,7 @@ def render_config(spec: TritonModelSpec, inp: _Tensor, out: _Tensor, manifest: M
         f"# model {manifest.name} {manifest.version}, sha256 {manifest.sha256}",
         "# Do not edit: regenerate (see deploy/triton/README.md).",
         f'name: "{spec.name}"',
-        'platform: "onnxruntime_onnx"',
+        'backend: "python"' if spec.backend == "python" else 'platform: "onnxruntime_onnx"',
         f"max_batch_size: {spec.max_batch_size}",
         f"input [\n{tensor(inp)}\n]",
         f"output [\n{tensor(out)}\n]",
@@ -232,8 +240,11 @@ def write_model_repository(
     folder = Path(repo) / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(render_config(spec, inp, out, manifest), encoding="utf-8")
+    version_dir = folder / "1"
+    if spec.backend == "python":  # the code is versioned with the config
+        version_dir.mkdir(exist_ok=True)
+        shutil.copyfile(Path(__file__).with_name("triton_pymodel.py"), version_dir / "model.py")
     if copy_model:
-        version_dir = folder / "1"
         version_dir.mkdir(exist_ok=True)
         shutil.copyfile(model_path, version_dir / "model.onnx")
     logger.info("wrote Triton model %s into %s", spec.name, repo)
@@ -241,19 +252,30 @@ def write_model_repository(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write the GPU entry (``ct_triage_lesion``) and the CPU entry (``..._cpu``)."""
+    """Write both repositories from one model directory.
+
+    The GPU repository (``repo``): ``ct_triage_lesion`` on the ONNX Runtime backend (TensorRT
+    accelerator, ``KIND_GPU``) and ``ct_triage_lesion_cpu`` (same backend, ``KIND_CPU``). The CPU
+    repository (``--cpu-repo``, default ``<repo>-cpu``): ``ct_triage_lesion`` on the Python
+    backend (ONNX Runtime inside, ``KIND_CPU``), for a CPU-only pool. Same model name in both, so
+    a site's settings name only the server.
+    """
     from ct_triage.models.lesions import WEIGHTS_DIR
 
-    parser = argparse.ArgumentParser(description="Generate the Triton model repository.")
-    parser.add_argument("repo", type=Path)
+    parser = argparse.ArgumentParser(description="Generate the Triton model repositories.")
+    parser.add_argument("repo", type=Path, help="the GPU repository (e.g. deploy/triton)")
+    parser.add_argument("--cpu-repo", type=Path, default=None, help="default: <repo>-cpu")
     parser.add_argument("--model-dir", type=Path, default=WEIGHTS_DIR)
     parser.add_argument("--name", default="ct_triage_lesion")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--no-tensorrt", action="store_true", help="GPU entry without TensorRT")
     parser.add_argument("--fp32", action="store_true", help="TensorRT precision FP32")
+    parser.add_argument("--cpu-instances", type=int, default=1, help="CPU pool model instances")
+    parser.add_argument("--cpu-threads", type=int, default=0, help="0: ONNX Runtime decides")
     parser.add_argument("--config-only", action="store_true", help="do not copy model.onnx")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cpu_repo: Path = args.cpu_repo or args.repo.with_name(args.repo.name + "-cpu")
     preferred = tuple(b for b in (8, 16, 32) if b <= args.max_batch_size) or (1,)
     gpu = TritonModelSpec(
         name=args.name,
@@ -262,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tensorrt=not args.no_tensorrt,
         tensorrt_fp16=not args.fp32,
     )
-    cpu = TritonModelSpec(
+    gpu_cpu = TritonModelSpec(
         name=f"{args.name}_cpu",
         max_batch_size=args.max_batch_size,
         preferred_batch_sizes=preferred,
@@ -271,12 +293,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         tensorrt=False,
         cpu_threads=4,
     )
-    for entry in (gpu, cpu):
-        print(
-            write_model_repository(
-                args.model_dir, args.repo, entry, copy_model=not args.config_only
-            )
+    python = TritonModelSpec(
+        name=args.name,
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=preferred,
+        instance_kind="cpu",
+        instance_count=args.cpu_instances,
+        tensorrt=False,
+        cpu_threads=args.cpu_threads,
+        backend="python",
+    )
+    for repo, entry in ((args.repo, gpu), (args.repo, gpu_cpu), (cpu_repo, python)):
+        folder = write_model_repository(
+            args.model_dir, repo, entry, copy_model=not args.config_only
         )
+        print(folder)
     return 0
 
 
