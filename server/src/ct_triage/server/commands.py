@@ -47,6 +47,25 @@ def load_model(settings: Settings) -> LesionSegmenter:
     return model
 
 
+def warm_up(model: LesionSegmenter) -> float:
+    """Run the network once on a blank batch, before the first study arrives.
+
+    ONNX Runtime allocates its memory arena and picks its kernels on the first call; a
+    server pays that at start-up instead of on the first study. Returns the seconds spent;
+    a runtime that fails here (a Triton server not up yet) is logged, not fatal.
+    """
+    import numpy as np
+
+    spec = model.manifest.input
+    blank = np.zeros((max(1, model.batch_size), spec.channels, spec.height, spec.width), np.float32)
+    t0 = time.perf_counter()
+    try:
+        model.predictor.predict(blank)
+    except TriageError as exc:
+        logger.warning("model warm-up skipped: %s", exc)
+    return time.perf_counter() - t0
+
+
 def phantom(
     out: Path, *, seed: int, n_slices: int | None = None, severity: str | None = None
 ) -> None:
@@ -140,6 +159,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
 
     check_data_dir(settings.data_dir)  # one line naming the chown, not a traceback later
     model = load_model(settings)  # fail at start-up, not on the first study
+    if settings.startup_warmup:
+        logger.info("model warmed up in %.2f s", warm_up(model))
     if settings.http_port:
         check_port_free(
             settings.http_host, settings.http_port, "the HTTP API", "CT_TRIAGE_HTTP_PORT"
@@ -165,6 +186,8 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
                 http = HttpServer(uvicorn_config(app, settings)).start()
                 logger.info("HTTP API on %s", http.url)
 
+            job_submitted = threading.Event()  # wakes an idle worker at once
+
             def intake() -> None:
                 next_poll = 0.0
                 while not stop.is_set():
@@ -180,6 +203,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
                                 payload=payload,
                                 study_uid=study_uid,
                             )
+                            job_submitted.set()
                         if settings.poll_interval_s and time.monotonic() >= next_poll:
                             next_poll = time.monotonic() + settings.poll_interval_s
                             bridge.poll_once()
@@ -188,7 +212,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
                         logger.error("intake step failed: %s", exc)
                     except Exception:
                         logger.exception("intake step failed unexpectedly")
-                    stop.wait(0.5)
+                    stop.wait(0.2)  # a cheap read of the spool index
 
             intake_thread = threading.Thread(target=intake, name="intake", daemon=True)
             intake_thread.start()
@@ -198,7 +222,9 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
                 model.identity.provider,
             )
             try:
-                run_workers(store, bridge, stop, n_workers=max(settings.workers, 1))
+                run_workers(
+                    store, bridge, stop, n_workers=max(settings.workers, 1), wake=job_submitted
+                )
             finally:
                 stop.set()
                 intake_thread.join(timeout=10)

@@ -161,6 +161,9 @@ class Settings(BaseSettings):
     #: does not, ``serve`` starts degraded (``/healthz`` and ``ct-triage health`` say why) and
     #: retries every ``startup_retry_s``; with ``strict_startup`` it refuses to start instead.
     pacs_check_at_startup: bool = True
+    #: ``serve`` runs the network once at start-up, so the first study does not pay ONNX
+    #: Runtime's first-call set-up.
+    startup_warmup: bool = True
     strict_startup: bool = False
     startup_retry_s: float = Field(default=10.0, gt=0)
     #: Extra CA certificate(s) to trust for DICOMweb and Triton over TLS (a PEM file or a

@@ -72,6 +72,10 @@ class Worker:
         Heartbeat interval; default a third of ``lease_s``.
     idle_s
         Wait between polls when no job is runnable.
+    wake
+        Set by whoever submits a job (``serve``'s intake) to end the idle wait at once.
+    after_job
+        Called after each job (``run_workers`` wakes the delivery loop with it).
     """
 
     def __init__(
@@ -83,6 +87,8 @@ class Worker:
         lease_s: float = 120.0,
         heartbeat_s: float | None = None,
         idle_s: float = 0.5,
+        wake: threading.Event | None = None,
+        after_job: Callable[[], None] | None = None,
     ) -> None:
         if lease_s <= 0:
             raise ValueError("lease_s must be positive")
@@ -94,6 +100,14 @@ class Worker:
         if not 0 < self.heartbeat_s < lease_s:
             raise ValueError("need 0 < heartbeat_s < lease_s")
         self.idle_s = idle_s
+        self.wake = wake
+        self.after_job = after_job
+
+    def _idle(self, stop: threading.Event) -> None:
+        if self.wake is None:
+            stop.wait(self.idle_s)
+        elif self.wake.wait(self.idle_s):
+            self.wake.clear()
 
     def run(self, stop: threading.Event) -> None:
         """Run jobs until ``stop`` is set (the job in progress is finished first)."""
@@ -109,7 +123,7 @@ class Worker:
                 logger.error("worker %s: %s", self.worker_id, exc)
                 worked = False
             if not worked:
-                stop.wait(self.idle_s)
+                self._idle(stop)
         logger.info("worker %s stopped", self.worker_id)
 
     def run_once(self) -> bool:
@@ -120,6 +134,8 @@ class Worker:
             return False
         with job_context(job.id[:12]):
             self._run(job)
+        if self.after_job is not None:
+            self.after_job()
         return True
 
     def _heartbeat(self, job: Job, done: threading.Event) -> None:
@@ -253,16 +269,27 @@ def run_workers(
     lease_s: float = 120.0,
     deliver_interval_s: float = 0.5,
     name: str | None = None,
+    wake: threading.Event | None = None,
 ) -> None:
     """Run ``n_workers`` workers and the bridge's delivery loop until ``stop`` is set.
 
+    ``wake`` (set by the submitter of a job) ends the workers' idle wait at once; a finished
+    job wakes the delivery loop, so results leave without waiting for the next poll.
     Returns after every thread has finished its current step.
     """
     prefix = name or f"worker-{uuid.uuid4().hex[:8]}"
     runner = BridgeJobRunner(bridge)
+    deliver_now = threading.Event()
     threads = [
         threading.Thread(
-            target=Worker(store, runner, f"{prefix}-{i}", lease_s=lease_s).run,
+            target=Worker(
+                store,
+                runner,
+                f"{prefix}-{i}",
+                lease_s=lease_s,
+                wake=wake,
+                after_job=deliver_now.set,
+            ).run,
             args=(stop,),
             name=f"{prefix}-{i}",
         )
@@ -277,7 +304,8 @@ def run_workers(
                 logger.error("delivery step failed: %s", exc)
             except Exception:
                 logger.exception("delivery step failed unexpectedly")
-            stop.wait(deliver_interval_s)
+            if deliver_now.wait(deliver_interval_s):
+                deliver_now.clear()
 
     threads.append(threading.Thread(target=deliver_loop, name=f"{prefix}-deliver"))
     for t in threads:
