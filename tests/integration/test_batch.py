@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 from orthanc import OrthancServer, free_port, orthanc_available
@@ -295,3 +296,78 @@ def test_sigkill_mid_batch_then_restart_analyses_and_delivers_once(
         assert "is gone; released in attempt" in log.read_text()
     finally:
         store.close()
+
+
+def test_batch_beside_a_running_serve_goes_through_its_api(
+    pacs: tuple[OrthancServer, list[str]], tmp_path: Path
+) -> None:
+    """``ct-triage batch`` next to ``ct-triage serve`` on the same data folder: the batch is
+    sent to the server's API and analysed by its workers (it used to stop with "spool ... is
+    in use by another process"). No destination: nothing is delivered, so the other tests'
+    one-SEG-per-study counts hold."""
+    orthanc, accessions = pacs
+    mine = accessions[N_KILL : N_KILL + 2]
+    http_port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CT_TRIAGE_")},
+        "CT_TRIAGE_DATA_DIR": str(tmp_path / "data"),
+        "CT_TRIAGE_DICOM_PORT": "0",
+        "CT_TRIAGE_DICOM_HOST": "127.0.0.1",
+        "CT_TRIAGE_HTTP_HOST": "127.0.0.1",
+        "CT_TRIAGE_HTTP_PORT": str(http_port),
+        "CT_TRIAGE_PACS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+        "CT_TRIAGE_RETRIEVE_METHOD": "c-get",
+        "CT_TRIAGE_QUIET_PERIOD_S": "0.5",
+    }
+    cli = [sys.executable, "-m", "ct_triage.server.cli"]
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cli, *args],
+            cwd=tmp_path,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    made = run("token", "create", "--role", "operator", "--name", "batch desk")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().splitlines()[-1]
+    listing = tmp_path / "accessions.txt"
+    listing.write_text("\n".join(mine) + "\n")
+    log = tmp_path / "serve.log"
+    serve = subprocess.Popen(
+        [*cli, "serve"], cwd=tmp_path, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{http_port}/healthz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(up, 180)
+        no_token = run("batch", "--accessions", str(listing))
+        assert no_token.returncode == 1
+        assert "--server URL" in no_token.stderr
+        assert "Traceback" not in no_token.stderr
+        out = tmp_path / "batch.csv"
+        done = run(
+            "batch", "--accessions", str(listing), "--csv", str(out), CT_TRIAGE_API_TOKEN=token
+        )
+        assert done.returncode == 0, done.stderr + log.read_text()
+        assert f"analysed by the server at http://127.0.0.1:{http_port}" in done.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert tuple(rows[0].keys()) == CSV_COLUMNS
+    assert sorted(r["accession"] for r in rows) == sorted(mine)
+    assert all(r["state"] == "done" for r in rows), rows
+    assert all(r["patient_id"].startswith("PHANTOM-") for r in rows)

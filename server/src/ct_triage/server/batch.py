@@ -14,10 +14,10 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ct_triage.models.errors import TriageError
 from ct_triage.server.jobs.model import (
@@ -152,11 +152,28 @@ def follow_batch(
     On a TTY the line is redrawn in place (carriage return); otherwise a line is printed
     whenever the counts change. Returns the last progress.
     """
+    return _follow(
+        lambda: settled_progress(store, batch_id),
+        out=out,
+        interval_s=interval_s,
+        stop=stop,
+        timeout_s=timeout_s,
+    )
+
+
+def _follow(
+    progress: Callable[[], BatchProgress],
+    *,
+    out: TextIO,
+    interval_s: float,
+    stop: threading.Event | None = None,
+    timeout_s: float | None = None,
+) -> BatchProgress:
     tty = out.isatty()
     last = ""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        p = settled_progress(store, batch_id)
+        p = progress()
         line = progress_line(p)
         if tty:
             out.write("\r" + line)
@@ -174,17 +191,171 @@ def follow_batch(
     return p
 
 
+def spool_in_use(data_dir: Path) -> bool:
+    """Whether another process (a running ``ct-triage serve``) holds ``data_dir``'s spool.
+
+    Probes the spool's lock (:class:`~ct_triage.dicom_bridge.spool.Spool`) without opening
+    the spool. Call it before this process opens that spool itself: a POSIX lock probe
+    from the process that holds the lock would release it.
+    """
+    import fcntl
+    import os
+
+    lock = Path(data_dir) / "spool" / "spool.lock"
+    if not lock.is_file():
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class ServerBatch:
+    """A batch run through a running server's HTTP API (``ct-triage batch --server``).
+
+    Parameters
+    ----------
+    url
+        The server, e.g. ``http://127.0.0.1:8000``.
+    token
+        An API token of the operator role (``ct-triage token create --role operator``).
+    timeout_s
+        Per-request timeout.
+    """
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 60.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url + "/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise TriageError(f"server {self.url}: {exc}") from exc
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise TriageError(f"server {self.url} answered {r.status_code}: {detail}")
+        return r
+
+    def submit(self, body: dict[str, Any]) -> tuple[str, int]:
+        """``POST /batches``; returns the batch id and its number of studies."""
+        batch = self._call("POST", "/batches", json=body).json()
+        return str(batch["id"]), len(batch["job_ids"])
+
+    def progress(self, batch_id: str) -> BatchProgress:
+        """``GET /batches/{id}``'s progress."""
+        p = self._call("GET", f"/batches/{batch_id}").json()["progress"]
+        return BatchProgress(
+            batch_id=batch_id,
+            total=int(p["total"]),
+            done=int(p["done"]),
+            declined=int(p["declined"]),
+            failed=int(p["failed"]),
+            running=int(p["running"]),
+            queued=int(p["queued"]),
+            rate_per_min=p["rate_per_min"],
+            eta_s=p["eta_s"],
+        )
+
+    def csv(self, batch_id: str) -> str:
+        """``GET /batches/{id}/csv``."""
+        return str(self._call("GET", f"/batches/{batch_id}/csv").text)
+
+
+def _api_body(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    if args.accessions or args.study_uids:
+        return {
+            "name": name,
+            "accessions": _read_list(args.accessions) if args.accessions else [],
+            "study_uids": _read_list(args.study_uids) if args.study_uids else [],
+        }
+    if not (args.date_from and args.date_to):
+        raise TriageError("give --accessions, --study-uids or --date-from/--date-to")
+    return {"name": name, "query": {"date_from": args.date_from, "date_to": args.date_to}}
+
+
+def _write_csv(text: str, dest: str | None) -> None:
+    if dest:
+        Path(dest).write_text(text, newline="")
+        print(f"CSV written to {dest}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def run_through_server(args: argparse.Namespace, url: str, token: str, name: str) -> int:
+    """Submit the batch to a running server, follow it, write its CSV (the API's CSV)."""
+    client = ServerBatch(url, token)
+    try:
+        batch_id, n = client.submit(_api_body(args, name))
+        print(f"batch {batch_id}: {n} stud(ies), analysed by the server at {url}", file=sys.stderr)
+        progress = _follow(
+            lambda: client.progress(batch_id), out=sys.stderr, interval_s=args.interval_s
+        )
+        _write_csv(client.csv(batch_id), args.csv)
+    finally:
+        client.close()
+    return 1 if progress.failed else 0
+
+
+def _local_server_url(settings: Settings) -> str:
+    scheme = "https" if settings.http_tls_cert else "http"
+    host = settings.http_host if settings.http_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"{scheme}://{host}:{settings.http_port}"
+
+
 def _read_list(path: str) -> list[str]:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
-    """``ct-triage batch``: submit, run workers in-process, follow progress, write the CSV.
+    """``ct-triage batch``: submit, analyse, follow progress, write the CSV.
 
-    Exit 0 when every study is done or declined, 1 when any failed.
+    With ``--server`` (or when a ``ct-triage serve`` holds this data folder's spool) the
+    batch goes through that server's API and its workers; otherwise workers run in this
+    process. Exit 0 when every study is done or declined, 1 when any failed.
     """
     import getpass
+    import os
+
+    name = args.name or f"batch {time.strftime('%Y-%m-%d %H:%M')}"
+    token = args.token or os.environ.get("CT_TRIAGE_API_TOKEN")
+    server = args.server
+    if server is None and spool_in_use(settings.data_dir):
+        if settings.http_port is None or not token:
+            raise TriageError(
+                f"a running `ct-triage serve` holds the data folder "
+                f"{Path(settings.data_dir).resolve()}: run the batch through it with "
+                "--server URL and an operator token (--token or CT_TRIAGE_API_TOKEN), or give "
+                "this batch a data folder of its own (CT_TRIAGE_DATA_DIR)"
+            )
+        server = _local_server_url(settings)
+        logger.info("a ct-triage serve holds the data folder: batch sent to it at %s", server)
+    if server is not None:
+        if not token:
+            raise TriageError("--server needs an operator token: --token or CT_TRIAGE_API_TOKEN")
+        return run_through_server(args, server, token, name)
 
     from ct_triage.server.bridge import Bridge
     from ct_triage.server.commands import load_model, options_from
@@ -194,7 +365,6 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     model = load_model(settings)
     version = model.identity.version
     store = create_job_store(getattr(args, "store", None) or default_store_url(settings))
-    name = args.name or f"batch {time.strftime('%Y-%m-%d %H:%M')}"
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -243,11 +413,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
                 stop.set()
                 workers.join()
             text = batch_csv(store, batch.id, viewer_template=settings.viewer_url_template)
-            if args.csv:
-                Path(args.csv).write_text(text)
-                print(f"CSV written to {args.csv}", file=sys.stderr)
-            else:
-                sys.stdout.write(text)
+            _write_csv(text, args.csv)
     finally:
         store.close()
     return 1 if progress.failed else 0
@@ -265,6 +431,15 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="worker threads (default: settings)")
     p.add_argument("--store", help="job store URL (default: SQLite in the data folder)")
     p.add_argument("--interval-s", type=float, default=2.0, help="progress refresh interval")
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help="run the batch through this running server's API (e.g. http://127.0.0.1:8000); "
+        "default when a `ct-triage serve` holds this data folder: that server",
+    )
+    p.add_argument(
+        "--token", help="operator API token for --server (default: $CT_TRIAGE_API_TOKEN)"
+    )
 
 
 __all__ = [
@@ -275,6 +450,8 @@ __all__ = [
     "follow_batch",
     "job_key",
     "progress_line",
+    "run_through_server",
+    "spool_in_use",
     "submit_batch",
     "submit_batch_from_query",
 ]
