@@ -151,6 +151,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     from dataclasses import asdict
 
     from ct_triage.server.api import HttpServer, create_app, uvicorn_config
+    from ct_triage.server.api.config import ApiConfig
     from ct_triage.server.bridge import Bridge
     from ct_triage.server.jobs.factory import create_job_store
     from ct_triage.server.jobs.model import JobKind
@@ -158,6 +159,12 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> None:
     from ct_triage.server.startup import PacsWatch, ServiceHealth, check_data_dir
 
     check_data_dir(settings.data_dir)  # one line naming the chown, not a traceback later
+    # Tokens must be created with this same folder (`ct-triage token create`): say which.
+    logger.info(
+        "data folder %s (API tokens in %s)",
+        settings.data_dir.resolve(),
+        ApiConfig.from_settings(settings).tokens_db.resolve(),
+    )
     model = load_model(settings)  # fail at start-up, not on the first study
     if settings.startup_warmup:
         logger.info("model warmed up in %.2f s", warm_up(model))
