@@ -190,7 +190,7 @@ def test_study_by_uid_without_a_pacs_is_refused_at_once(
 
 def test_healthz_is_anonymous_and_everything_else_needs_a_token(live: Live) -> None:
     with live.client() as anon:
-        assert anon.get("/healthz").json() == {"status": "ok"}
+        assert anon.get("/healthz").json()["status"] == "ok"  # (+ reasons when degraded)
         assert anon.get(f"{API}/healthz").status_code == 200
         for path in ("/jobs", "/worklist", "/readyz", "/metrics"):
             r = anon.get(API + path)
