@@ -119,3 +119,28 @@ def test_viewer_links() -> None:
         check_viewer_template("http://x/{study}/{patient_id}")
     with pytest.raises(ValueError, match="must start with"):
         check_viewer_template("javascript:alert({study})")
+
+
+def test_cli_summary_of_a_normal_study_says_below_threshold() -> None:
+    from pathlib import Path
+
+    from ct_triage.server.commands import summary_text
+    from ct_triage.server.pipeline import AnalysisResult
+
+    def report(category: str) -> dict[str, object]:
+        return {
+            "series_number": 2,
+            "series_description": "Chest",
+            "volume": {"shape_zyx": [60, 512, 512]},
+            "lung_volume_ml": {"left": 2000.0, "right": 2200.0, "total": 4200.0},
+            "lesion_volume_ml": {"total": 0.1, "ggo": 0.1, "consolidation": 0.0},
+            "percent_involvement": {"left": 0.0, "right": 0.0, "total": 0.0},
+            "severity_score": 1,
+            "triage": {"category": category, "priority": 5},
+            "model": {"name": "m", "version": "1", "execution_provider": "CPU"},
+            "timings_s": {"total": 1.0},
+        }
+
+    normal = summary_text(AnalysisResult(Path("out"), report("normal")))
+    assert "0.1 mL (ground-glass 0.1 mL, consolidation 0.0 mL) (below the triage" in normal
+    assert "below the triage" not in summary_text(AnalysisResult(Path("out"), report("mild")))

@@ -273,13 +273,20 @@ def summary_text(result: AnalysisResult) -> str:
     lv, les, pi = r["lung_volume_ml"], r["lesion_volume_ml"], r["percent_involvement"]
     t = r["timings_s"]
     stages = ", ".join(f"{k} {v:.2f}s" for k, v in t.items() if k != "total")
+    # A normal study's small measured volume is the model's false-positive level, below the
+    # triage thresholds: say so rather than present "severity 1/25" as a finding.
+    below = (
+        " (below the triage thresholds: no lesion finding)"
+        if r["triage"]["category"] == "normal"
+        else ""
+    )
     lines = [
         f"Series {r['series_number']} '{r['series_description']}' "
         f"({r['volume']['shape_zyx'][0]} slices)",
         f"  Lungs      : right {lv['right']:.0f} mL, left {lv['left']:.0f} mL, "
         f"total {lv['total']:.0f} mL",
         f"  Lesions    : {les['total']:.1f} mL (ground-glass {les['ggo']:.1f} mL, "
-        f"consolidation {les['consolidation']:.1f} mL)",
+        f"consolidation {les['consolidation']:.1f} mL){below}",
         f"  Involvement: right {pi['right']:.1f} %, left {pi['left']:.1f} %, "
         f"total {pi['total']:.1f} %",
         f"  Severity   : {r['severity_score']}/25, triage {r['triage']['category'].upper()} "
