@@ -127,6 +127,9 @@ def test_worklist_names_the_patient_and_links_to_the_viewer(
     ):
         assert secret not in audit
         assert secret not in caplog.text
+    # The job itself (GET /jobs/{id}) now knows the accession number of what it analysed.
+    with live.client("viewer") as viewer:
+        assert viewer.get(f"{API}/jobs/{job['id']}").json()["accession"] == ds.AccessionNumber
 
 
 def test_cli_and_api_csv_are_one_format(

@@ -124,6 +124,11 @@ class ResultSummaryPublic(_Schema):
         )
 
 
+def _identity(job: Job) -> dict[str, Any]:
+    ident = job.result.get("identity")
+    return ident if isinstance(ident, dict) else {}
+
+
 class JobLinks(_Schema):
     """Where to fetch a job and its results (present once the job is done)."""
 
@@ -176,7 +181,8 @@ class JobPublic(_Schema):
             state=job.state,
             batch_id=job.batch_id,
             study_uid=job.study_uid or job.result.get("study_uid"),
-            accession=job.accession,
+            # A pushed study's job knows its accession number once its headers are read.
+            accession=job.accession or _identity(job).get("accession") or None,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
             created_at=job.created_at,
