@@ -17,6 +17,7 @@ on the same ports (fault tests).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pydicom
 from orthanc import free_port
 
 from ct_triage.models.lesions import WEIGHTS_DIR
@@ -279,3 +281,45 @@ class RecordingProxy:
             for s in (src, dst):
                 with suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+def study_identifiers(folder: Path) -> set[str]:
+    """Every identifying value of the study's files: names, IDs, UIDs, dates, accession."""
+    found: set[str] = set()
+    for path in sorted(folder.rglob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+            "FrameOfReferenceUID",
+            "StudyDate",
+            "SeriesDate",
+            "AcquisitionDate",
+            "ContentDate",
+            "StudyID",
+            "InstitutionName",
+            "ReferringPhysicianName",
+        ):
+            value = str(getattr(ds, keyword, "") or "")
+            if len(value) >= 4:
+                found.add(value)
+                found.update(p for p in re.split(r"[\^ ]", value) if len(p) >= 4)
+    return found
+
+
+def leaked(recorded: bytes, identifiers: set[str]) -> list[str]:
+    """The identifiers found in ``recorded`` (as ASCII, UTF-16 or in the DICOM date form)."""
+    hits = []
+    for value in identifiers:
+        for form in {value, value.replace("-", ""), value.replace(".", "")}:
+            if len(form) >= 4 and (
+                form.encode() in recorded or form.encode("utf-16-le") in recorded
+            ):
+                hits.append(value)
+                break
+    return hits

@@ -15,7 +15,6 @@ byte the client sends: the identifier search runs over it; it also slows or cuts
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -24,9 +23,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pydicom
 import pytest
-from triton_server import MODEL, RecordingProxy, TritonServer, triton_server, triton_unavailable
+from triton_server import (
+    MODEL,
+    RecordingProxy,
+    TritonServer,
+    leaked,
+    study_identifiers,
+    triton_server,
+    triton_unavailable,
+)
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.errors import InferenceError, ModelError, RuntimeUnavailable
@@ -106,48 +112,6 @@ def _env(mp: pytest.MonkeyPatch, **values: str) -> None:
 def _same_result(remote: dict[str, Any], local: dict[str, Any]) -> None:
     for key in ("percent_involvement", "lesion_volume_ml", "lung_volume_ml", "triage"):
         assert remote[key] == local[key], key
-
-
-def study_identifiers(folder: Path) -> set[str]:
-    """Every identifying value of the study's files: names, IDs, UIDs, dates, accession."""
-    found: set[str] = set()
-    for path in sorted(folder.rglob("*.dcm")):
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        for keyword in (
-            "PatientName",
-            "PatientID",
-            "PatientBirthDate",
-            "AccessionNumber",
-            "StudyInstanceUID",
-            "SeriesInstanceUID",
-            "SOPInstanceUID",
-            "FrameOfReferenceUID",
-            "StudyDate",
-            "SeriesDate",
-            "AcquisitionDate",
-            "ContentDate",
-            "StudyID",
-            "InstitutionName",
-            "ReferringPhysicianName",
-        ):
-            value = str(getattr(ds, keyword, "") or "")
-            if len(value) >= 4:
-                found.add(value)
-                found.update(p for p in re.split(r"[\^ ]", value) if len(p) >= 4)
-    return found
-
-
-def leaked(recorded: bytes, identifiers: set[str]) -> list[str]:
-    """The identifiers found in ``recorded`` (as ASCII, UTF-16 or in the DICOM date form)."""
-    hits = []
-    for value in identifiers:
-        for form in {value, value.replace("-", ""), value.replace(".", "")}:
-            if len(form) >= 4 and (
-                form.encode() in recorded or form.encode("utf-16-le") in recorded
-            ):
-                hits.append(value)
-                break
-    return hits
 
 
 # -- the predictor against the real server --------------------------------------------------

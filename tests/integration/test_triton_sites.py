@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,14 @@ import pytest
 from orthanc import OrthancServer, free_port, orthanc_available
 from pydicom.uid import CTImageStorage
 from pynetdicom import AE
-from test_triton_server import leaked, study_identifiers
-from triton_server import RecordingProxy, TritonServer, triton_server, triton_unavailable
+from triton_server import (
+    RecordingProxy,
+    TritonServer,
+    leaked,
+    study_identifiers,
+    triton_server,
+    triton_unavailable,
+)
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.phantom import generate, spec_from_seed
@@ -157,6 +164,14 @@ def make_site(tmp_path: Path) -> Iterator[Callable[[str], Site]]:
             site.orthanc.stop()
 
 
+def _uids(site: Site, modality: str) -> set[str]:
+    return {str(ds.SOPInstanceUID) for ds in site.results().get(modality, [])}
+
+
+def _has(site: Site, modality: str, uid: str) -> bool:
+    return uid in _uids(site, modality)
+
+
 def _analysed_once(site: Site, studies: list[list[Path]], timeout_s: float) -> None:
     """Each study analysed exactly once: one report, and its SEG and SR (no other SEG) in
     the site's own Orthanc."""
@@ -178,16 +193,9 @@ def _analysed_once(site: Site, studies: list[list[Path]], timeout_s: float) -> N
     srs = {str(ds.SOPInstanceUID) for ds in results.get("SR", [])}
     for report in reports:
         assert report["outputs"]["seg"]["sop_instance_uid"] in segs
-        wait_until(
-            lambda r=report: (
-                r["outputs"]["sr"]["sop_instance_uid"] in srs
-                or (
-                    r["outputs"]["sr"]["sop_instance_uid"]
-                    in {str(ds.SOPInstanceUID) for ds in site.results().get("SR", [])}
-                )
-            ),
-            30,
-        )
+        sr_uid: str = report["outputs"]["sr"]["sop_instance_uid"]
+        if sr_uid not in srs:  # delivered a moment after the SEG
+            wait_until(partial(_has, site, "SR", sr_uid), 30)
     per_study = [
         sum(ds.StudyInstanceUID == uid for ds in site.results().get("SR", [])) for uid in want
     ]
