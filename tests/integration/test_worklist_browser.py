@@ -135,7 +135,13 @@ def test_worklist_page_in_chromium(
             normal_row = rows.nth(2).inner_text()
             assert "No lesions above the triage thresholds" in normal_row
             assert "below threshold" in normal_row
-            assert "0.1" not in normal_row
+            cells = rows.nth(2).locator("td")
+            assert [cells.nth(i).inner_text() for i in (6, 7, 8)] == [
+                "below threshold",
+                "below threshold",
+                "–",
+            ]
+            assert "0.1 mL" in (cells.nth(7).get_attribute("title") or "")
             # The preview opens at its full size in a dialog.
             rows.nth(0).locator("img.thumb").click()
             full = page.locator("#preview-full")
