@@ -9,13 +9,18 @@ One line per event in ``<data_dir>/audit.jsonl``::
 It names the token (its name and public id, never the secret), the job and the
 StudyInstanceUID; never a patient name, patient ID or accession number. A view that showed
 patient identity (``worklist.read``, ``batch.csv``) lists the StudyInstanceUIDs shown
-(``study_uids``): who saw which patients, when, from where. The file is opened
+(``study_uids``) and their digest (``study_uids_sha256``): who saw which patients, when, from
+where. A worklist page polls every few seconds; a view showing the same studies to the same
+token as its previous view of that kind is still one event, with the digest only (the list
+is in the earlier event with that digest), so the log does not grow by the whole list each
+poll. The file is opened
 in append mode and each line is written with one ``write`` under a lock; events that change
 something (submissions, uploads, token changes) are also ``fsync``-ed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -46,6 +51,7 @@ class AuditEvent:
     batch_id: str | None = None
     detail: str | None = None
     study_uids: tuple[str, ...] | None = None
+    study_uids_sha256: str | None = None
 
 
 class AuditLog:
@@ -62,6 +68,8 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._fh: IO[str] = self.path.open("a", encoding="utf-8")
+        #: (token id, action) -> digest of the study list last written in full
+        self._last_studies: dict[tuple[str | None, str], str] = {}
 
     def close(self) -> None:
         """Close the file."""
@@ -103,6 +111,17 @@ class AuditLog:
         durable
             ``fsync`` the line (for actions that change something).
         """
+        digest = None
+        if study_uids is not None:
+            digest = hashlib.sha256("\n".join(study_uids).encode()).hexdigest()
+            key = (principal.token_id if principal else None, action)
+            with self._lock:
+                if self._last_studies.get(key) == digest:
+                    study_uids = None  # the same studies again: the digest says which
+                else:
+                    if len(self._last_studies) > 10_000:
+                        self._last_studies.clear()
+                    self._last_studies[key] = digest
         event = AuditEvent(
             time=datetime.now(UTC).isoformat(timespec="milliseconds"),
             actor=principal.name if principal else None,
@@ -116,6 +135,7 @@ class AuditLog:
             batch_id=batch_id,
             detail=detail,
             study_uids=study_uids,
+            study_uids_sha256=digest,
         )
         line = json.dumps({k: v for k, v in asdict(event).items() if v is not None})
         with self._lock:
