@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from triton_server import TritonServer, triton_server, triton_unavailable
+from triton_server import TritonServer, require_triton, triton_server
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.phantom import generate, spec_from_seed
@@ -40,9 +40,7 @@ def _analyze(study: Path, out: Path, monkeypatch: pytest.MonkeyPatch, **env: str
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    reason = triton_unavailable()
-    if reason:
-        pytest.skip(reason)
+    require_triton()
     with triton_server(tmp_path_factory.mktemp("triton")) as running:
         yield running
 

@@ -29,9 +29,9 @@ from triton_server import (
     RecordingProxy,
     TritonServer,
     leaked,
+    require_triton,
     study_identifiers,
     triton_server,
-    triton_unavailable,
 )
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
@@ -50,9 +50,7 @@ PROTOCOLS = ["http", "grpc"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    reason = triton_unavailable()
-    if reason:
-        pytest.skip(reason)
+    require_triton()
     with triton_server(tmp_path_factory.mktemp("triton")) as running:
         yield running
 

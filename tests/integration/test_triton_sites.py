@@ -31,9 +31,9 @@ from triton_server import (
     RecordingProxy,
     TritonServer,
     leaked,
+    require_triton,
     study_identifiers,
     triton_server,
-    triton_unavailable,
 )
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
@@ -54,9 +54,10 @@ def wait_until(pred: Callable[[], Any], timeout_s: float, step_s: float = 0.5) -
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[TritonServer]:
-    for reason in (triton_unavailable(), orthanc_available()):
-        if reason:
-            pytest.skip(reason)
+    require_triton()
+    reason = orthanc_available()
+    if reason:
+        pytest.skip(reason)
     with triton_server(tmp_path / "pool") as running:
         yield running
 
