@@ -84,7 +84,9 @@ class Answer:
 
 def _scu() -> AE:
     ae = AE(ae_title="HOSTILE_SCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    # 30 s: on a loaded 2-core machine (load average 15-20 from parallel work) an answer
+    # took longer than the 10 s used before, which read as "no C-STORE response".
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     return ae
 
@@ -98,8 +100,10 @@ def _send(port: int, items: Sequence[Dataset | Path]) -> list[Answer | None]:
         for item in items:
             try:
                 rsp = assoc.send_c_store(item)
-            except (ValueError, AttributeError, TypeError, OSError):
-                answers.append(None)  # e.g. no SOP Class UID: nothing reaches the SCP
+            except (ValueError, AttributeError, TypeError, OSError, UnboundLocalError):
+                # e.g. no SOP Class UID: nothing reaches the SCP (pynetdicom 2.x raises
+                # UnboundLocalError for a dataset cut short before its SOP Class UID)
+                answers.append(None)
                 continue
             assert "Status" in rsp, "no C-STORE response"
             answers.append(Answer(int(rsp.Status), str(rsp.get("ErrorComment", "") or "")))
