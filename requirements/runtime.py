@@ -42,15 +42,16 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", m.group(1)).lower()
 
 
-def direct_requirements(*, gpu: bool = False) -> list[str]:
-    """The four distributions' own requirements (``ct-triage-*`` left out) and their build
-    backend (the images build them without build isolation, from pinned versions), sorted."""
+def direct_requirements(*, gpu: bool = False, build: bool = True) -> list[str]:
+    """The four distributions' own requirements (``ct-triage-*`` left out) and, with
+    ``build``, their build backend (the images build them without build isolation), sorted."""
     reqs: set[str] = set()
     for folder, extras in DISTRIBUTIONS:
         pyproject = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())
         project = pyproject["project"]
         listed = list(project.get("dependencies", []))
-        listed += pyproject.get("build-system", {}).get("requires", [])
+        if build:
+            listed += pyproject.get("build-system", {}).get("requires", [])
         for extra in extras:
             listed += project.get("optional-dependencies", {})[extra]
         for req in listed:
@@ -64,7 +65,11 @@ def direct_requirements(*, gpu: bool = False) -> list[str]:
 
 
 def freeze() -> str:
-    """``constraints.txt`` text: every runtime dependency at its version in this venv."""
+    """``constraints.txt`` text: every runtime dependency at its version in this venv.
+
+    Starts from the pyproject files (not the installed metadata, which an editable install
+    leaves stale) and follows the installed packages' requirements.
+    """
     from importlib import metadata
 
     from packaging.markers import default_environment
@@ -72,25 +77,31 @@ def freeze() -> str:
 
     env = {k: str(v) for k, v in default_environment().items()}
     pins: dict[str, str] = {}
-    todo: list[tuple[str, frozenset[str]]] = [
-        (f"ct-triage-{folder.replace('_', '-')}", frozenset(extras))
-        for folder, extras in DISTRIBUTIONS
-    ]
+    todo = [Requirement(r) for r in direct_requirements(build=False)]
     done: set[tuple[str, frozenset[str]]] = set()
+    missing: list[str] = []
     while todo:
-        name, extras = todo.pop()
-        key = (_name(name), extras)
+        req = todo.pop()
+        key = (_name(req.name), frozenset(req.extras))
         if key in done:
             continue
         done.add(key)
-        dist = metadata.distribution(name)
-        if not key[0].startswith("ct-triage-"):
-            pins[key[0]] = dist.version
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            missing.append(req.name)
+            continue
+        pins[key[0]] = dist.version
         for text in dist.requires or []:
-            req = Requirement(text)
-            wanted = extras or frozenset({""})
-            if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in wanted):
-                todo.append((req.name, frozenset(req.extras)))
+            sub = Requirement(text)
+            wanted = req.extras or {""}
+            if sub.marker is None or any(sub.marker.evaluate({**env, "extra": e}) for e in wanted):
+                todo.append(sub)
+    if missing:
+        raise SystemExit(
+            f"not installed here: {', '.join(sorted(set(missing)))} "
+            "(run scripts/setup-venv.sh --dev, then freeze again)"
+        )
     hand = ""
     if CONSTRAINTS.is_file():
         _, sep, hand = CONSTRAINTS.read_text().partition(HAND_MARKER)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: dciodvfy (dicom3tools), a real Orthanc PACS with DICOMweb.
+# Debian packages the tests use: dciodvfy (dicom3tools), a real Orthanc PACS with DICOMweb;
+# storescu (dcmtk); the Docker engine, compose and debootstrap for tests/docker (the test
+# starts dockerd itself when it is not running).
 set -euo pipefail
-PKGS="dicom3tools orthanc orthanc-dicomweb docker-compose postgresql chromium"
+PKGS="dicom3tools orthanc orthanc-dicomweb docker-compose postgresql chromium dcmtk docker.io debootstrap"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0

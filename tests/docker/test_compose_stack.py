@@ -7,8 +7,8 @@ What hospital IT does, step by step (README, "Deployment"), on 127.0.0.1 only:
 2. the CPU image and an Orthanc image (Debian ``orthanc`` + ``orthanc-dicomweb``) built on it
    (``scripts/docker-build.sh``), with the host's CA bundle as a BuildKit secret;
 3. a data folder bind-mounted with the wrong owner: one line naming the ``chown``;
-4. ``deploy/compose.yaml`` + ``compose.hostnet.yaml`` (host networking, nothing pulled) on
-   free, non-default ports; the health check turns healthy;
+4. ``deploy/compose.hostnet.yaml`` (compose.yaml's stack on host networking, nothing
+   pulled) on free, non-default ports; the health check turns healthy;
 5. phantom studies pushed into the Orthanc container with ``storescu`` from the host; Orthanc
    routes them to the triage container; SEG, SR and overlay come back into Orthanc;
 6. ``docker restart`` of the triage container mid-batch: every study gets its results, once;
@@ -214,14 +214,12 @@ class Stack:
             **{k: str(v) for k, v in self.ports.items()},
             "CT_TRIAGE_IMAGE": self.images.cpu,
             "ORTHANC_IMAGE": self.images.orthanc,
-            "ORTHANC_HOST": "127.0.0.1",
-            "TRIAGE_HOST": "127.0.0.1",
             "TRIAGE_QUIET_PERIOD_S": "3",
             "TRIAGE_HEALTH_INTERVAL": "3s",
         }
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        files = ["-f", "deploy/compose.yaml", "-f", "deploy/compose.hostnet.yaml"]
+        files = ["-f", "deploy/compose.hostnet.yaml"]
         return _run(
             ["docker-compose", "-p", self.project, *files, *args], env=self.env, timeout=timeout
         )

@@ -26,16 +26,32 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 REPO = DEPLOY.parent
 
 
-def _compose() -> dict[str, Any]:
+def _compose(name: str = "compose.yaml") -> dict[str, Any]:
     yaml = pytest.importorskip("yaml")
-    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / name).read_text())
     return data
+
+
+def test_hostnet_compose_is_the_same_stack_on_host_networking() -> None:
+    """compose.hostnet.yaml (what tests/docker runs) stays in step with compose.yaml."""
+    bridge, host = _compose()["services"], _compose("compose.hostnet.yaml")["services"]
+    for name in ("orthanc", "triage"):
+        assert host[name]["network_mode"] == "host"
+        assert host[name]["pull_policy"] == "never"
+        assert "ports" not in host[name]
+        assert host[name]["image"] == bridge[name]["image"]
+        assert host[name]["volumes"] == bridge[name]["volumes"]
+        assert host[name]["restart"] == bridge[name]["restart"]
+        extra = set(host[name]["environment"]) - set(bridge[name]["environment"])
+        assert extra <= {"CT_TRIAGE_HTTP_HOST", "CT_TRIAGE_DICOM_HOST"}, extra
+        assert set(bridge[name]["environment"]) <= set(host[name]["environment"])
+    assert host["triage"]["healthcheck"] == bridge["triage"]["healthcheck"]
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_compose_file_validates() -> None:
     files = ["-f", str(DEPLOY / "compose.yaml")]
-    hostnet = [*files, "-f", str(DEPLOY / "compose.hostnet.yaml")]
+    hostnet = ["-f", str(DEPLOY / "compose.hostnet.yaml")]
     for args in (
         [*files],
         [*files, "--profile", "postgres"],
@@ -51,10 +67,13 @@ def test_compose_file_validates() -> None:
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "pacs_host"), [("compose.yaml", "orthanc"), ("compose.hostnet.yaml", "127.0.0.1")]
+)
 def test_compose_triage_environment_is_valid_settings(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, pacs_host: str
 ) -> None:
-    env = _compose()["services"]["triage"]["environment"]
+    env = _compose(name)["services"]["triage"]["environment"]
     fields = {f"CT_TRIAGE_{name.upper()}" for name in Settings.model_fields}
     unknown = sorted(k for k in env if k.startswith("CT_TRIAGE_") and k not in fields)
     assert not unknown, f"compose sets unknown settings: {unknown}"
@@ -63,8 +82,8 @@ def test_compose_triage_environment_is_valid_settings(
         monkeypatch.setenv(key, re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value)))
     monkeypatch.setenv("CT_TRIAGE_DATA_DIR", str(tmp_path))
     settings = Settings()
-    assert settings.destinations == ["dimse:ORTHANC@orthanc:4242"]
-    assert settings.pacs == "ORTHANC@orthanc:4242"
+    assert settings.destinations == [f"dimse:ORTHANC@{pacs_host}:4242"]
+    assert settings.pacs == f"ORTHANC@{pacs_host}:4242"
 
 
 @pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
