@@ -100,25 +100,32 @@ def _study_id(orthanc: OrthancServer) -> str:
     return str(studies[0])
 
 
-#: Our two Secondary Capture series (both Modality OT), told apart by Series Description.
-_SC_KINDS = {"OT": "AI lung overlay", "SUMMARY": "AI lung summary"}
+#: Result kinds that share a modality, told apart by Series Description: the overlay and
+#: the summary page (OT), the measurement SR and the lesion outline SR (SR).
+_KINDS = {
+    "OT": ("OT", "AI lung overlay"),
+    "SUMMARY": ("OT", "AI lung summary"),
+    "SR": ("SR", "AI lung measurements"),
+    "OUTLINES": ("SR", "AI lesion outlines"),
+}
 
 
 def _series_of(orthanc: OrthancServer, kind: str) -> list[dict[str, Any]]:
-    """Series of one result kind: SEG, SR, OT (the overlay) or SUMMARY (the summary page)."""
-    if kind not in _SC_KINDS:
+    """Series of one result kind: SEG, SR, OUTLINES, OT (the overlay) or SUMMARY."""
+    if kind not in _KINDS:
         return orthanc.series_by_modality(kind)
+    modality, description = _KINDS[kind]
     return [
         s
-        for s in orthanc.series_by_modality("OT")
-        if str(s["MainDicomTags"].get("SeriesDescription", "")).startswith(_SC_KINDS[kind])
+        for s in orthanc.series_by_modality(modality)
+        if str(s["MainDicomTags"].get("SeriesDescription", "")).startswith(description)
     ]
 
 
 def _results_in_orthanc(orthanc: OrthancServer) -> dict[str, pydicom.Dataset]:
-    """First instance of each result kind (SEG, SR, OT overlay, SUMMARY) held by Orthanc."""
+    """First instance of each result kind (SEG, SR, OT overlay, SUMMARY, OUTLINES) in Orthanc."""
     found: dict[str, pydicom.Dataset] = {}
-    for modality in ("SEG", "SR", "OT", "SUMMARY"):
+    for modality in ("SEG", "SR", "OT", "SUMMARY", "OUTLINES"):
         series = _series_of(orthanc, modality)
         if len(series) != 1:
             continue
@@ -130,9 +137,9 @@ def _results_in_orthanc(orthanc: OrthancServer) -> dict[str, pydicom.Dataset]:
 
 
 def _check_results(orthanc: OrthancServer, source: pydicom.Dataset) -> None:
-    res = wait_until(lambda: (r := _results_in_orthanc(orthanc)) and len(r) == 4 and r, 30)
+    res = wait_until(lambda: (r := _results_in_orthanc(orthanc)) and len(r) == 5 and r, 30)
     seg, sr, sc = res["SEG"], res["SR"], res["OT"]
-    for ds in (seg, sr, sc, res["SUMMARY"]):
+    for ds in (seg, sr, sc, res["SUMMARY"], res["OUTLINES"]):
         assert ds.StudyInstanceUID == source.StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
@@ -347,7 +354,7 @@ def test_sigkill_after_acknowledging_then_restart_analyses(
     proc = _serve(dict(env, CT_TRIAGE_QUIET_PERIOD_S="0.5"), log)
     try:
         source = pydicom.dcmread(study[0], stop_before_pixels=True)
-        wait_until(lambda: len(_results_in_orthanc(orthanc)) == 4, 120, 1.0)
+        wait_until(lambda: len(_results_in_orthanc(orthanc)) == 5, 120, 1.0)
         _check_results(orthanc, source)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -471,12 +478,12 @@ def _scu_send(port: int, paths: list[Path], *, abort: bool = False) -> None:
 
 
 def _result_series(orthanc: OrthancServer) -> dict[str, list[dict[str, Any]]]:
-    return {m: _series_of(orthanc, m) for m in ("SEG", "SR", "OT", "SUMMARY")}
+    return {m: _series_of(orthanc, m) for m in ("SEG", "SR", "OT", "SUMMARY", "OUTLINES")}
 
 
 def _one_result_each(orthanc: OrthancServer) -> dict[str, list[dict[str, Any]]]:
     found = _result_series(orthanc)
-    assert {m: len(s) for m, s in found.items()} == {"SEG": 1, "SR": 1, "OT": 1, "SUMMARY": 1}
+    assert {m: len(s) for m, s in found.items()} == dict.fromkeys(found, 1)
     return found
 
 
@@ -586,3 +593,26 @@ def test_declined_study_gets_one_not_analysed_sr_and_page_in_orthanc(
         texts = [str(v.value) for v in sr.iterall() if v.keyword == "TextValue"]
         assert any(t.startswith("Not analysed: ") and "localizer" in t for t in texts), texts
         assert not orthanc.series_by_modality("SEG")
+
+
+def test_retractors_against_orthanc(pacs: tuple[OrthancServer, int], study: list[Path]) -> None:
+    """Orthanc's REST API deletes a series (twice is fine); its DICOMweb has no DELETE, which
+    is a refusal (not retried), not a silent success."""
+    from ct_triage.dicom_bridge.dicomweb import BasicAuth, DicomWebError, DicomWebNode
+    from ct_triage.dicom_bridge.retract import DicomWebRetractor, OrthancRetractor
+
+    orthanc, _ = pacs
+    orthanc.upload(study[:3])
+    head = pydicom.dcmread(study[0], stop_before_pixels=True)
+    study_uid, series_uid = str(head.StudyInstanceUID), str(head.SeriesInstanceUID)
+    auth = BasicAuth(orthanc.username, orthanc.password)
+    with pytest.raises(DicomWebError) as refused:
+        DicomWebRetractor(DicomWebNode(orthanc.dicomweb_url, auth=auth)).retract_series(
+            study_uid, [series_uid]
+        )
+    assert (refused.value.http_status, refused.value.transient) == (405, False)
+    assert len(orthanc.get("/series")) == 1
+    rest = OrthancRetractor(DicomWebNode(orthanc.url, auth=auth))
+    assert rest.retract_series(study_uid, [series_uid]) == 1
+    assert orthanc.get("/series") == []
+    assert rest.retract_series(study_uid, [series_uid]) == 0  # already gone: idempotent

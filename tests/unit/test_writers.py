@@ -48,6 +48,7 @@ from ct_triage.dicom_bridge.writers.sr import (
     SrRequest,
     round_measurement,
     write_not_analysed_sr,
+    write_outlines_sr,
     write_sr,
 )
 from ct_triage.dicom_bridge.writers.summary import (
@@ -543,6 +544,41 @@ def test_planar_outline_and_sections() -> None:
     assert largest_cross_sections(empty) == ()
 
 
+def test_outlines_sr_has_only_image_coordinate_groups(
+    tmp_path: Path, source: tuple[Dataset, ...], seg_ds: Dataset, segmentation: Segmentation
+) -> None:
+    sections = largest_cross_sections(segmentation)
+    req = SrRequest(
+        source=source,
+        seg=seg_ds,
+        quantification=make_quantification(),
+        model=MODEL,
+        sections=sections,
+    )
+    ds = write_outlines_sr(req)
+    path = _save(ds, tmp_path / "outlines.dcm")
+    assert _findings(path) == []
+    assert "outlines" in ds.SeriesDescription
+    assert DISCLAIMER_SHORT in ds.SeriesDescription
+    sr = hd.sr.srread(path)
+    groups = sr.content.get_image_measurement_groups()
+    assert len(groups) == len(sections) == 2
+    for group, section in zip(groups, sections, strict=True):
+        # every group: one Area measurement inferred from the outline on its CT slice
+        assert group.tracking_identifier == "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+        (area,) = group.get_measurements(name=codes.AREA)
+        assert float(area.value) == round_measurement(section.area_mm2)
+        (scoord,) = area.referenced_coordinates
+        np.testing.assert_allclose(scoord.value, section.outline)
+        (ref,) = scoord.ContentSequence[0].ReferencedSOPSequence
+        assert ref.ReferencedSOPInstanceUID == source[section.slice_index].SOPInstanceUID
+    assert not sr.content.get_volumetric_roi_measurement_groups()
+    texts = [i.TextValue for i in _walk(ds.ContentSequence) if i.ValueType == "TEXT"]
+    assert DISCLAIMER in texts
+    with pytest.raises(ValueError, match="no sections"):
+        write_outlines_sr(replace(req, sections=()))
+
+
 def test_sr_rejects_a_section_off_the_series(source: tuple[Dataset, ...], seg_ds: Dataset) -> None:
     bad = KeySection("right", len(source), LesionLabel.GGO, 1.0, np.zeros((4, 2)))
     with pytest.raises(ValueError, match="not in source"):
@@ -673,7 +709,7 @@ def test_summary_page_shows_images_and_numbers(
     body = "\n".join(page.lines)
     assert "Triage: INDETERMINATE" in body
     assert "priority 2 of 5" in body
-    assert "Severity score: 3 / 25" in body
+    assert "severity score: 3 / 25" in body
     assert "right 0.8 %" in body
     assert "left 0.1 %" in body
     assert "total 0.5 %" in body

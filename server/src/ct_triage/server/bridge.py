@@ -517,7 +517,7 @@ class Bridge:
 
     def _settle_spool(self, study_uid: str, result_ref: str | None, failure: str | None) -> None:
         # Everything retrieved is complete: claim as if the quiet period were over.
-        later = time.time() + self.spool.quiet_period_s + self.spool.incomplete_after_s + 1.0
+        later = time.time() + self.spool.settled_after_s + 1.0
         for series_uid, state in self.spool.study_series(study_uid).items():
             if state is not SeriesState.RECEIVING:
                 continue
@@ -558,7 +558,7 @@ class Bridge:
         outputs = json.loads(old_report.read_text()).get("outputs", {})
         series = [
             str(uid)
-            for key in ("seg", "sr", "summary", "overlay")
+            for key in ("seg", "sr", "summary", "outlines_sr", "overlay")
             if (uid := (outputs.get(key) or {}).get("series_instance_uid"))
         ]
         if not series:

@@ -34,6 +34,7 @@ from ct_triage.dicom_bridge.writers.sr import (
     SrRequest,
     round_measurement,
     write_not_analysed_sr,
+    write_outlines_sr,
     write_sr,
 )
 from ct_triage.dicom_bridge.writers.summary import declined_page, result_page, write_summary
@@ -54,10 +55,10 @@ SCHEMA_VERSION = "1.0"
 
 
 def result_files(out_dir: Path) -> list[Path]:
-    """The DICOM objects of a result folder, in delivery order: SEG, SR, summary, overlay."""
+    """The DICOM objects of a result folder, in delivery order: SEG, SR, summary, outline SR
+    (when the study has lesions), overlay."""
     files = [out_dir / "seg.dcm", out_dir / "sr.dcm"]
-    if (out_dir / "summary.dcm").is_file():
-        files.append(out_dir / "summary.dcm")
+    files += [out_dir / n for n in ("summary.dcm", "sr-outlines.dcm") if (out_dir / n).is_file()]
     return [*files, *sorted((out_dir / "overlay").glob("*.dcm"))]
 
 
@@ -146,6 +147,7 @@ def build_report(
     sr: Dataset,
     overlay: list[Dataset],
     summary: Dataset | None = None,
+    outlines: Dataset | None = None,
     timings: dict[str, float],
     network_slice_step: int = 1,
 ) -> dict[str, Any]:
@@ -215,6 +217,15 @@ def build_report(
                     "series_instance_uid": str(summary.SeriesInstanceUID),
                 }
                 if summary is not None
+                else None
+            ),
+            "outlines_sr": (
+                {
+                    "file": "sr-outlines.dcm",
+                    "sop_instance_uid": str(outlines.SOPInstanceUID),
+                    "series_instance_uid": str(outlines.SeriesInstanceUID),
+                }
+                if outlines is not None
                 else None
             ),
             "preview": "preview.png",
@@ -365,17 +376,19 @@ def analyze_series(
         quant = measured.result()
         with timer.stage("write_sr"):
             previous = _previous_sr(supersedes)
-            sr = write_sr(
-                SrRequest(
-                    source=source,
-                    seg=seg,
-                    quantification=quant,
-                    model=identity,
-                    previous_versions=previous,
-                    sections=largest_cross_sections(segmentation),
-                )
+            request = SrRequest(
+                source=source,
+                seg=seg,
+                quantification=quant,
+                model=identity,
+                previous_versions=previous,
+                sections=largest_cross_sections(segmentation),
             )
+            sr = write_sr(request)
             save_dataset(sr, staging / "sr.dcm")
+            outlines = write_outlines_sr(request) if request.sections else None
+            if outlines is not None:
+                save_dataset(outlines, staging / "sr-outlines.dcm")
         overlay, summary = images.result()
         report = build_report(
             supersedes=supersedes,
@@ -387,6 +400,7 @@ def analyze_series(
             sr=sr,
             overlay=overlay,
             summary=summary,
+            outlines=outlines,
             timings=timer.rounded(),
             network_slice_step=z_step_for(
                 float(series.volume.spacing[0]), float(getattr(lesion_model, "z_step_mm", 0.0))

@@ -493,6 +493,99 @@ def write_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
     return sr
 
 
+#: Series Description of the outlines SR.
+OUTLINES_DESCRIPTION: Final = f"AI lesion outlines SR - {DISCLAIMER_SHORT}"[:64]
+#: Tracking Identifier of the outline groups in the outlines SR: the closed-polyline tool in
+#: the "<tool source>:<tool>" form OHIF / Cornerstone3D use to load SR measurements into
+#: their measurement panel.
+VIEWER_OUTLINE_IDENTIFIER: Final = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+
+
+def _outline_group(
+    req: SrRequest, section: KeySection, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group: the Area (TID 300) inferred from the outline SCOORD on its CT slice.
+
+    The form Cornerstone3D / OHIF write and read back into their measurement panel (the
+    SCOORD under the measurement, relationship INFERRED FROM, PS3.16 TID 300 row 14).
+    """
+    image = req.source[section.slice_index]
+    lung = codes.RIGHT_LUNG if section.side == "right" else codes.LEFT_LUNG
+    finding = codes.GROUND_GLASS_OPACITY if section.kind == LesionLabel.GGO else codes.CONSOLIDATION
+    outline = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=section.outline,
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(image.SOPClassUID),
+            referenced_sop_instance_uid=str(image.SOPInstanceUID),
+        ),
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=VIEWER_OUTLINE_IDENTIFIER
+        ),
+        finding_type=finding,
+        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=lung)],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(
+                name=codes.AREA,
+                value=round_measurement(section.area_mm2),
+                unit=codes.UNIT_MM2,
+                algorithm_id=algorithm,
+                referenced_coordinates=[outline],
+            )
+        ],
+    )
+
+
+def write_outlines_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
+    """A second TID 1500 SR holding only the planar outline groups (TID 1410) of ``req``.
+
+    OHIF (3.13) lists SR measurements only when every measurement group has image
+    coordinates: a volumetric or whole-lung group (no SCOORD) makes it throw and blank the
+    viewport. The full report (:func:`write_sr`) keeps every group; this one, in its own
+    series, carries the largest lesion outline of each lung with its area, referenced to the
+    CT slice, plus the disclaimer, so a viewer's measurement panel lists them.
+
+    Raises
+    ------
+    ValueError
+        When ``req`` has no sections (no lesion: nothing to outline).
+    """
+    if not req.sections:
+        raise ValueError("no sections to outline")
+    algorithm = _algorithm(req.model)
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(req.model),
+        procedure_reported=codes.CT_CHEST,
+        imaging_measurements=[_outline_group(req, section, algorithm) for section in req.sections],
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+    )
+    report[0].ContentSequence.append(_disclaimer_container(req.quantification))
+    shown = sorted({section.slice_index for section in req.sections})
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=with_type2_defaults([req.source[k] for k in shown]),
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=req.series_number + 3,
+        sop_instance_uid=hd.UID(),
+        instance_number=req.instance_number,
+        manufacturer=codes.MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=OUTLINES_DESCRIPTION,
+        specific_character_set=output_character_set(req.source[0]),
+    )
+    sr.ManufacturerModelName = req.model.algorithm_label
+    sr.SoftwareVersions = codes.SOFTWARE_VERSION
+    separate_containers(sr)
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
+    return sr
+
+
 @dataclass(frozen=True, slots=True)
 class NotAnalysedSrRequest:
     """What :func:`write_not_analysed_sr` needs, validated on construction.

@@ -45,10 +45,10 @@ logger = logging.getLogger(__name__)
 SERIES_DESCRIPTION: Final = f"AI lung summary - {DISCLAIMER_SHORT}"[:64]
 #: Series Description of the page of a study that was not analysed.
 DECLINED_DESCRIPTION: Final = f"AI not analysed - {DISCLAIMER_SHORT}"[:64]
-#: Width of the page in pixels (the montage decides when it is wider).
+#: Width of the page in pixels (a wider montage is scaled down to fit).
 PAGE_WIDTH: Final = 1024
 #: Height of the image tiles on the page.
-TILE_HEIGHT: Final = 384
+TILE_HEIGHT: Final = 512
 _FONT_SIZE: Final = 18
 _MARGIN: Final = 12
 
@@ -113,21 +113,21 @@ def result_lines(quant: Quantification, model: ModelIdentity) -> tuple[str, ...]
     """The body lines of an analysed series' page (numbers rounded as in the SR)."""
     q = quant
     lines = [
-        f"Triage: {q.triage.value.upper()}  (priority {q.triage.priority} of 5, 1 = read first)"
-        f"   Severity score: {q.severity_score} / 25",
+        f"Triage: {q.triage.value.upper()}  (priority {q.triage.priority} of 5, 1 = read first),"
+        f" severity score: {q.severity_score} / 25",
         f"Lung involved: total {_pct(q.percent_involvement.total)}   "
-        f"right {_pct(q.percent_involvement.right)}   left {_pct(q.percent_involvement.left)}",
+        f"right {_pct(q.percent_involvement.right)}, left {_pct(q.percent_involvement.left)}",
     ]
     for side in ("right", "left"):
         zones = [z for z in q.zones if z.lung == side]
         if zones:
-            parts = "   ".join(f"{z.zone} {_pct(z.percent_involvement)}" for z in zones)
+            parts = ", ".join(f"{z.zone} {_pct(z.percent_involvement)}" for z in zones)
             lines.append(f"  {side.capitalize()} lung zones: {parts}")
     lines += [
-        f"Lung volume: total {_ml(q.lung_volume_ml.total)}   right "
-        f"{_ml(q.lung_volume_ml.right)}   left {_ml(q.lung_volume_ml.left)}",
-        f"Lesion volume: total {_ml(q.lesion_volume_ml.total)}   ground-glass opacity "
-        f"{_ml(q.lesion_volume_ml.ggo)}   consolidation {_ml(q.lesion_volume_ml.consolidation)}",
+        f"Lung volume: total {_ml(q.lung_volume_ml.total)}, right "
+        f"{_ml(q.lung_volume_ml.right)}, left {_ml(q.lung_volume_ml.left)}",
+        f"Lesion volume: total {_ml(q.lesion_volume_ml.total)}, ground-glass opacity "
+        f"{_ml(q.lesion_volume_ml.ggo)}, consolidation {_ml(q.lesion_volume_ml.consolidation)}",
     ]
     if q.quality.reliable:
         lines.append("Quality checks: lung segmentation passed every check")
@@ -155,6 +155,11 @@ def result_page(
         n_axial=2,
         tile_height=TILE_HEIGHT,
     )
+    fit = PAGE_WIDTH - 2 * _MARGIN
+    if montage.shape[1] > fit:  # one page width, so the numbers stay legible on screen
+        height = max(1, round(montage.shape[0] * fit / montage.shape[1]))
+        resized = Image.fromarray(montage, mode="RGB").resize((fit, height), Image.LANCZOS)
+        montage = np.asarray(resized, dtype=np.uint8)
     middle = len(source) // 2
     return SummaryPage(
         header=source[middle],
