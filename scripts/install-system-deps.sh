@@ -6,6 +6,9 @@ set -euo pipefail
 PKGS="dicom3tools orthanc orthanc-dicomweb docker-compose postgresql chromium dcmtk docker.io debootstrap"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+# npm fetches the OHIF viewer of the browser test (scripts/install-ohif.sh); NodeSource's
+# nodejs package bundles it, Debian's is the separate npm package.
+command -v npm >/dev/null 2>&1 || missing="$missing npm"
 [ -z "$missing" ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"

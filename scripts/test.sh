@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-system-deps.sh
+bash scripts/install-ohif.sh  # OHIF 3.13 for tests/browser (npm, cached)
 bash scripts/setup-venv.sh --dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
