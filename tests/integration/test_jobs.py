@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from orthanc import free_port
 from pg import PostgresServer
 
 from ct_triage.models.errors import StudyDeclined, TriageError
@@ -77,6 +78,15 @@ def test_factory_kinds(store_url: str) -> None:
         s.close()
     with pytest.raises(JobStoreConfigError):
         create_job_store("mysql://x")
+
+
+def test_unreachable_or_closed_store_is_a_triage_error(tmp_path: Path) -> None:
+    with pytest.raises(TriageError, match="PostgreSQL job store unreachable"):
+        create_job_store(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    s = create_job_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    s.close()
+    with pytest.raises(TriageError, match="job store is closed"):
+        s.get("x")
 
 
 def test_submit_is_idempotent_by_key(store: JobStore) -> None:

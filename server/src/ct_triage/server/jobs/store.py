@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql import ColumnElement, Executable
 
 from ct_triage.models.errors import TriageError
 from ct_triage.server.jobs.model import (
@@ -116,7 +115,6 @@ class SqlJobStore:
         self._what = "PostgreSQL" if self._pg else "SQLite"
         self.retry = retry or RetryPolicy()
         self._closed = False
-        self._close_lock = threading.Lock()
         self._meta, self._jobs, self._batches, self._batch_jobs = tables(pg=self._pg)
         self._insert = postgresql.insert if self._pg else sqlite.insert  # dialect: upserts
         with self._tx() as db:
@@ -233,15 +231,19 @@ class SqlJobStore:
 
     def close(self) -> None:
         """Close every connection (idempotent)."""
-        with self._close_lock:
-            self._closed = True
+        self._closed = True
         self._engine.dispose()
 
     # -- jobs ------------------------------------------------------------------------------
+    @staticmethod
+    def _job(db: Connection, statement: Executable) -> Job | None:
+        """The job that ``statement`` selects or returns, or None."""
+        row = db.execute(statement).mappings().first()
+        return None if row is None else job_from_row(row)
+
     def _get(self, db: Connection, job_id: str, *, lock: bool = False) -> Job | None:
         q = select(self._jobs).where(self._jobs.c.id == job_id)
-        row = db.execute(q.with_for_update() if lock else q).mappings().first()
-        return None if row is None else job_from_row(row)
+        return self._job(db, q.with_for_update() if lock else q)
 
     def _link(self, db: Connection, batch_id: str, job_id: str) -> None:
         bj = self._batch_jobs
@@ -268,45 +270,34 @@ class SqlJobStore:
         j = self._jobs
         with self._tx() as db:
             now = self._now()
-            row = (
-                db.execute(
-                    self._insert(j)
-                    .values(
-                        id=uuid.uuid4().hex,
-                        key=key,
-                        kind=str(kind),
-                        state=str(JobState.QUEUED),
-                        payload=payload,
-                        batch_id=batch_id,
-                        study_uid=study_uid,
-                        accession=accession,
-                        max_attempts=self.retry.max_attempts,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                    .on_conflict_do_nothing(index_elements=["key"])
-                    .returning(j)
-                )
-                .mappings()
-                .first()
+            insert = self._insert(j).values(
+                id=uuid.uuid4().hex,
+                key=key,
+                kind=str(kind),
+                state=str(JobState.QUEUED),
+                payload=payload,
+                batch_id=batch_id,
+                study_uid=study_uid,
+                accession=accession,
+                max_attempts=self.retry.max_attempts,
+                created_at=now,
+                updated_at=now,
             )
-            created = row is not None
-            if row is None:
-                row = db.execute(select(j).where(j.c.key == key)).mappings().one()
-            job = job_from_row(row)
+            new = self._job(db, insert.on_conflict_do_nothing(index_elements=["key"]).returning(j))
+            job = new or self._job(db, select(j).where(j.c.key == key))
+            assert job is not None
             if batch_id is not None and db.scalar(
                 select(literal(1)).where(self._batches.c.id == batch_id)
             ):
                 self._link(db, batch_id, job.id)
-        if created:
+        if new is not None:
             logger.info("job %s queued (%s)", job.id, kind)
-        return job, created
+        return job, new is not None
 
     def find_by_key(self, key: str) -> Job | None:
         """The job with this ``key``, or None."""
         with self._tx(read=True) as db:
-            row = db.execute(select(self._jobs).where(self._jobs.c.key == key)).mappings().first()
-        return None if row is None else job_from_row(row)
+            return self._job(db, select(self._jobs).where(self._jobs.c.key == key))
 
     def claim(self, worker_id: str, *, lease_s: float) -> Job | None:
         """Atomically take the oldest runnable queued job (``not_before`` passed), or None."""
@@ -324,25 +315,16 @@ class SqlJobStore:
                 .with_for_update(skip_locked=True)  # dialect: SQLite has BEGIN IMMEDIATE
                 .scalar_subquery()
             )
-            row = (
-                db.execute(
-                    update(j)
-                    .where(j.c.id == runnable)
-                    .values(
-                        state=str(JobState.RUNNING),
-                        worker_id=worker_id,
-                        lease_owner=owner.token if owner else None,
-                        lease_until=self._now(lease_s),
-                        attempts=j.c.attempts + 1,
-                        started_at=func.coalesce(j.c.started_at, self._now()),
-                        updated_at=self._now(),
-                    )
-                    .returning(j)
-                )
-                .mappings()
-                .first()
+            return self._update(
+                db,
+                j.c.id == runnable,
+                state=str(JobState.RUNNING),
+                worker_id=worker_id,
+                lease_owner=owner.token if owner else None,
+                lease_until=self._now(lease_s),
+                attempts=j.c.attempts + 1,
+                started_at=func.coalesce(j.c.started_at, self._now()),
             )
-        return None if row is None else job_from_row(row)
 
     def _owned(self, db: Connection, job_id: str, worker_id: str) -> Job:
         job = self._get(db, job_id, lock=True)
@@ -354,11 +336,18 @@ class SqlJobStore:
             )
         return job
 
+    def _update(self, db: Connection, where: ColumnElement[bool], **values: Any) -> Job | None:
+        """Update the job matching ``where`` (``updated_at`` now) and return it, or None."""
+        j = self._jobs
+        return self._job(
+            db, update(j).where(where).values(updated_at=self._now(), **values).returning(j)
+        )
+
     def _set(self, db: Connection, job_id: str, **values: Any) -> Job:
         """Update one job (``updated_at`` now) and return it."""
-        j = self._jobs
-        stmt = update(j).where(j.c.id == job_id).values(updated_at=self._now(), **values)
-        return job_from_row(db.execute(stmt.returning(j)).mappings().one())
+        job = self._update(db, self._jobs.c.id == job_id, **values)
+        assert job is not None
+        return job
 
     def heartbeat(self, job_id: str, worker_id: str, *, lease_s: float) -> None:
         """Extend the lease of a running job held by ``worker_id``."""
