@@ -11,6 +11,7 @@ Building and running the images and the stack: ``tests/docker/``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -173,3 +174,63 @@ def test_entrypoint_command_runs() -> None:
         )
         assert proc.returncode == 0, proc.stderr
         assert "ct-triage" in proc.stdout
+
+
+def test_extra_ca_certs_are_trusted_for_https(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CT_TRIAGE_EXTRA_CA_CERTS (the run-time CA hook): a server signed by a private CA is
+    refused before and trusted after, as DICOMweb over HTTPS through a hospital CA."""
+    import http.server
+    import ssl
+    import threading
+
+    import requests
+    from tlsca import make_ca
+
+    from ct_triage.server.startup import install_extra_ca
+
+    pki = make_ca(tmp_path / "pki", name="Hospital CA")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/"
+    for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    try:
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, timeout=10)
+        folder = tmp_path / "extra"
+        folder.mkdir()
+        (folder / "hospital.crt").write_bytes(pki.ca_cert.read_bytes())
+        bundle = install_extra_ca(folder, workdir=tmp_path)
+        assert requests.get(url, timeout=10).status_code in (200, 404)
+        assert bundle.read_text().count("BEGIN CERTIFICATE") > 100  # the public roots stay
+    finally:
+        server.shutdown()
+        for var in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"):
+            os.environ.pop(var, None)
+
+
+def test_extra_ca_certs_without_a_certificate_is_one_line(tmp_path: Path) -> None:
+    from ct_triage.server.startup import StartupError, install_extra_ca
+
+    (tmp_path / "empty.pem").write_text("not a certificate\n")
+    with pytest.raises(StartupError, match="no PEM certificate found"):
+        install_extra_ca(tmp_path / "empty.pem", workdir=tmp_path)
+
+
+def test_health_url_follows_the_configured_port_and_scheme(tmp_path: Path) -> None:
+    from ct_triage.server.startup import health_url
+
+    s = Settings(data_dir=tmp_path, http_port=18001)
+    assert health_url(s) == "http://127.0.0.1:18001/healthz"
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    s = Settings(
+        data_dir=tmp_path, http_host="::1", http_port=8443, http_tls_cert=cert, http_tls_key=cert
+    )
+    assert health_url(s) == "https://[::1]:8443/healthz"

@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, cast
@@ -274,12 +275,25 @@ class StorageSCP:
             " (TLS)" if self._ssl_context else "",
         )
 
+    #: How long :meth:`stop` lets open associations finish (a sender mid-series completes
+    #: it, instead of having its remaining C-STOREs refused by a closed spool).
+    DRAIN_S: float = 20.0
+
     def stop(self) -> None:
-        """Stop listening and close open associations (idempotent)."""
+        """Stop listening, let open associations finish for up to :attr:`DRAIN_S` seconds,
+        then abort the rest (idempotent)."""
         if self._server is None:
             return
-        self._server.shutdown()
+        server = self._server
+        server.shutdown()  # no new associations from here on
+        open_assocs = server.active_associations
         self._server = None
+        deadline = time.monotonic() + self.DRAIN_S
+        for assoc in open_assocs:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+            if assoc.is_alive():
+                logger.warning("association still open after %g s: aborted", self.DRAIN_S)
+                assoc.abort()
         logger.info("Storage SCP %s stopped", self.ae_title)
 
     def __enter__(self) -> StorageSCP:
