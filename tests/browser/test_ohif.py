@@ -3,7 +3,7 @@
 A synthetic chest CT is analysed (``ct-triage analyze``, the shipped model) and the CT and
 every result object are stored in a test Orthanc. OHIF's prebuilt ``dist/``
 (``scripts/install-ohif.sh``) is served same-origin with a ``/dicom-web`` proxy to Orthanc
-(:mod:`ohif_server`), and Playwright drives ``/usr/bin/chromium`` (SwiftShader WebGL):
+(:mod:`browser.ohif_server`), and Playwright drives ``/usr/bin/chromium`` (SwiftShader WebGL):
 
 1. the study opens on the CT;
 2. the SEG, double-clicked, is drawn over the CT: the viewport has many more coloured pixels
@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 import pytest
-from ohif_server import OhifServer, ohif_dist
+from browser.ohif_server import OhifServer, ohif_dist
 from orthanc import OrthancServer, free_port, orthanc_available
 from PIL import Image
 

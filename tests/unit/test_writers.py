@@ -462,16 +462,16 @@ def test_sr_round_trip(
     planar = report.get_planar_roi_measurement_groups()
     assert len(planar) == 2
     sections = largest_cross_sections(make_segmentation())
-    for group, section in zip(planar, sections, strict=True):
-        region = group.roi
-        assert region is not None
+    for outlined, section in zip(planar, sections, strict=True):
+        region = outlined.roi
+        assert isinstance(region, hd.sr.ImageRegion)
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         data = region.value
         np.testing.assert_allclose(data, section.outline)
         assert (data[0] == data[-1]).all()
-        (ref,) = region.ContentSequence[0].ReferencedSOPSequence
-        assert ref.ReferencedSOPInstanceUID == source[section.slice_index].SOPInstanceUID
-        assert _values(group, codes.AREA)[0][:2] == (r(section.area_mm2), "mm2")
+        (image,) = region.ContentSequence[0].ReferencedSOPSequence
+        assert image.ReferencedSOPInstanceUID == source[section.slice_index].SOPInstanceUID
+        assert _values(outlined, codes.AREA)[0][:2] == (r(section.area_mm2), "mm2")
     assert [s.kind for s in sections] == [LesionLabel.GGO, LesionLabel.CONSOLIDATION]
     # every container is SEPARATE, so renderers label each value (dsr2html: "Volume: ...")
     containers = [i for i in _walk(sr_ds.ContentSequence) if i.ValueType == "CONTAINER"]
@@ -561,7 +561,9 @@ def test_outlines_sr_has_only_image_coordinate_groups(
     assert "outlines" in ds.SeriesDescription
     assert DISCLAIMER_SHORT in ds.SeriesDescription
     sr = hd.sr.srread(path)
-    groups = sr.content.get_image_measurement_groups()
+    content = sr.content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    groups = content.get_image_measurement_groups()
     assert len(groups) == len(sections) == 2
     for group, section in zip(groups, sections, strict=True):
         # every group: one Area measurement inferred from the outline on its CT slice
@@ -572,7 +574,7 @@ def test_outlines_sr_has_only_image_coordinate_groups(
         np.testing.assert_allclose(scoord.value, section.outline)
         (ref,) = scoord.ContentSequence[0].ReferencedSOPSequence
         assert ref.ReferencedSOPInstanceUID == source[section.slice_index].SOPInstanceUID
-    assert not sr.content.get_volumetric_roi_measurement_groups()
+    assert not content.get_volumetric_roi_measurement_groups()
     texts = [i.TextValue for i in _walk(ds.ContentSequence) if i.ValueType == "TEXT"]
     assert DISCLAIMER in texts
     with pytest.raises(ValueError, match="no sections"):

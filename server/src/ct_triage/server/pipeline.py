@@ -101,9 +101,9 @@ def write_not_analysed(
     )
     page = write_summary(declined_page(header=headers[0], reason=reason, model=identity))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for ds, path in ((sr, files[0]), (page, files[1])):
+    for obj, path in ((sr, files[0]), (page, files[1])):
         tmp = path.with_name(path.name + ".tmp")
-        save_dataset(ds, tmp)
+        save_dataset(obj, tmp)
         tmp.replace(path)
     return files
 

@@ -541,13 +541,14 @@ def _outline_group(
 
 
 def write_outlines_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
-    """A second TID 1500 SR holding only the planar outline groups (TID 1410) of ``req``.
+    """A second TID 1500 SR holding only the lesion outlines of ``req`` (``sr-outlines.dcm``).
 
     OHIF (3.13) lists SR measurements only when every measurement group has image
     coordinates: a volumetric or whole-lung group (no SCOORD) makes it throw and blank the
     viewport. The full report (:func:`write_sr`) keeps every group; this one, in its own
-    series, carries the largest lesion outline of each lung with its area, referenced to the
-    CT slice, plus the disclaimer, so a viewer's measurement panel lists them.
+    series, carries the largest lesion outline of each lung as one TID 1501 group per lung
+    (:func:`_outline_group`: the Area inferred from the outline SCOORD on its CT slice), plus
+    the disclaimer, so a viewer's measurement panel lists them.
 
     Raises
     ------

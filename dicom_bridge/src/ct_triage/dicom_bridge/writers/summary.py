@@ -158,7 +158,9 @@ def result_page(
     fit = PAGE_WIDTH - 2 * _MARGIN
     if montage.shape[1] > fit:  # one page width, so the numbers stay legible on screen
         height = max(1, round(montage.shape[0] * fit / montage.shape[1]))
-        resized = Image.fromarray(montage, mode="RGB").resize((fit, height), Image.LANCZOS)
+        resized = Image.fromarray(montage, mode="RGB").resize(
+            (fit, height), Image.Resampling.LANCZOS
+        )
         montage = np.asarray(resized, dtype=np.uint8)
     middle = len(source) // 2
     return SummaryPage(
