@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pydicom
 import pytest
 from triton_server import (
     MODEL,
@@ -290,3 +291,28 @@ def test_analyze_when_the_server_stays_down_fails_in_one_line(
     assert "Triton pool unavailable" in err[0]
     assert not out.exists()
     assert sorted(study.rglob("*.dcm")) == files  # the input is untouched
+
+
+def test_analyze_with_local_fallback_when_the_pool_is_down(
+    server: TritonServer,
+    study: Path,
+    local_report: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CT_TRIAGE_TRITON_FALLBACK=local: the study is analysed on the site's CPU, the same
+    result as the local runtime, and the report says which runtime produced it."""
+    proxy = RecordingProxy(server.http_port)
+    proxy.refuse = True
+    _env(monkeypatch, runtime="triton", triton_url=proxy.url, triton_fallback="local")
+    _env(monkeypatch, triton_retries="1", triton_retry_backoff_s="0.1", triton_timeout_s="2")
+    out = tmp_path / "out"
+    try:
+        assert main(["analyze", str(study), "--out", str(out)]) == 0
+    finally:
+        proxy.close()
+    report = json.loads((out / "report.json").read_text())
+    _same_result(report, local_report)
+    assert report["model"]["execution_provider"] == "CPUExecutionProvider (local fallback)"
+    seg = pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True)
+    assert "local fallback" in str(seg.to_json_dict())

@@ -400,11 +400,7 @@ class TritonPredictor:
 
     def _is_transient(self, exc: Exception) -> bool:
         if isinstance(exc, self._utils.InferenceServerException):
-            status = str(exc.status())
-            # tritonclient.http reports a dropped connection as a status-less exception
-            return status in _TRANSIENT or (
-                exc.status() is None and "model" not in str(exc).lower()
-            )
+            return str(exc.status()) in _TRANSIENT
         # refused, reset, timed out, or an HTTP exchange cut short (geventhttpclient)
         return isinstance(exc, OSError | EOFError | http.client.HTTPException)
 
