@@ -224,9 +224,15 @@ def test_factory_triton_unreachable(manifest: Manifest) -> None:
 
     if not is_available("http"):
         pytest.skip("tritonclient[http] is not installed (the 'triton' extra)")
-    cfg = RuntimeConfig(kind="triton", triton_url="127.0.0.1:9", triton_timeout_s=2)
-    with pytest.raises(RuntimeUnavailable, match=r"127\.0\.0\.1:9"):
-        create_predictor(cfg, WEIGHTS_DIR)
+    from ct_triage.models.errors import InferenceError
+
+    cfg = RuntimeConfig(
+        kind="triton", triton_url="127.0.0.1:9", triton_timeout_s=2, triton_retry_backoff_s=0.01
+    )
+    # a site starts while its pool is down (it keeps receiving); a study then fails, naming it
+    predictor = create_predictor(cfg, WEIGHTS_DIR)
+    with pytest.raises(InferenceError, match=r"Triton pool unavailable.*127\.0\.0\.1:9"):
+        predictor.predict(np.zeros((1, 1, 224, 224), np.float32))
 
 
 # -- FP16 variant -------------------------------------------------------------------------------

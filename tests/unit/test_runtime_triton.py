@@ -234,3 +234,20 @@ def test_generated_python_backend_repository(tmp_path: Path, manifest: Manifest)
     assert cfg["instance_group"] == [{"count": 1, "kind": "KIND_CPU"}]
     with pytest.raises(ValueError, match="CPU"):
         TritonModelSpec(tensorrt=False, backend="python")
+
+
+def test_site_settings_reach_the_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from ct_triage.server.settings import Settings
+
+    monkeypatch.setenv("CT_TRIAGE_RUNTIME", "triton")
+    monkeypatch.setenv("CT_TRIAGE_TRITON_URL", "pool:8001")
+    monkeypatch.setenv("CT_TRIAGE_SITE_ID", "hospital-a")
+    monkeypatch.setenv("CT_TRIAGE_TRITON_FALLBACK", "local")
+    monkeypatch.setenv("CT_TRIAGE_TRITON_RETRIES", "5")
+    cfg = Settings(data_dir=tmp_path).runtime_config()
+    assert (cfg.triton_site_id, cfg.triton_fallback, cfg.triton_retries) == ("hospital-a", "local", 5)
+    monkeypatch.setenv("CT_TRIAGE_SITE_ID", "DOE^JOHN 19700101")  # not an opaque label
+    with pytest.raises(ValidationError, match="site_id"):
+        Settings(data_dir=tmp_path)
