@@ -356,7 +356,7 @@ def test_compose_stack_push_restart_and_volumes(images: Images, tmp_path: Path) 
         _storescu(stack.ports["ORTHANC_DICOM_PORT"], studies[first_uid])
         counts = _wait(
             "SEG, SR and overlay in Orthanc",
-            lambda: _complete(c := stack.results(first_uid)) and c,
+            lambda: c if _complete(c := stack.results(first_uid)) else None,
             240,
             0.5,
         )
