@@ -152,7 +152,7 @@ def test_batch_by_accession_end_to_end(
             out = io.StringIO()
             t0 = time.monotonic()
             try:
-                progress = follow_batch(store, batch.id, out=out, interval_s=1.0, timeout_s=240)
+                progress = follow_batch(store, batch.id, out=out, interval_s=1.0, timeout_s=600)
                 _wait(lambda: not bridge.outbox.pending(), 60)
             finally:
                 stop.set()
