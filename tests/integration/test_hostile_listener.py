@@ -36,7 +36,9 @@ from dicom_factory import SeriesSpec, write_series
 from hostile_series import analyze_env, run_analyze, write_small_phantom
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -178,6 +180,27 @@ BAD = {
     "no-orientation": _no_orientation,
     "zero-spacing": _zero_spacing,
 }
+
+
+def test_incomplete_c_store_command_is_answered_and_the_series_goes_on(
+    scp: StorageSCP, spool: Spool, phantom: list[Path]
+) -> None:
+    """An empty SOP Instance UID: pynetdicom drops such a request unanswered.
+
+    Found by the listener fuzzer (random run): the sender waited for its DIMSE timeout, then
+    aborted the association with the rest of its series unsent. Now the request is answered
+    0xC000 at once and the next instances of the same association are stored.
+    """
+    good = [_read(p) for p in phantom]
+    bad = _read(phantom[5])
+    bad._dict[Tag(0x00080018)] = RawDataElement(Tag(0x00080018), "UI", 0, b"", 0, False, True)
+    series = str(bad.SeriesInstanceUID)
+    answers = _send(scp.port, [*good[:5], bad, *good[6:]])
+    assert answers[5] == Answer(
+        STATUS_CANNOT_UNDERSTAND, "C-STORE request incomplete: Affected SOP UID"
+    )
+    assert answers[:5] + answers[6:] == [Answer(STATUS_SUCCESS, "")] * (N_SLICES - 1)
+    assert len(spool.instance_uids(series)) == N_SLICES - 1
 
 
 @pytest.mark.parametrize("spoil", list(BAD))

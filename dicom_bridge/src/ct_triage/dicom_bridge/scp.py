@@ -248,6 +248,7 @@ class StorageSCP:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
@@ -314,6 +315,14 @@ class StorageSCP:
         with self._stats_lock:
             self._stats[id(event.assoc)] = _AssocStats(calling)
         logger.info("association from %s (%s) accepted", calling, event.assoc.requestor.address)
+        # pynetdicom's own DIMSE logging handlers run before ours on the same events and
+        # raise on a command without an Affected SOP Instance UID, which stops the handler
+        # loop before _on_dimse_recv. They only write DEBUG lines; this association drops them.
+        for event_type in (evt.EVT_DIMSE_RECV, evt.EVT_DIMSE_SENT):
+            for bound in list(event.assoc.get_handlers(event_type)):
+                handler = bound[0] if isinstance(bound, tuple) else bound
+                if callable(handler) and handler != self._on_dimse_recv:
+                    event.assoc.unbind(event_type, handler)
 
     def _on_rejected(self, event: evt.Event) -> None:
         logger.warning(
@@ -359,6 +368,42 @@ class StorageSCP:
             stats = self._stats.get(id(event.assoc))
             if stats is not None:
                 stats.series[series_uid] = stats.series.get(series_uid, 0) + 1
+
+    def _on_dimse_recv(self, event: evt.Event) -> None:
+        """Answer a C-STORE request pynetdicom would silently drop.
+
+        pynetdicom ignores a request whose command lacks a required field (an empty or
+        over-long Affected SOP Instance UID, say): no handler runs, no response is sent, and
+        the sender waits for its DIMSE timeout, then aborts the association with the rest of
+        its series unsent. Such a request gets a failure status (0xC000) here instead, so the
+        sender moves on to its next instance. Runs in the association's reader thread, before
+        pynetdicom dispatches the message.
+        """
+        message = event.message
+        if getattr(message, "command_set", None) is None:
+            return
+        try:
+            request = message.message_to_primitive()
+        except Exception:  # pynetdicom aborts the association on an undecodable message
+            return
+        if not isinstance(request, C_STORE) or request.is_valid_request:
+            return
+        if request.MessageID is None:
+            return  # no way to address a response
+        logger.warning(
+            "C-STORE from %s refused (0x%04X): the request's command is incomplete "
+            "(Affected SOP Instance/Class UID missing or invalid)",
+            str(event.assoc.requestor.ae_title).strip(),
+            STATUS_CANNOT_UNDERSTAND,
+        )
+        self._count(event, "failed")
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = request.MessageID
+        if request.AffectedSOPClassUID is not None:
+            response.AffectedSOPClassUID = request.AffectedSOPClassUID
+        response.Status = STATUS_CANNOT_UNDERSTAND
+        response.ErrorComment = "C-STORE request incomplete: Affected SOP UID"
+        event.assoc.dimse.send_msg(response, int(message.context_id))
 
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
         """Storage SCP (PS3.4 B.2.2): validate, spool durably, then acknowledge."""
