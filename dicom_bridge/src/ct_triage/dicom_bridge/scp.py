@@ -380,7 +380,7 @@ class StorageSCP:
         pynetdicom dispatches the message.
         """
         message = event.message
-        if getattr(message, "command_set", None) is None:
+        if getattr(message, "command_set", None) is None or message.context_id is None:
             return
         try:
             request = message.message_to_primitive()
@@ -402,8 +402,8 @@ class StorageSCP:
         if request.AffectedSOPClassUID is not None:
             response.AffectedSOPClassUID = request.AffectedSOPClassUID
         response.Status = STATUS_CANNOT_UNDERSTAND
-        response.ErrorComment = "C-STORE request incomplete: Affected SOP UID"
-        event.assoc.dimse.send_msg(response, int(message.context_id))
+        response.ErrorComment = "C-STORE request incomplete: Affected SOP UID"  # type: ignore[assignment]
+        event.assoc.dimse.send_msg(response, message.context_id)
 
     def _on_c_store(self, event: evt.Event) -> int | Dataset:
         """Storage SCP (PS3.4 B.2.2): validate, spool durably, then acknowledge."""
