@@ -4,6 +4,8 @@
 # starts dockerd itself when it is not running).
 set -euo pipefail
 PKGS="dicom3tools orthanc orthanc-dicomweb docker-compose postgresql chromium dcmtk docker.io debootstrap"
+# The Python-backend stub of the tests' tritonserver (nvidia-pytriton) links libpython3.11.
+PKGS="$PKGS libpython3.11"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 # npm fetches the OHIF viewer of the browser test (scripts/install-ohif.sh); NodeSource's
