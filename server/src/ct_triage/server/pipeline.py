@@ -351,14 +351,17 @@ def analyze_series(
         atomic_output_dir(out_dir) as staging,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="result-writers") as pool,
     ):
-        # Two lines of work after the segmentation, one per core: the quantification, then
-        # the overlay series and the preview (NumPy, zlib: they release the GIL) in a thread,
-        # beside the SEG writer (pure-Python DICOM encoding). The SR needs the SEG and the
-        # quantification, the preview the quantification. Each task runs in a copy of the
+        # Two lines of work after the segmentation, one per core: the quantification, the
+        # SR's lesion outlines, then the overlay series, the preview and the summary page
+        # (NumPy, zlib: they release the GIL) in a thread, beside the SEG writer (pure-Python
+        # DICOM encoding). The SR needs the SEG, the quantification and the outlines; the
+        # preview and the summary the quantification. Each task runs in a copy of the
         # caller's context (the job id of the log lines).
         measured = pool.submit(
             contextvars.copy_context().run, _quantify, series, segmentation, options, timer
         )
+        # the SR's lesion outlines, found while the SEG is encoded (before the images)
+        sections = pool.submit(contextvars.copy_context().run, largest_cross_sections, segmentation)
         images = pool.submit(
             contextvars.copy_context().run,
             _write_images,
@@ -382,7 +385,7 @@ def analyze_series(
                 quantification=quant,
                 model=identity,
                 previous_versions=previous,
-                sections=largest_cross_sections(segmentation),
+                sections=sections.result(),
             )
             sr = write_sr(request)
             save_dataset(sr, staging / "sr.dcm")

@@ -48,7 +48,7 @@ DECLINED_DESCRIPTION: Final = f"AI not analysed - {DISCLAIMER_SHORT}"[:64]
 #: Width of the page in pixels (a wider montage is scaled down to fit).
 PAGE_WIDTH: Final = 1024
 #: Height of the image tiles on the page.
-TILE_HEIGHT: Final = 512
+TILE_HEIGHT: Final = 320
 _FONT_SIZE: Final = 18
 _MARGIN: Final = 12
 
