@@ -27,6 +27,7 @@ from pydicom.uid import CTImageStorage
 from pynetdicom import AE
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
+from ct_triage.models.errors import StudyDeclined
 from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.phantom import generate, spec_from_seed
 from ct_triage.server.bridge import Bridge
@@ -616,3 +617,37 @@ def test_retractors_against_orthanc(pacs: tuple[OrthancServer, int], study: list
     assert rest.retract_series(study_uid, [series_uid]) == 1
     assert orthanc.get("/series") == []
     assert rest.retract_series(study_uid, [series_uid]) == 0  # already gone: idempotent
+
+
+def test_declined_pulled_study_gets_its_not_analysed_objects_once(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    """The pull path of ``serve`` (a PULL job: retrieve, then analyse the study folder): a
+    study with only a localizer series is declined, and its "not analysed" SR and page land
+    in Orthanc once, however often the job is retried."""
+    orthanc, our_port = pacs
+    scout = _variant(
+        study,
+        tmp_path / "scout",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        SeriesDescription="Scout",
+    )
+    orthanc.upload(scout)
+    source = pydicom.dcmread(scout[0], stop_before_pixels=True)
+    uid = str(source.StudyInstanceUID)
+    settings = _settings(tmp_path, orthanc, our_port, retrieve_method="c-get", dicom_port=None)
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        assert bridge.retrieve_study(uid) == len(scout)
+        out = bridge.job_result_dir("pull:" + uid)
+        for _ in range(2):  # a retried job decides again: nothing new is sent
+            with pytest.raises(StudyDeclined, match="localizer"):
+                bridge.analyse_study_folder(uid, out)
+            _drain(bridge)
+        wait_until(lambda: orthanc.series_by_modality("SR"), 30)
+        time.sleep(1.0)  # a second copy would arrive now
+        srs = orthanc.series_by_modality("SR")
+        pages = orthanc.series_by_modality("OT")
+        assert [len(s["Instances"]) for s in srs] == [1]
+        assert [len(s["Instances"]) for s in pages] == [1]
+        assert "not analysed" in pages[0]["MainDicomTags"]["SeriesDescription"]
+        assert not orthanc.series_by_modality("SEG")
