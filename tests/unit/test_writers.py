@@ -22,6 +22,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
+from scipy import ndimage
 
 from ct_triage.dicom_bridge.part10 import save_dataset
 from ct_triage.dicom_bridge.writers import codes
@@ -520,19 +521,29 @@ def test_dsr2html_labels_the_values(tmp_path: Path, sr_ds: Dataset) -> None:
     assert "Area: " in text
 
 
+def _shoelace(outline: npt.NDArray[np.float64]) -> float:
+    x, y = outline[:, 0], outline[:, 1]
+    return 0.5 * abs(float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1])))
+
+
 def test_planar_outline_and_sections() -> None:
     square = np.zeros((8, 8), bool)
     square[2:5, 3:7] = True
-    outline = trace_outline(square)
-    # boundary pixel centres, clockwise from the top-left pixel, closed
-    assert outline[0].tolist() == [3.5, 2.5]
-    assert outline[-1].tolist() == [3.5, 2.5]
-    assert {tuple(p) for p in outline.tolist()} == {
-        (c + 0.5, r + 0.5) for r in range(2, 5) for c in range(3, 7) if r != 3 or c in (3, 6)
-    }
+    # the pixel edges, clockwise from the top-left corner, closed: x = column, y = row
+    assert trace_outline(square).tolist() == [[3, 2], [7, 2], [7, 5], [3, 5], [3, 2]]
     single = np.zeros((4, 4), bool)
-    single[1, 2] = True  # one pixel: its edges
+    single[1, 2] = True
     assert trace_outline(single).tolist() == [[2, 1], [3, 1], [3, 2], [2, 2], [2, 1]]
+    diagonal = np.eye(4, dtype=bool)  # pixels touching at corners: one 8-connected region
+    assert _shoelace(trace_outline(diagonal)) == 4.0
+    rng = np.random.default_rng(7)
+    for _ in range(50):  # the outline encloses exactly the region's pixels
+        blob = ndimage.gaussian_filter(rng.random((32, 32)), 2.5) > 0.5
+        labels, n = ndimage.label(blob, structure=np.ones((3, 3), bool))
+        if n == 0:
+            continue
+        region = ndimage.binary_fill_holes(labels == 1 + np.argmax(np.bincount(labels.ravel())[1:]))
+        assert _shoelace(trace_outline(region)) == np.count_nonzero(region)
     seg = make_segmentation()
     right, left = largest_cross_sections(seg)
     assert (right.side, left.side) == ("right", "left")
@@ -540,6 +551,8 @@ def test_planar_outline_and_sections() -> None:
     assert 9 <= left.slice_index <= 10
     assert right.area_mm2 == pytest.approx(10 * 12 * 0.75 * 0.75)
     assert left.area_mm2 == pytest.approx(10 * 10 * 0.75 * 0.75)
+    for section in (right, left):  # the outline encloses the reported area
+        assert _shoelace(section.outline) * 0.75 * 0.75 == pytest.approx(section.area_mm2)
     empty = Segmentation(seg.lungs, np.zeros_like(seg.lesions), seg.spacing)
     assert largest_cross_sections(empty) == ()
 

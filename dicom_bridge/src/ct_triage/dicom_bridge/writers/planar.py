@@ -4,11 +4,12 @@ Viewers that list SR measurements by image coordinates (OHIF's measurement panel
 only planar groups with a spatial coordinate (TID 1410, SCOORD in PS3.3 C.18.6). For each
 lung this module finds the axial slice where that lung's lesions cover the largest area,
 takes the largest connected lesion region there (holes filled), and traces its outline
-through the centres of its boundary pixels (Moore-neighbour tracing, closed).
+along the outer edges of its pixels (closed), so the area the outline encloses is the area
+reported.
 
 Coordinates are DICOM image coordinates (PS3.3 C.18.6.1.2: column, row; the top-left corner
-of the top-left pixel is ``0.0\\0.0``, so the centre of pixel ``(r, c)`` is
-``(c + 0.5, r + 0.5)``). NumPy and SciPy only; no DICOM here.
+of the top-left pixel is ``0.0\\0.0``, so pixel ``(r, c)`` spans ``c..c+1`` by ``r..r+1``).
+NumPy and SciPy only; no DICOM here.
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ from ct_triage.models.segmentation import LesionLabel, LungLabel, Segmentation
 
 #: At most this many outline points per section (longer outlines are evenly thinned).
 MAX_OUTLINE_POINTS: Final = 400
-
-#: Moore neighbourhood, clockwise from west (row, column offsets).
-_NEIGHBOURS: Final = ((0, -1), (-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,58 +54,71 @@ class KeySection:
 
 
 def trace_outline(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float64]:
-    """Closed outline of one 8-connected region through its boundary pixel centres.
+    """Closed outline of one 8-connected region along its pixels' outer edges.
+
+    The polygon follows the pixel edges between the region and the background, clockwise,
+    with collinear points merged, so the area it encloses is exactly the region's pixel
+    count (holes are not outlined: fill them first). Where two pixels of the region touch
+    only at a corner, the outline passes through that corner (8-connectivity).
 
     Parameters
     ----------
     mask
-        2-D boolean mask holding exactly one 8-connected region.
+        2-D boolean mask holding exactly one 8-connected region without holes.
 
     Returns
     -------
     numpy.ndarray
-        ``(n, 2)`` (column, row) DICOM image coordinates, ``n >= 4``, first == last. A
-        region too small to have three boundary pixels (one or two pixels, a thin line) is
-        outlined by its bounding box's pixel edges instead.
+        ``(n, 2)`` (column, row) DICOM image coordinates of pixel corners, ``n >= 5``,
+        first == last. Outlines longer than :data:`MAX_OUTLINE_POINTS` are evenly thinned
+        (the enclosed area is then approximate).
     """
     if mask.ndim != 2 or not mask.any():
         raise ValueError("mask must be a non-empty 2-D array")
-    padded = np.pad(mask.astype(bool), 1)
-    rows, cols = np.nonzero(padded)
-    start = (int(rows[0]), int(cols[0]))  # top-most, then left-most: its west is empty
+    m = np.pad(mask.astype(bool), 1)
+    rows, cols = np.nonzero(m)
+    # directed boundary edges (x, y) -> (x, y) on pixel corners, interior on the right
+    # (image coordinates, y down): top east, right south, bottom west, left north
+    outgoing: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        if not m[r - 1, c]:
+            outgoing.setdefault((c, r), []).append((c + 1, r))
+        if not m[r, c + 1]:
+            outgoing.setdefault((c + 1, r), []).append((c + 1, r + 1))
+        if not m[r + 1, c]:
+            outgoing.setdefault((c + 1, r + 1), []).append((c, r + 1))
+        if not m[r, c - 1]:
+            outgoing.setdefault((c, r + 1), []).append((c, r))
+    start = (int(cols[0]), int(rows[0]))  # top-left corner of the top-most, left-most pixel
     points = [start]
-    current, back = start, 0  # we "came" from the west neighbour
-    seen: set[tuple[int, int, int]] = set()
-    while True:
-        for i in range(1, 9):
-            d = (back + i) % 8
-            nxt = (current[0] + _NEIGHBOURS[d][0], current[1] + _NEIGHBOURS[d][1])
-            if padded[nxt]:
-                break
+    heading = (1, 0)
+    vertex = start
+    for _ in range(4 * len(rows) + 4):
+        options = outgoing[vertex]
+        if len(options) == 1:
+            nxt = options[0]
+        else:  # a corner where two pixels touch diagonally: turn left, stay 8-connected
+            left = (heading[1], -heading[0])
+            nxt = next(
+                (o for o in options if (o[0] - vertex[0], o[1] - vertex[1]) == left),
+                options[0],
+            )
+        options.remove(nxt)
+        step = (nxt[0] - vertex[0], nxt[1] - vertex[1])
+        if step == heading and len(points) > 1:
+            points[-1] = nxt  # collinear: extend the current side
         else:
-            break  # an isolated pixel
-        prev_d = (d - 1) % 8
-        prev = (current[0] + _NEIGHBOURS[prev_d][0], current[1] + _NEIGHBOURS[prev_d][1])
-        back = _NEIGHBOURS.index((prev[0] - nxt[0], prev[1] - nxt[1]))
-        state = (nxt[0], nxt[1], back)
-        if state in seen:
+            points.append(nxt)
+        heading, vertex = step, nxt
+        if vertex == start:
             break
-        seen.add(state)
-        current = nxt
-        if current == start and len(points) > 1:
-            break
-        points.append(current)
-    distinct = {p for p in points}
-    if len(distinct) < 3:
-        r0, r1 = int(rows.min()) - 1, int(rows.max())
-        c0, c1 = int(cols.min()) - 1, int(cols.max())
-        box = [(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)]
-        return np.asarray(box, dtype=np.float64)
+    if points[-1] != start:
+        raise ValueError("outline did not close: the mask holds more than one region")
     if len(points) > MAX_OUTLINE_POINTS:
         keep = np.linspace(0, len(points) - 1, MAX_OUTLINE_POINTS).round().astype(int)
         points = [points[k] for k in sorted(set(keep.tolist()))]
-    rc = np.asarray([*points, points[0]], dtype=np.float64) - 1.0 + 0.5
-    return rc[:, ::-1].copy()
+        points[-1] = points[0]
+    return np.asarray(points, dtype=np.float64) - 1.0  # undo the padding
 
 
 def largest_cross_sections(segmentation: Segmentation) -> tuple[KeySection, ...]:
