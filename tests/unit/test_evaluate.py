@@ -16,18 +16,13 @@ import numpy.typing as npt
 import pytest
 
 from ct_triage.models.errors import InferenceError, InvalidInput, ModelError, RuntimeUnavailable
+from ct_triage.models.evaluation.cases import load_case
+from ct_triage.models.evaluation.output import format_table, write_json
+from ct_triage.models.evaluation.scoring import SUMMARY_METRICS, EvaluationReport, evaluate
 from ct_triage.models.identity import DISCLAIMER, ModelIdentity
 from ct_triage.models.metrics import class_dice, dice, percent_involved
 from ct_triage.models.segmentation import Segmentation
 from ct_triage.models.volume import Volume
-from ct_triage.server.evaluate import (
-    SUMMARY_METRICS,
-    EvaluationReport,
-    evaluate,
-    format_table,
-    load_case,
-    write_json,
-)
 
 IDENTITY = ModelIdentity(
     name="fake-lesion-model", version="0.0.1", sha256="ab" * 32, provider="fake"

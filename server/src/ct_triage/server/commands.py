@@ -109,8 +109,8 @@ def demo(out: Path, settings: Settings, *, seed: int) -> AnalysisResult:
 
 def evaluate(data: Path, json_out: Path, settings: Settings) -> str:
     """``ct-triage evaluate``: score the model; returns the printed table."""
-    from ct_triage.server.evaluate import evaluate as run_evaluation
-    from ct_triage.server.evaluate import format_table, write_json
+    from ct_triage.models.evaluation.output import format_table, write_json
+    from ct_triage.models.evaluation.scoring import evaluate as run_evaluation
 
     model = load_model(settings)
     report = run_evaluation(data, model, model.identity)
