@@ -242,3 +242,20 @@ def test_fast_on_a_full_size_volume() -> None:
     elapsed = time.perf_counter() - start
     assert q.lesion_volume_ml.ggo == pytest.approx(50 * 100 * 100 * 0.49 / 1000)
     assert elapsed < 2.0  # ~0.3 s on 2 cores; generous for loaded CI machines
+
+
+def test_report_evaluation_and_phantom_truth_share_one_percent_involved() -> None:
+    """quantify's percentages equal those of metrics.percent_involved, exactly (issue 20)."""
+    from ct_triage.models.metrics import percent_involved, percent_of_lung
+
+    rng = np.random.default_rng(20)
+    lungs, _ = _blocks()
+    labels = (rng.random(lungs.shape) < 0.3) * rng.integers(1, 3, lungs.shape)
+    lesions = np.where(lungs > 0, labels, 0).astype(np.uint8)
+    q = quantify(Segmentation(lungs, lesions, SPACING))
+    assert q.percent_involvement.right == percent_involved(lesions, lungs == LungLabel.RIGHT)
+    assert q.percent_involvement.left == percent_involved(lesions, lungs == LungLabel.LEFT)
+    assert q.percent_involvement.total == percent_involved(lesions, lungs)
+    assert percent_of_lung(3, 0) is None
+    assert percent_of_lung(0, 7) == 0.0
+    assert percent_of_lung(1, 8) == 12.5

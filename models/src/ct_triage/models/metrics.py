@@ -13,7 +13,9 @@ Conventions
   truth and the prediction, with the same empty/empty rule.
 * **Percent of lung involved** is the number of lesion voxels *inside* the lung divided by the
   number of lung voxels, times 100 (DESIGN.md "quantify"; the truth ``lung_mask`` covers the
-  lesions). It is undefined (``None``) when the lung mask is empty.
+  lesions). It is undefined (``None``) when the lung mask is empty. :func:`percent_of_lung`
+  is the one place this ratio is computed: the report (:mod:`ct_triage.models.quantify`), the
+  evaluation, the phantom truth and ``ct-triage demo`` all use it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["class_dice", "dice", "percent_involved"]
+__all__ = ["class_dice", "dice", "percent_involved", "percent_of_lung"]
 
 
 def _check_same_shape(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> None:
@@ -97,7 +99,26 @@ def percent_involved(
     """
     _check_same_shape(lesions, lungs)
     lung = lungs != 0
-    n_lung = int(np.count_nonzero(lung))
-    if n_lung == 0:
+    n_lesion = int(np.count_nonzero((lesions != 0) & lung))
+    return percent_of_lung(n_lesion, int(np.count_nonzero(lung)))
+
+
+def percent_of_lung(lesion_voxels: int, lung_voxels: int) -> float | None:
+    """Percent of lung involved from voxel counts: ``lesion_voxels / lung_voxels x 100``.
+
+    Parameters
+    ----------
+    lesion_voxels
+        Lesion voxels inside the lung (or lung part) considered.
+    lung_voxels
+        Voxels of that lung (or lung part), lesions included.
+
+    Returns
+    -------
+    float or None
+        The percentage; ``None`` when ``lung_voxels`` is 0 (undefined). The report writes
+        ``0.0`` for a lung with no voxel (``percent_of_lung(...) or 0.0``).
+    """
+    if lung_voxels <= 0:
         return None
-    return 100.0 * int(np.count_nonzero((lesions != 0) & lung)) / n_lung
+    return 100.0 * lesion_voxels / lung_voxels

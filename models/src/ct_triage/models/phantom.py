@@ -47,6 +47,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from ct_triage.models.errors import TriageError
+from ct_triage.models.metrics import percent_involved
 from ct_triage.models.segmentation import LesionLabel, LungLabel
 from ct_triage.models.volume import Volume
 
@@ -1045,8 +1046,7 @@ def percent_involvement(phantom: Phantom) -> dict[str, float]:
         ("left", phantom.lung_labels == LungLabel.LEFT),
         ("total", phantom.lung_labels > 0),
     ):
-        n = int(sel.sum())
-        out[name] = 100.0 * int(phantom.lesion_mask[sel].sum()) / n if n else 0.0
+        out[name] = percent_involved(phantom.lesion_mask, sel) or 0.0
     return out
 
 

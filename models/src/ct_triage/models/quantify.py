@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ct_triage.models.errors import StudyDeclined
+from ct_triage.models.metrics import percent_of_lung
 from ct_triage.models.quality import QualityReport
 from ct_triage.models.segmentation import LesionLabel, LungLabel, Segmentation
 
@@ -308,7 +309,8 @@ def _split(
 
 
 def _percent(lesion_voxels: int, lung_voxels: int) -> float:
-    return 100.0 * lesion_voxels / lung_voxels if lung_voxels > 0 else 0.0
+    """:func:`~ct_triage.models.metrics.percent_of_lung`, 0 for a lung with no voxel."""
+    return percent_of_lung(lesion_voxels, lung_voxels) or 0.0
 
 
 def _triage(percent: float, lesion_ml: float, t: TriageThresholds) -> TriageCategory:

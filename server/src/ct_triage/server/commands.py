@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ct_triage.models.errors import TriageError
 from ct_triage.models.identity import DISCLAIMER
+from ct_triage.models.metrics import percent_involved
 from ct_triage.server.pipeline import AnalysisOptions, AnalysisResult, analyze_study
 from ct_triage.server.settings import Settings
 
@@ -97,13 +98,13 @@ def demo(out: Path, settings: Settings, *, seed: int) -> AnalysisResult:
         import numpy as np
 
         with np.load(truth) as t:
-            lungs, lesions = t["lung_mask"] > 0, t["lesion_mask"] > 0
-            pct = 100.0 * float(np.count_nonzero(lesions & lungs)) / float(np.count_nonzero(lungs))
+            pct = percent_involved(t["lesion_mask"], t["lung_mask"])
         got = result.report["percent_involvement"]["total"]
-        print(
-            f"Sample study (synthetic, exact truth): lung involved {pct:.1f} % in the truth, "
-            f"{got:.1f} % measured ({got - pct:+.1f} percentage points)"
-        )
+        if pct is not None:
+            print(
+                f"Sample study (synthetic, exact truth): lung involved {pct:.1f} % in the truth, "
+                f"{got:.1f} % measured ({got - pct:+.1f} percentage points)"
+            )
     return result
 
 
