@@ -44,6 +44,7 @@ from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION,
 from ct_triage.models.lesions import z_step_for
 from ct_triage.models.quality import assess_quality
 from ct_triage.models.quantify import Quantification, TriageThresholds, quantify
+from ct_triage.models.rounding import round_tree
 from ct_triage.models.segmentation import Segmentation
 from ct_triage.server.outputs import REPORT_NAME, atomic_output_dir, check_output_dir
 from ct_triage.server.timing import StageTimer
@@ -125,17 +126,6 @@ class AnalysisResult:
     report: dict[str, Any]
 
 
-def _round_tree(value: Any) -> Any:
-    """Round every float the way the SR does, so report.json and the SR agree exactly."""
-    if isinstance(value, float):
-        return round_measurement(value)
-    if isinstance(value, dict):
-        return {k: _round_tree(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_round_tree(v) for v in value]
-    return value
-
-
 def build_report(
     *,
     supersedes: dict[str, Any] | None = None,
@@ -152,7 +142,8 @@ def build_report(
     network_slice_step: int = 1,
 ) -> dict[str, Any]:
     """Assemble ``report.json`` (see DESIGN.md, "Contracts")."""
-    q = _round_tree(quant.to_dict())
+    # Every float rounded the way the SR does, so report.json and the SR agree exactly.
+    q = round_tree(quant.to_dict(), round_measurement)
     verdicts = [
         {
             "series": v.label,

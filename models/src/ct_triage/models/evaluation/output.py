@@ -8,23 +8,17 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ct_triage.models.evaluation.scoring import CaseResult, EvaluationReport
+from ct_triage.models.rounding import round_tree
 
 __all__ = ["format_table", "write_json"]
 
 logger = logging.getLogger(__name__)
 
 
-def _round_tree(value: Any, digits: int = 6) -> Any:
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: _round_tree(v, digits) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_round_tree(v, digits) for v in value]
-    return value
+def _six_decimals(value: float) -> float:
+    return round(value, 6)
 
 
 def write_json(report: EvaluationReport, path: Path) -> None:
@@ -38,7 +32,7 @@ def write_json(report: EvaluationReport, path: Path) -> None:
         Destination file; its parent folders are created.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_round_tree(report.to_dict()), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(round_tree(report.to_dict(), _six_decimals), indent=2, allow_nan=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
