@@ -428,3 +428,18 @@ def test_weights_recovered_from_the_shipped_onnx_give_its_output(tmp_path: Path)
     logits[:, 0] -= float(load_manifest(WEIGHTS_DIR).training.background_bias or 0.0)
     got = torch.softmax(logits, dim=1).numpy()
     assert np.abs(got - expected).max() < 1e-3
+
+
+def test_a_phantom_generator_failure_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training set is never silently shortened by a failing phantom (issue 20)."""
+    from ct_triage.models import phantom
+
+    def broken(spec: phantom.PhantomSpec) -> phantom.Phantom:
+        raise phantom.PhantomError(f"cannot build seed {spec.seed}")
+
+    monkeypatch.setattr(phantom, "generate", broken)
+    with pytest.raises(phantom.PhantomError, match="seed 1000"):
+        phantom_samples(2, 64, 10.0, per_volume=2, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("phantom_*.npz"))

@@ -15,7 +15,8 @@ from ct_triage.models.manifest import TrainingInfo
 from ct_triage.models.train.config import CONFIGS, get_config
 from ct_triage.models.train.data import default_data_dir, medseg_split
 from ct_triage.models.train.export import record_metrics, write_model_dir
-from ct_triage.models.train.loop import evaluate_slices, input_spec, train
+from ct_triage.models.train.loop import input_spec, train
+from ct_triage.models.train.measure import evaluate_slices
 
 logger = logging.getLogger("ct_triage.models.train")
 

@@ -35,7 +35,8 @@ from ct_triage.models.manifest import load_manifest
 from ct_triage.models.nets import LesionNetConfig, build_lesion_net
 from ct_triage.models.train.data import load_medseg, medseg_split, phantom_cases
 from ct_triage.models.train.export import record_metrics, write_model_dir
-from ct_triage.models.train.loop import evaluate_slices, phantom_poi_errors, torch_predictor
+from ct_triage.models.train.loop import phantom_poi_errors, torch_predictor
+from ct_triage.models.train.measure import evaluate_slices
 
 logger = logging.getLogger(__name__)
 

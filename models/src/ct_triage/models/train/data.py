@@ -333,7 +333,13 @@ def phantom_samples(
     healthy lung and the fading edges of the phantom lesions. Training seeds start at
     ``seed0`` (1000) and never meet the validation seeds (below 100). With ``cache_dir`` the
     cached slices of each volume are stored there and reused (``.npz``; a phantom takes a few
-    seconds to generate). A generator failure stops the phantom part, never the training.
+    seconds to generate).
+
+    Raises
+    ------
+    ct_triage.models.phantom.PhantomError
+        And any other error of the generator: it stops the run rather than silently train
+        on fewer phantoms than the configuration says.
     """
     if n_volumes <= 0:
         return []
@@ -349,11 +355,7 @@ def phantom_samples(
                     for h, o, n in zip(d["hu"], d["onehot"], d["names"], strict=True)
                 ]
             continue
-        try:
-            samples = _phantom_volume_samples(seed, severity, size, margin_mm, per_volume)
-        except Exception as exc:  # a colleague's generator: never let it stop a training run
-            logger.warning("phantom %d failed (%s): training without further phantoms", seed, exc)
-            break
+        samples = _phantom_volume_samples(seed, severity, size, margin_mm, per_volume)
         if path is not None and samples:
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez(

@@ -17,11 +17,9 @@ import torch.nn.functional as nnf
 from monai.losses.dice import DiceCELoss
 from torch import nn
 
-from ct_triage.models.lesions import PredictFn, segment_slices, segment_volume
+from ct_triage.models.lesions import PredictFn, segment_volume
 from ct_triage.models.manifest import InputSpec
-from ct_triage.models.metrics import class_dice, dice
 from ct_triage.models.nets import SoftmaxHead, build_lesion_net
-from ct_triage.models.preprocess import whole_image_box
 from ct_triage.models.train.config import SOFT_TISSUE_HU, TrainConfig
 from ct_triage.models.train.data import (
     MedsegSlice,
@@ -36,6 +34,7 @@ from ct_triage.models.train.data import (
     phantom_samples,
     semiseg_samples,
 )
+from ct_triage.models.train.measure import evaluate_slices
 
 logger = logging.getLogger(__name__)
 
@@ -172,33 +171,6 @@ def torch_predictor(
         return out
 
     return predict
-
-
-def evaluate_slices(
-    predict: PredictFn, slices: list[MedsegSlice], spec: InputSpec
-) -> dict[str, float]:
-    """Mean per-slice Dice on full-resolution MedSeg slices through the inference path.
-
-    ``lesion_dice``: Dice of (pred > 0) vs (truth > 0); ``ggo_dice`` / ``consolidation_dice``:
-    Dice of each class (1.0 when truth and prediction are both empty).
-    """
-    les, ggo, con = [], [], []
-    for s in slices:
-        pred = segment_slices(
-            s.hu[None],
-            np.array([0], dtype=np.intp),
-            whole_image_box(s.hu.shape),
-            predict,
-            spec,
-        )[0]
-        les.append(dice(s.lesion_class > 0, pred > 0))
-        ggo.append(class_dice(s.lesion_class, pred, 1))
-        con.append(class_dice(s.lesion_class, pred, 2))
-    return {
-        "lesion_dice": float(np.mean(les)),
-        "ggo_dice": float(np.mean(ggo)),
-        "consolidation_dice": float(np.mean(con)),
-    }
 
 
 def healthy_false_positive(predict: PredictFn, samples: list[Sample], spec: InputSpec) -> float:

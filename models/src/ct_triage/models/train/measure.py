@@ -29,17 +29,24 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from ct_triage.models.analysis import LesionModel, segment
-from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
+from ct_triage.models.lesions import (
+    LesionSegmenter,
+    PredictFn,
+    load_lesion_segmenter,
+    segment_slices,
+)
 from ct_triage.models.lungs import segment_lungs
+from ct_triage.models.manifest import InputSpec
 from ct_triage.models.metrics import class_dice, dice
 from ct_triage.models.preprocess import whole_image_box
 from ct_triage.models.quantify import quantify
-from ct_triage.models.train.data import load_medseg, medseg_split
+from ct_triage.models.train.data import MedsegSlice, load_medseg, medseg_split
 from ct_triage.models.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -84,20 +91,34 @@ SECOND_PHANTOMS = _three_of_each(71, ("mild", "moderate", "severe"))
 DEV_PHANTOMS = _three_of_each(41, ("severe", "moderate", "mild"))
 
 
-def measure_medseg(seg: LesionSegmenter, data_dir: Path) -> dict[str, float]:
-    """Mean per-slice Dice on the MedSeg validation split (original slice grid)."""
-    from ct_triage.models.lesions import segment_slices
+def evaluate_slices(
+    predict: PredictFn, slices: Iterable[MedsegSlice], spec: InputSpec
+) -> dict[str, float]:
+    """Mean per-slice Dice on full-resolution MedSeg slices through the inference path.
 
-    _, val_files = medseg_split(data_dir)
+    The one per-slice scoring of the lesion network: the training loop's validation
+    (:mod:`.loop`), the bias calibration (:mod:`.calibrate`) and :func:`measure_medseg` use it.
+    Each slice goes through :func:`ct_triage.models.lesions.segment_slices` on its original
+    grid. ``lesion_dice``: Dice of (pred > 0) vs (truth > 0); ``ggo_dice`` /
+    ``consolidation_dice``: Dice of each class (1.0 when truth and prediction are both empty).
+
+    Parameters
+    ----------
+    predict
+        The network: ``(N, C, H, W)`` windowed input to class probabilities.
+    slices
+        The slices, read one at a time (a generator keeps memory flat).
+    spec
+        The network's input description (manifest).
+    """
     les, ggo, con = [], [], []
-    for f in val_files:
-        s = load_medseg(f)
+    for s in slices:
         pred = segment_slices(
             s.hu[None],
             np.array([0], dtype=np.intp),
             whole_image_box(s.hu.shape),
-            seg.predictor.predict,
-            seg.manifest.input,
+            predict,
+            spec,
         )[0]
         les.append(dice(s.lesion_class > 0, pred > 0))
         ggo.append(class_dice(s.lesion_class, pred, 1))
@@ -107,6 +128,14 @@ def measure_medseg(seg: LesionSegmenter, data_dir: Path) -> dict[str, float]:
         "ggo_dice": float(np.mean(ggo)),
         "consolidation_dice": float(np.mean(con)),
     }
+
+
+def measure_medseg(seg: LesionSegmenter, data_dir: Path) -> dict[str, float]:
+    """Mean per-slice Dice on the MedSeg validation split (original slice grid)."""
+    _, val_files = medseg_split(data_dir)
+    return evaluate_slices(
+        seg.predictor.predict, (load_medseg(f) for f in val_files), seg.manifest.input
+    )
 
 
 def measure_phantoms(
