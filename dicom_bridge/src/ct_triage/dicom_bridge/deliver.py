@@ -45,8 +45,8 @@ from ct_triage.dicom_bridge.query import (
     DimseClient,
     PacsError,
     PacsNode,
-    fsync_dir,
 )
+from ct_triage.models.durable import fsync_dir, fsync_file
 
 __all__ = [
     "CStoreDestination",
@@ -332,8 +332,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
-        with open(dst, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(dst)
 
 
 class Outbox:

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import socket
 import ssl
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from ct_triage.models.durable import write_durably
 from ct_triage.models.errors import TriageError
 
 __all__ = [
@@ -290,32 +289,13 @@ def write_instance_bytes(dest_dir: Path, sop_instance_uid: str, data: bytes) -> 
     """Write one Part 10 file as ``<SOPInstanceUID>.dcm`` atomically and durably.
 
     The bytes go to a temporary file in ``dest_dir``, are fsynced, renamed into place and
-    the directory entry is fsynced, so a file that exists is complete.
+    the directory entry is fsynced (:func:`ct_triage.models.durable.write_durably`), so a file
+    that exists is complete.
     """
     _check_uid(sop_instance_uid, "SOP Instance UID")
     final = dest_dir / f"{sop_instance_uid}.dcm"
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=".incoming-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(dest_dir)
+    write_durably(final, data, tmp_prefix=".incoming-", tmp_suffix=".part")
     return final
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames/creations inside it are durable (POSIX)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def keep_responses_for_waiting_sender(assoc: Association) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from ct_triage.models.durable import durable_file
 from ct_triage.models.errors import TriageError
 from ct_triage.models.metrics import percent_involved
 from ct_triage.models.segmentation import LesionLabel, LungLabel
@@ -1079,8 +1080,10 @@ def save_truth(phantom: Phantom, path: Path) -> None:
         "severity": np.array(phantom.spec.severity),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    with (
+        durable_file(path) as fh,
+        zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf,
+    ):
         for key, arr in arrays.items():
             buf = io.BytesIO()
             np.save(buf, arr, allow_pickle=False)
@@ -1088,4 +1091,3 @@ def save_truth(phantom: Phantom, path: Path) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, buf.getvalue(), compresslevel=1)
-    tmp.replace(path)

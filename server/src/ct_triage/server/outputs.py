@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ct_triage.models.durable import fsync_file
 from ct_triage.models.errors import TriageError
 
 logger = logging.getLogger(__name__)
@@ -48,11 +49,7 @@ def _writable_ancestor(out: Path) -> Path | None:
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(os.path.join(dirpath, name))
 
 
 def check_output_dir(out: Path) -> None:

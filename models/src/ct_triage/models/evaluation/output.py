@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ct_triage.models.durable import write_durably
 from ct_triage.models.evaluation.scoring import CaseResult, EvaluationReport
 from ct_triage.models.rounding import round_tree
 
@@ -33,16 +32,7 @@ def write_json(report: EvaluationReport, path: Path) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(round_tree(report.to_dict(), _six_decimals), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_durably(path, text.encode("utf-8"))
     logger.info("wrote %s", path)
 
 
