@@ -155,8 +155,7 @@ def worker_ours(series: Path, work: Path, repeats: int) -> dict[str, Any]:
 def worker_baseline(series: Path, work: Path, repeats: int) -> dict[str, Any]:
     """The MONAI-Deploy-style baseline ``repeats`` times (see :mod:`benchmarks.baseline_monai`)."""
     from benchmarks.baseline_monai import run_baseline
-    from ct_triage.models.lesions import WEIGHTS_DIR
-    from ct_triage.models.manifest import load_manifest
+    from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
 
     manifest = load_manifest(WEIGHTS_DIR)
     lo, hi = (float(v) for v in manifest.input.hu_window)

@@ -222,8 +222,7 @@ def model_gflops_per_slice() -> float:
     import onnx
     from onnx import shape_inference
 
-    from ct_triage.models.lesions import WEIGHTS_DIR
-    from ct_triage.models.manifest import load_manifest
+    from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
 
     manifest = load_manifest(WEIGHTS_DIR)
     model = onnx.load(str(WEIGHTS_DIR / manifest.file))
@@ -300,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     from triton_server import triton_server, triton_unavailable
 
     from ct_triage.dicom_bridge.synthetic import write_phantom_series
-    from ct_triage.models.lesions import WEIGHTS_DIR
-    from ct_triage.models.manifest import load_manifest
+    from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
     from ct_triage.models.phantom import generate, spec_from_seed
 
     reason = triton_unavailable()

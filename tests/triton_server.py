@@ -35,7 +35,7 @@ import pydicom
 import pytest
 from orthanc import free_port
 
-from ct_triage.models.lesions import WEIGHTS_DIR
+from ct_triage.models.manifest import WEIGHTS_DIR
 from ct_triage.models.runtime.triton_repo import TritonModelSpec, write_model_repository
 
 MODEL = "ct_triage_lesion"

@@ -24,8 +24,7 @@ import numpy.typing as npt
 import pytest
 
 from ct_triage.models.errors import RuntimeUnavailable
-from ct_triage.models.lesions import WEIGHTS_DIR
-from ct_triage.models.manifest import Manifest, load_manifest
+from ct_triage.models.manifest import WEIGHTS_DIR, Manifest, load_manifest
 from ct_triage.models.runtime.factory import RuntimeConfig, create_predictor
 from ct_triage.models.runtime.onnx import OnnxPredictor
 

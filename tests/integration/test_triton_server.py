@@ -37,8 +37,7 @@ from triton_server import (
 
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.errors import InferenceError, ModelError, RuntimeUnavailable
-from ct_triage.models.lesions import WEIGHTS_DIR
-from ct_triage.models.manifest import Manifest, load_manifest
+from ct_triage.models.manifest import WEIGHTS_DIR, Manifest, load_manifest
 from ct_triage.models.phantom import generate, spec_from_seed
 from ct_triage.models.runtime.onnx import OnnxPredictor
 from ct_triage.models.runtime.triton import TritonPredictor

@@ -488,7 +488,8 @@ def test_shipped_model_on_medseg_validation_slices(shared_data: Path, tmp_path: 
     """
     import json
 
-    from ct_triage.models.lesions import WEIGHTS_DIR, load_lesion_segmenter
+    from ct_triage.models.lesions import load_lesion_segmenter
+    from ct_triage.models.manifest import WEIGHTS_DIR
 
     manifest = json.loads((WEIGHTS_DIR / "manifest.json").read_text())
     names = manifest["training"]["validation_split"]

@@ -10,7 +10,8 @@ import numpy.typing as npt
 import pytest
 
 from ct_triage.models.errors import InferenceError
-from ct_triage.models.lesions import WEIGHTS_DIR, LesionSegmenter, load_lesion_segmenter
+from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
+from ct_triage.models.manifest import WEIGHTS_DIR
 from ct_triage.models.metrics import dice
 from ct_triage.models.preprocess import CropBox, crop_resize, interp_matrix, uncrop_resize
 from ct_triage.models.volume import Volume

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ct_triage.models.errors import ModelError, RuntimeUnavailable
-from ct_triage.models.lesions import WEIGHTS_DIR, load_lesion_segmenter
-from ct_triage.models.manifest import Manifest, load_manifest, verify_file
+from ct_triage.models.lesions import load_lesion_segmenter
+from ct_triage.models.manifest import WEIGHTS_DIR, Manifest, load_manifest, verify_file
 from ct_triage.models.runtime.base import Predictor
 from ct_triage.models.runtime.onnx import OnnxPredictor
 

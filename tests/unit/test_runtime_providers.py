@@ -18,8 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from ct_triage.models.errors import ModelError, RuntimeUnavailable
-from ct_triage.models.lesions import WEIGHTS_DIR
-from ct_triage.models.manifest import Manifest, load_manifest
+from ct_triage.models.manifest import WEIGHTS_DIR, Manifest, load_manifest
 from ct_triage.models.runtime import onnx as ort_runtime
 from ct_triage.models.runtime.factory import RuntimeConfig, check_runtime, create_predictor
 from ct_triage.models.runtime.onnx import CudaOptions, OnnxPredictor, TensorrtOptions

@@ -22,8 +22,7 @@ import pytest
 from fake_triton import MODEL, FakeModel, fake_model, http_server
 
 from ct_triage.models.errors import InferenceError, ModelError, RuntimeUnavailable
-from ct_triage.models.lesions import WEIGHTS_DIR
-from ct_triage.models.manifest import Manifest, load_manifest, sha256_of
+from ct_triage.models.manifest import WEIGHTS_DIR, Manifest, load_manifest, sha256_of
 from ct_triage.models.runtime.onnx import OnnxPredictor
 from ct_triage.models.runtime.triton import TritonPredictor, is_available
 from ct_triage.models.runtime.triton_repo import TritonModelSpec, write_model_repository

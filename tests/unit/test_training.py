@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("monai")
 
-from ct_triage.models.lesions import WEIGHTS_DIR, load_lesion_segmenter
-from ct_triage.models.manifest import load_manifest, verify_file
+from ct_triage.models.lesions import load_lesion_segmenter
+from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest, verify_file
 from ct_triage.models.train.__main__ import main
 from ct_triage.models.train.config import CONFIGS, get_config
 from ct_triage.models.train.data import phantom_samples

@@ -22,16 +22,19 @@ import numpy.typing as npt
 from ct_triage.kernels.preprocess import Box, uncrop_argmax, window_crop_resize
 from ct_triage.models.errors import InferenceError, ModelError
 from ct_triage.models.identity import ModelIdentity
-from ct_triage.models.manifest import InputSpec, Manifest, load_manifest, verify_file
+from ct_triage.models.manifest import (
+    WEIGHTS_DIR,
+    InputSpec,
+    Manifest,
+    load_manifest,
+    verify_file,
+)
 from ct_triage.models.preprocess import CropBox, lung_box
 from ct_triage.models.runtime.base import Predictor
 from ct_triage.models.runtime.factory import RuntimeConfig, check_onnx_shapes, create_predictor
 from ct_triage.models.volume import Volume
 
 logger = logging.getLogger(__name__)
-
-#: The directory of the shipped weights (``lesion_seg.onnx`` and ``manifest.json``).
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 PredictFn = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]]
 

@@ -20,6 +20,11 @@ from ct_triage.models.errors import ModelError
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
+
+#: The directory of the shipped weights (``lesion_seg.onnx`` and ``manifest.json``). It lives
+#: here, in a module that imports nothing of the runtime, so that the runtime can name it
+#: without importing :mod:`ct_triage.models.lesions` (which imports the runtime).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _CHUNK = 1 << 20
 
 

@@ -34,7 +34,13 @@ from typing import Any
 import numpy as np
 
 from ct_triage.models.errors import ModelError, RuntimeUnavailable
-from ct_triage.models.manifest import Manifest, load_manifest, sha256_of, verify_file
+from ct_triage.models.manifest import (
+    WEIGHTS_DIR,
+    Manifest,
+    load_manifest,
+    sha256_of,
+    verify_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -333,8 +339,6 @@ def verify_fp16_variant(manifest: Manifest, model_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m ct_triage.models.runtime.fp16 [MODEL_DIR]``: write the FP16 variant."""
-    from ct_triage.models.lesions import WEIGHTS_DIR
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("model_dir", nargs="?", type=Path, default=WEIGHTS_DIR)
     args = parser.parse_args(argv)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ct_triage.models.errors import ModelError
-from ct_triage.models.manifest import Manifest, load_manifest, verify_file
+from ct_triage.models.manifest import WEIGHTS_DIR, Manifest, load_manifest, verify_file
 
 logger = logging.getLogger(__name__)
 
@@ -260,8 +260,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     backend (ONNX Runtime inside, ``KIND_CPU``), for a CPU-only pool. Same model name in both, so
     a site's settings name only the server.
     """
-    from ct_triage.models.lesions import WEIGHTS_DIR
-
     parser = argparse.ArgumentParser(description="Generate the Triton model repositories.")
     parser.add_argument("repo", type=Path, help="the GPU repository (e.g. deploy/triton)")
     parser.add_argument("--cpu-repo", type=Path, default=None, help="default: <repo>-cpu")

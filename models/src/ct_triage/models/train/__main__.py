@@ -10,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ct_triage.models.lesions import WEIGHTS_DIR
-from ct_triage.models.manifest import TrainingInfo
+from ct_triage.models.manifest import WEIGHTS_DIR, TrainingInfo
 from ct_triage.models.train.config import CONFIGS, get_config
 from ct_triage.models.train.data import default_data_dir, medseg_split
 from ct_triage.models.train.export import record_metrics, write_model_dir

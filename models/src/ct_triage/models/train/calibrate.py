@@ -30,8 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ct_triage.models.lesions import WEIGHTS_DIR, PredictFn
-from ct_triage.models.manifest import load_manifest
+from ct_triage.models.lesions import PredictFn
+from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
 from ct_triage.models.nets import LesionNetConfig, build_lesion_net
 from ct_triage.models.train.data import load_medseg, medseg_split, phantom_cases
 from ct_triage.models.train.export import record_metrics, write_model_dir

@@ -26,8 +26,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ct_triage.models.lesions import WEIGHTS_DIR
-from ct_triage.models.manifest import load_manifest
+from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
 from ct_triage.models.nets import LesionNetConfig, build_lesion_net
 
 logger = logging.getLogger(__name__)

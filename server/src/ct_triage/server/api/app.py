@@ -84,8 +84,7 @@ def default_store_url(settings: Settings) -> str:
 
 def _manifest_version(settings: Settings) -> str:
     """The model version from the manifest (without loading the model)."""
-    from ct_triage.models.lesions import WEIGHTS_DIR
-    from ct_triage.models.manifest import load_manifest
+    from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
 
     return str(load_manifest(settings.model_dir or WEIGHTS_DIR).version)
 
