@@ -195,11 +195,15 @@ def test_ohif_shows_seg_summary_and_outline_measurements(
             # 4. the outline SR in the measurement panel
             listed.filter(has_text="AI lesion outlines SR").first.dblclick()
             n_lungs = sum(1 for side in ("right", "left") if _has_lesion_section(study.out, side))
-            _load_measurements(page, f"Measurements ({n_lungs})")
+            try:
+                _load_measurements(page, f"Measurements ({n_lungs})")
+            finally:
+                _save(page.screenshot(), tmp_path, "ohif-measurements.png")
             text = page.inner_text("body")
             assert "Right lung" in text
-            assert "mm²" in text
-            _save(page.screenshot(), tmp_path, "ohif-measurements.png")
+            # OHIF measures our outline itself: the area it computes is the one we report
+            areas = _outline_areas(study.out)
+            assert any(f"{round(a)} mm²" in text for a in areas), (areas, text[-400:])
             assert not [e for e in errors if "ReferencedSOPSequence" in e], errors
         finally:
             browser.close()
@@ -217,13 +221,15 @@ def _load_measurements(page: Any, expected: str) -> None:
             if button.count() and button.first.is_visible():
                 with contextlib.suppress(Exception):
                     button.first.click(timeout=5_000)
-        if not page.get_by_text(expected).count() and panel.is_visible():
+        panel_open = page.get_by_text("Measurements (").count() > 0
+        if not panel_open and panel.is_visible():  # open it (a second click would close it)
             with contextlib.suppress(Exception):
                 panel.click(timeout=5_000)
         if page.get_by_text(expected).count():
             return
         time.sleep(1.0)
-    raise AssertionError(f"OHIF's measurement panel never showed {expected!r}")
+    tail = page.inner_text("body")[-600:]
+    raise AssertionError(f"OHIF's measurement panel never showed {expected!r}: {tail!r}")
 
 
 def _has_lesion_section(out: Path, side: str) -> bool:
@@ -233,3 +239,13 @@ def _has_lesion_section(out: Path, side: str) -> bool:
     return any(
         getattr(v, "keyword", "") == "CodeMeaning" and v.value == meaning for v in sr.iterall()
     )
+
+
+def _outline_areas(out: Path) -> list[float]:
+    """The Area values (mm2) of the outline SR."""
+    sr = pydicom.dcmread(out / "sr-outlines.dcm")
+    return [
+        float(element.value[0].NumericValue)
+        for element in sr.iterall()
+        if element.keyword == "MeasuredValueSequence"
+    ]
