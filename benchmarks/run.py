@@ -114,8 +114,9 @@ def _load_ours() -> tuple[Any, Any]:
         from ct_triage.server.tuning import tune_allocator
 
         tune_allocator()
-    if "CUDAExecutionProvider" in _ort_providers() and settings.provider == "cpu":
-        settings = Settings(provider="cuda")
+    if "CUDAExecutionProvider" in _ort_providers() and settings.inference.provider == "cpu":
+        cuda = settings.inference.model_copy(update={"provider": "cuda"})
+        settings = settings.model_copy(update={"inference": cuda})
     return load_model(settings), options_from(settings)
 
 

@@ -111,7 +111,7 @@ def _site_worker(
     from ct_triage.server.pipeline import analyze_study
     from ct_triage.server.settings import Settings
 
-    model = load_lesion_segmenter(None, runtime=RuntimeConfig(**runtime))
+    model = load_lesion_segmenter(RuntimeConfig(**{"z_step_mm": 0.0, **runtime}))
     timed = _Timed(model.predictor)
     model.predictor = timed
     options = options_from(Settings())

@@ -31,6 +31,7 @@ from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.identity import ModelIdentity
 from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.phantom import generate, spec_from_seed
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.server.api import HttpServer, create_app, uvicorn_config
 from ct_triage.server.api.auth import Role, TokenStore
 from ct_triage.server.api.config import ApiConfig
@@ -56,7 +57,7 @@ class Study:
 
 @pytest.fixture(scope="module")
 def model() -> LesionSegmenter:
-    return load_lesion_segmenter(None)
+    return load_lesion_segmenter(RuntimeConfig(z_step_mm=0.0))
 
 
 @pytest.fixture(scope="module")

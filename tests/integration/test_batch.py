@@ -31,6 +31,7 @@ from orthanc import OrthancServer, free_port, orthanc_available
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.phantom import generate, spec_from_seed
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.server.batch import (
     CSV_COLUMNS,
     batch_csv,
@@ -62,7 +63,7 @@ def _write_study(args: tuple[int, str, Path]) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def model() -> LesionSegmenter:
-    return load_lesion_segmenter()
+    return load_lesion_segmenter(RuntimeConfig(z_step_mm=0.0))
 
 
 @pytest.fixture(scope="module")

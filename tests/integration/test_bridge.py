@@ -30,6 +30,7 @@ from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.errors import StudyDeclined
 from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.phantom import generate, spec_from_seed
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.server.bridge import Bridge
 from ct_triage.server.commands import options_from
 from ct_triage.server.settings import Settings
@@ -59,7 +60,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def model() -> LesionSegmenter:
-    return load_lesion_segmenter()
+    return load_lesion_segmenter(RuntimeConfig(z_step_mm=0.0))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from ct_triage.models.evaluation.output import format_table, write_json
 from ct_triage.models.evaluation.scoring import SUMMARY_METRICS, EvaluationReport, evaluate
 from ct_triage.models.identity import DISCLAIMER, ModelIdentity
 from ct_triage.models.metrics import class_dice, dice, percent_involved
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.models.segmentation import Segmentation
 from ct_triage.models.volume import Volume
 
@@ -463,7 +464,7 @@ def test_shipped_model_on_real_hu_ct(shared_data: Path) -> None:
     lesions = pytest.importorskip("ct_triage.models.lesions", reason="lesion model not available")
     pytest.importorskip("ct_triage.models.postprocess", reason="postprocess not available yet")
     try:
-        model = lesions.load_lesion_segmenter(None, provider="cpu")
+        model = lesions.load_lesion_segmenter(RuntimeConfig(z_step_mm=0.0))
     except (ModelError, RuntimeUnavailable) as exc:
         pytest.skip(f"shipped lesion model unavailable: {exc}")
     data = shared_data / "real_hu_ct"
@@ -496,7 +497,7 @@ def test_shipped_model_on_medseg_validation_slices(shared_data: Path, tmp_path: 
     src = shared_data / "medseg_covid_slices" / "train"
     for name in names:
         (tmp_path / name).symlink_to(src / name)
-    model = load_lesion_segmenter()
+    model = load_lesion_segmenter(RuntimeConfig(z_step_mm=0.0))
     report = evaluate(tmp_path, model, model.identity)
     assert report.summary.counts["lesion_dice"] == len(names) == 10
     lesion_dice = report.to_dict()["summary"]["lesion_dice"]

@@ -14,6 +14,7 @@ from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.manifest import WEIGHTS_DIR
 from ct_triage.models.metrics import dice
 from ct_triage.models.preprocess import CropBox, crop_resize, interp_matrix, uncrop_resize
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.models.volume import Volume
 
 #: Mean lesion Dice of the shipped model over the 10 validation slices is in the manifest;
@@ -29,7 +30,7 @@ PHANTOM_POI_TOLERANCE_PP = 2.5  # measured 0.69 pp (33.87 %) with 0.4.0 (0.67 wi
 
 @pytest.fixture(scope="module")
 def segmenter() -> LesionSegmenter:
-    return load_lesion_segmenter(provider="cpu", threads=2)
+    return load_lesion_segmenter(RuntimeConfig(threads=2, z_step_mm=0.0))
 
 
 def _healthy_volume(seed: int = 0) -> tuple[Volume, npt.NDArray[np.uint8]]:
@@ -183,7 +184,7 @@ def test_z_step_for_thin_and_thick_slices() -> None:
     assert z_step_for(1.0, 0.0) == 1
     from ct_triage.models.lesions import segment_slices
 
-    spec = load_lesion_segmenter().manifest.input
+    spec = load_lesion_segmenter(RuntimeConfig()).manifest.input
     hu, slices = np.zeros((2, 8, 8), np.int16), np.arange(2, dtype=np.intp)
     with pytest.raises(ValueError, match="z_step"):
         segment_slices(hu, slices, CropBox(0.0, 0.0, 8.0, 8.0), _linear_probs, spec, z_step=0)

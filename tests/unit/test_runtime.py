@@ -14,6 +14,7 @@ from ct_triage.models.errors import ModelError, RuntimeUnavailable
 from ct_triage.models.lesions import load_lesion_segmenter
 from ct_triage.models.manifest import WEIGHTS_DIR, Manifest, load_manifest, verify_file
 from ct_triage.models.runtime.base import Predictor
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.models.runtime.onnx import OnnxPredictor
 
 
@@ -93,7 +94,7 @@ def test_unknown_provider_is_refused(manifest: Manifest) -> None:
 
 
 def test_segmenter_identity_reports_provider_and_checksum(manifest: Manifest) -> None:
-    seg = load_lesion_segmenter(provider="cpu")
+    seg = load_lesion_segmenter(RuntimeConfig(z_step_mm=0.0))
     assert seg.identity.provider == "CPUExecutionProvider"
     assert seg.identity.sha256 == manifest.sha256
     assert seg.identity.name == manifest.name
@@ -106,13 +107,13 @@ def test_tampered_model_file_is_refused(model_copy: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ModelError, match=r"does not match its manifest \(sha256"):
-        load_lesion_segmenter(model_copy)
+        load_lesion_segmenter(RuntimeConfig(model_dir=model_copy))
 
 
 def test_missing_model_file(model_copy: Path) -> None:
     (model_copy / "lesion_seg.onnx").unlink()
     with pytest.raises(ModelError, match="missing"):
-        load_lesion_segmenter(model_copy)
+        load_lesion_segmenter(RuntimeConfig(model_dir=model_copy))
 
 
 def test_missing_manifest(model_copy: Path) -> None:
@@ -153,7 +154,7 @@ def test_manifest_input_size_mismatch(model_copy: Path, manifest: Manifest) -> N
     spec["height"] = spec["width"] = manifest.input.height + 32
     _edit_manifest(model_copy, {"input": spec})
     with pytest.raises(ModelError, match="takes input"):
-        load_lesion_segmenter(model_copy)
+        load_lesion_segmenter(RuntimeConfig(model_dir=model_copy))
 
 
 def test_manifest_bad_window(model_copy: Path, manifest: Manifest) -> None:

@@ -13,6 +13,7 @@ pytest.importorskip("monai")
 
 from ct_triage.models.lesions import load_lesion_segmenter
 from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest, verify_file
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.models.train.__main__ import main
 from ct_triage.models.train.config import CONFIGS, get_config
 from ct_triage.models.train.data import phantom_samples
@@ -88,7 +89,7 @@ def test_smoke_training(tmp_path: Path, shared_data: Path) -> None:
     assert (out / "history.json").is_file()
     assert 0.0 <= manifest.metrics["lesion_dice"] <= 1.0
     assert manifest.metrics["onnx_parity_max_abs_diff"] < 1e-4
-    segmenter = load_lesion_segmenter(out)
+    segmenter = load_lesion_segmenter(RuntimeConfig(model_dir=out, z_step_mm=0.0))
     assert segmenter.identity.sha256 == manifest.sha256
 
 
@@ -419,7 +420,7 @@ def test_weights_recovered_from_the_shipped_onnx_give_its_output(tmp_path: Path)
     net.load_state_dict(torch.load(out, weights_only=True))
     bn = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bn  # the architecture has batch norms, most of them folded in the export
-    seg = load_lesion_segmenter()
+    seg = load_lesion_segmenter(RuntimeConfig(z_step_mm=0.0))
     x = np.random.default_rng(1).random((1, 1, 224, 224), dtype=np.float32)
     expected = seg.predictor.predict(x)
     net.eval()

@@ -27,11 +27,10 @@ from ct_triage.models.manifest import (
     InputSpec,
     Manifest,
     load_manifest,
-    verify_file,
 )
 from ct_triage.models.preprocess import CropBox, lung_box
 from ct_triage.models.runtime.base import Predictor
-from ct_triage.models.runtime.factory import RuntimeConfig, check_onnx_shapes, create_predictor
+from ct_triage.models.runtime.factory import RuntimeConfig, create_predictor
 from ct_triage.models.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -296,30 +295,16 @@ class LesionSegmenter:
         return labels
 
 
-def load_lesion_segmenter(
-    model_dir: Path | None = None,
-    *,
-    provider: str = "cpu",
-    threads: int | None = None,
-    strict: bool = False,
-    runtime: RuntimeConfig | None = None,
-) -> LesionSegmenter:
-    """Load the lesion model from a directory with ``manifest.json`` and the ONNX file.
+def load_lesion_segmenter(config: RuntimeConfig) -> LesionSegmenter:
+    """Load the lesion model of ``config`` and the runtime that runs it.
 
     Parameters
     ----------
-    model_dir
-        The model directory; ``None`` means the shipped weights.
-    provider
-        ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` (see :class:`OnnxPredictor`).
-    threads
-        CPU intra-op threads (``None``: ONNX Runtime's default).
-    strict
-        Refuse to fall back to another execution provider.
-    runtime
-        The whole runtime configuration (ONNX Runtime options, FP16, TensorRT engine cache,
-        IO binding, or a Triton server); when given, ``provider``, ``threads`` and ``strict``
-        are ignored.
+    config
+        The model directory (``None``: the shipped weights; ``manifest.json`` and the ONNX
+        file), the runtime (ONNX Runtime provider and options, FP16, TensorRT engine cache, IO
+        binding, or a Triton server), the batch and the z step; the segmenter is complete when
+        returned, nothing is set on it afterwards.
 
     Raises
     ------
@@ -327,19 +312,11 @@ def load_lesion_segmenter(
         Manifest missing or invalid, model file missing or not matching its SHA-256, or the
         model's input shape disagrees with the manifest.
     RuntimeUnavailable
-        Unknown provider (or, ``strict``, an unusable one).
+        The runtime cannot run here (``strict``: the requested provider is unusable).
     """
-    from ct_triage.models.runtime.onnx import OnnxPredictor
-
-    directory = WEIGHTS_DIR if model_dir is None else Path(model_dir)
+    directory = WEIGHTS_DIR if config.model_dir is None else Path(config.model_dir)
     manifest = load_manifest(directory)
-    predictor: Predictor
-    if runtime is not None:
-        predictor = create_predictor(runtime, directory)
-    else:
-        path = verify_file(manifest, directory)
-        predictor = OnnxPredictor(path, provider=provider, threads=threads, strict=strict)
-        check_onnx_shapes(predictor, manifest)
+    predictor = create_predictor(config, directory)
     identity = ModelIdentity(
         name=manifest.name,
         version=manifest.version,
@@ -347,4 +324,10 @@ def load_lesion_segmenter(
         provider=predictor.provider,
     )
     logger.info("lesion model %s on %s", identity.algorithm_label, identity.provider)
-    return LesionSegmenter(predictor, manifest, identity)
+    return LesionSegmenter(
+        predictor,
+        manifest,
+        identity,
+        batch_size=config.max_batch,
+        z_step_mm=config.z_step_mm,
+    )

@@ -360,11 +360,11 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     from ct_triage.server.bridge import Bridge
     from ct_triage.server.commands import load_model, options_from
     from ct_triage.server.jobs.factory import create_job_store
-    from ct_triage.server.jobs.worker import default_store_url, default_workers, run_workers
+    from ct_triage.server.jobs.worker import run_workers
 
     model = load_model(settings)
     version = model.identity.version
-    store = create_job_store(getattr(args, "store", None) or default_store_url(settings))
+    store = create_job_store(getattr(args, "store", None) or settings.resolved_job_store_url())
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -399,7 +399,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
             workers = threading.Thread(
                 target=run_workers,
                 args=(store, bridge, stop),
-                kwargs={"n_workers": args.workers or default_workers(settings)},
+                kwargs={"n_workers": args.workers or max(1, settings.workers)},
                 name="batch-workers",
             )
             workers.start()

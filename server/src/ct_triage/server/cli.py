@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ct_triage.models.errors import TriageError
 from ct_triage.server.logconfig import configure_logging, job_context
-from ct_triage.server.settings import Settings
+from ct_triage.server.settings import Settings, env_name
 
 logger = logging.getLogger("ct_triage.server.cli")
 
@@ -185,10 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"CT_TRIAGE_{'_'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(f"{env_name(err['loc'])}: {err['msg']}" for err in exc.errors())
         print(f"ct-triage: configuration error: {problems}", file=sys.stderr)
         return 1
     # `serve` prints nothing else: its log (JSON in the images) goes to stdout, where

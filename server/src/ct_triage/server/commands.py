@@ -42,10 +42,7 @@ def load_model(settings: Settings) -> LesionSegmenter:
     """Load the lesion model named by the settings (validated against its manifest)."""
     from ct_triage.models.lesions import load_lesion_segmenter
 
-    model = load_lesion_segmenter(settings.model_dir, runtime=settings.runtime_config())
-    model.batch_size = settings.inference_batch
-    model.z_step_mm = settings.inference_z_step_mm
-    return model
+    return load_lesion_segmenter(settings.runtime_config())
 
 
 def warm_up(model: LesionSegmenter) -> float:

@@ -1,23 +1,83 @@
 """One typed settings object per process (STYLE.md item 6).
 
 Values come from keyword arguments, then ``CT_TRIAGE_*`` environment variables, then an
-optional ``.env``-style file named by ``CT_TRIAGE_SETTINGS_FILE``. Nothing is built at import
-time: the CLI (or ``create_app``) builds one :class:`Settings` and passes it down.
+optional ``.env``-style file named by ``CT_TRIAGE_SETTINGS_FILE`` (looked up when a
+:class:`Settings` is built, not at import). Nothing is built at import time: the CLI (or
+``create_app``) builds one :class:`Settings` and passes it down.
+
+The inference runtime is the compute type itself, :class:`RuntimeConfig`, in the field
+``inference`` (its defaults are the only ones): ``CT_TRIAGE_INFERENCE__DEVICE_ID=1`` sets a
+nested field, and the flat names deployments already use (``CT_TRIAGE_PROVIDER``,
+``CT_TRIAGE_RUNTIME``, ``CT_TRIAGE_INFERENCE_BATCH``, ...; :data:`FLAT_RUNTIME_FIELDS`) keep
+working, as environment variables, in the settings file and as keyword arguments.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from ct_triage.dicom_bridge.retract import parse_retract_target
 from ct_triage.models.quantify import TriageThresholds
 from ct_triage.models.runtime.factory import RuntimeConfig
+from ct_triage.server.viewer import check_viewer_template
 
-Provider = Literal["cpu", "cuda", "tensorrt"]
+#: The flat settings names (``CT_TRIAGE_<NAME>``, keyword ``<name>``) of the inference runtime
+#: that deployments use, and the :class:`RuntimeConfig` field each one sets.
+FLAT_RUNTIME_FIELDS: Mapping[str, str] = {
+    "model_dir": "model_dir",
+    "runtime": "kind",
+    "provider": "provider",
+    "provider_strict": "strict",
+    "inference_threads": "threads",
+    "inference_batch": "max_batch",
+    "inference_z_step_mm": "z_step_mm",
+    "fp16": "fp16",
+    "trt_cache_dir": "trt_cache_dir",
+    "io_binding": "io_binding",
+    "triton_url": "triton_url",
+    "triton_protocol": "triton_protocol",
+    "triton_model_name": "triton_model_name",
+    "triton_model_version": "triton_model_version",
+    "triton_timeout_s": "triton_timeout_s",
+    "triton_ssl": "triton_ssl",
+    "triton_ssl_ca": "triton_ssl_ca",
+    "triton_ssl_cert": "triton_ssl_cert",
+    "triton_ssl_key": "triton_ssl_key",
+    "site_id": "triton_site_id",
+    "triton_retries": "triton_retries",
+    "triton_retry_backoff_s": "triton_retry_backoff_s",
+    "triton_fallback": "triton_fallback",
+    "triton_retry_after_s": "triton_retry_after_s",
+}
+
+_ENV_PREFIX = "CT_TRIAGE_"
+
+
+def env_name(loc: Sequence[str | int]) -> str:
+    """The environment variable of a settings field, by its validation error location.
+
+    A runtime field with a flat name gives that name (``("inference", "provider")`` ->
+    ``CT_TRIAGE_PROVIDER``), another runtime field ``CT_TRIAGE_INFERENCE__<FIELD>``, a
+    check of the whole object ``CT_TRIAGE_SETTINGS``.
+    """
+    parts = [str(p) for p in loc]
+    if len(parts) == 2 and parts[0] == "inference":
+        flat = {field: name for name, field in FLAT_RUNTIME_FIELDS.items()}
+        name = flat.get(parts[1], f"inference__{parts[1]}")
+        return _ENV_PREFIX + name.upper()
+    return _ENV_PREFIX + ("_".join(parts).upper() or "SETTINGS")
 
 
 def parse_dimse_node(text: str) -> tuple[str, str, int]:
@@ -37,59 +97,19 @@ class Settings(BaseSettings):
     """Configuration of chest-ct-triage (environment prefix ``CT_TRIAGE_``)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CT_TRIAGE_",
-        env_file=os.environ.get("CT_TRIAGE_SETTINGS_FILE"),
+        env_prefix=_ENV_PREFIX,
+        env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
     )
 
-    #: Folder holding ``manifest.json`` and the ONNX file; ``None`` = the shipped model.
-    model_dir: Path | None = None
-    #: Inference execution provider requested (the one actually used is reported).
-    provider: Provider = "cpu"
-    #: Threads for CPU inference; ``None`` lets ONNX Runtime decide.
-    inference_threads: int | None = Field(default=None, ge=1, le=256)
-    #: Where the network runs: ONNX Runtime in this process, or a Triton Inference Server.
-    runtime: Literal["onnxruntime", "triton"] = "onnxruntime"
-    #: Refuse to start when the requested provider cannot run (no CPU fallback).
-    provider_strict: bool = False
-    #: FP16 compute on the GPU (TensorRT: FP16 kernels; CUDA: the verified FP16 model file).
-    fp16: bool = False
-    #: TensorRT engine cache; ``None`` = ``<data_dir>/tensorrt-cache``.
-    trt_cache_dir: Path | None = None
-    #: Bind inputs and outputs to GPU memory explicitly (CUDA / TensorRT; ignored on CPU).
-    io_binding: bool = True
-    #: Largest batch of slices per network call.
-    inference_batch: int = Field(default=16, ge=1, le=512)
-    #: On thinner series the 2-D network runs about every this many mm and the slices between
-    #: get class probabilities interpolated in z (0: every slice). On the 1 mm benchmark
-    #: phantom 2 mm halves the network time and moves the total % of lung involved by
-    #: 0.03 pp; series of 2 mm or thicker are not affected.
-    inference_z_step_mm: float = Field(default=2.0, ge=0.0, le=10.0)
+    #: The model and how the network runs (ONNX Runtime provider and options, Triton, batch,
+    #: z step); see :class:`RuntimeConfig` for each field and its default. ``data_dir`` gives
+    #: the TensorRT engine cache when none is set (:meth:`runtime_config`).
+    inference: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
     #: Keep large freed arrays in the heap for reuse (glibc; see ``ct_triage.server.tuning``).
     malloc_tuning: bool = True
-    #: Triton: ``host:port`` (or ``http://``, ``https://``, ``grpc://`` URL), protocol, model.
-    triton_url: str | None = None
-    triton_protocol: Literal["http", "grpc"] = "http"
-    triton_model_name: str = Field(default="ct_triage_lesion", min_length=1)
-    triton_model_version: str = ""
-    triton_timeout_s: float = Field(default=30.0, gt=0)
-    #: Triton over TLS: CA bundle, and client certificate + key for mutual TLS.
-    triton_ssl: bool = False
-    triton_ssl_ca: Path | None = None
-    triton_ssl_cert: Path | None = None
-    triton_ssl_key: Path | None = None
-    #: This site's opaque id for a shared Triton pool (metrics, quotas): sent with every
-    #: request; never derived from a patient, study or AE title. ``None`` sends none.
-    site_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    #: Triton: retries after a transient failure, first delay (doubling); while the pool is
-    #: down, "local" runs the network on this site's CPU, "none" retries the study's job later;
-    #: after a pool failure, studies go to the fallback for this long before the pool is tried.
-    triton_retries: int = Field(default=3, ge=0, le=20)
-    triton_retry_backoff_s: float = Field(default=0.5, ge=0)
-    triton_fallback: Literal["none", "local"] = "none"
-    triton_retry_after_s: float = Field(default=15.0, ge=0)
-
     #: Series selection.
     min_slices: int = Field(default=40, ge=1)
     max_slice_thickness_mm: float = Field(default=5.0, gt=0)
@@ -199,11 +219,45 @@ class Settings(BaseSettings):
     #: ``http://pacs/ohif/viewer?StudyInstanceUIDs={study}``. ``None``: no link.
     viewer_url_template: str | None = None
 
-    @field_validator("model_dir")
     @classmethod
-    def _model_dir_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not (v / "manifest.json").is_file():
-            raise ValueError(f"model_dir {v} has no manifest.json")
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, the environment, then ``CT_TRIAGE_SETTINGS_FILE`` (read now)."""
+        return (
+            init_settings,
+            _FlatRuntimeEnv(settings_cls),
+            _FlatRuntimeDotEnv(settings_cls, env_file=os.environ.get("CT_TRIAGE_SETTINGS_FILE")),
+            file_secret_settings,
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_runtime_keywords(cls, data: Any) -> Any:
+        """Keyword arguments with a flat runtime name (``provider=...``) set ``inference``."""
+        if not isinstance(data, dict) or not FLAT_RUNTIME_FIELDS.keys() & data.keys():
+            return data
+        data = dict(data)
+        inference = data.get("inference") or {}
+        if isinstance(inference, RuntimeConfig):
+            inference = inference.model_dump(exclude_unset=True)
+        inference = dict(inference)
+        for flat, field in FLAT_RUNTIME_FIELDS.items():
+            if flat in data:
+                inference[field] = data.pop(flat)
+        data["inference"] = inference
+        return data
+
+    @field_validator("inference")
+    @classmethod
+    def _model_dir_exists(cls, v: RuntimeConfig) -> RuntimeConfig:
+        if v.model_dir is not None and not (v.model_dir / "manifest.json").is_file():
+            raise ValueError(f"model_dir {v.model_dir} has no manifest.json")
         return v
 
     @field_validator("pacs")
@@ -232,8 +286,6 @@ class Settings(BaseSettings):
     @field_validator("retract_superseded")
     @classmethod
     def _retract_format(cls, v: list[str]) -> list[str]:
-        from ct_triage.dicom_bridge.retract import parse_retract_target
-
         for spec in v:
             parse_retract_target(spec)
         return v
@@ -242,8 +294,6 @@ class Settings(BaseSettings):
     @classmethod
     def _viewer_template(cls, v: str | None) -> str | None:
         if v is not None:
-            from ct_triage.server.viewer import check_viewer_template
-
             check_viewer_template(v)
         return v
 
@@ -256,38 +306,15 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key must be given together")
         if self.pacs_dicomweb_token and self.pacs_dicomweb_user:
             raise ValueError("give either a DICOMweb user/password or a token, not both")
-        self.runtime_config()  # raises ValueError, e.g. runtime=triton without triton_url
         return self
 
     def runtime_config(self) -> RuntimeConfig:
-        """The inference runtime as the compute type (validated there)."""
-        trt_cache = self.trt_cache_dir
-        if trt_cache is None and self.provider == "tensorrt":
-            trt_cache = self.data_dir / "tensorrt-cache"
-        return RuntimeConfig(
-            kind=self.runtime,
-            provider=self.provider,
-            strict=self.provider_strict,
-            threads=self.inference_threads,
-            max_batch=max(self.inference_batch, 1),
-            fp16=self.fp16,
-            trt_cache_dir=trt_cache,
-            io_binding=self.io_binding,
-            triton_url=self.triton_url,
-            triton_protocol=self.triton_protocol,
-            triton_model_name=self.triton_model_name,
-            triton_model_version=self.triton_model_version,
-            triton_timeout_s=self.triton_timeout_s,
-            triton_ssl=self.triton_ssl,
-            triton_ssl_ca=self.triton_ssl_ca,
-            triton_ssl_cert=self.triton_ssl_cert,
-            triton_ssl_key=self.triton_ssl_key,
-            triton_site_id=self.site_id,
-            triton_retries=self.triton_retries,
-            triton_retry_backoff_s=self.triton_retry_backoff_s,
-            triton_fallback=self.triton_fallback,
-            triton_retry_after_s=self.triton_retry_after_s,
-        )
+        """The inference runtime, with the TensorRT engine cache under ``data_dir`` if unset."""
+        if self.inference.trt_cache_dir is None and self.inference.provider == "tensorrt":
+            return self.inference.model_copy(
+                update={"trt_cache_dir": self.data_dir / "tensorrt-cache"}
+            )
+        return self.inference
 
     def resolved_job_store_url(self) -> str:
         """The job store URL, defaulting to SQLite under ``data_dir``."""
@@ -301,3 +328,35 @@ class Settings(BaseSettings):
             moderate_min_percent=self.triage_moderate_min_percent,
             severe_min_percent=self.triage_severe_min_percent,
         )
+
+
+def _nest_flat_runtime(data: dict[str, Any], env_vars: Mapping[str, str | None]) -> dict[str, Any]:
+    """Move the flat runtime variables of ``env_vars`` under ``inference`` in ``data``.
+
+    A nested variable (``CT_TRIAGE_INFERENCE__PROVIDER``) wins over its flat name.
+    """
+    prefix = _ENV_PREFIX.lower()
+    flat: dict[str, Any] = {}
+    for name, field in FLAT_RUNTIME_FIELDS.items():
+        data.pop(prefix + name, None)  # a settings file's extras arrive under the full name
+        value = env_vars.get(prefix + name)
+        if value is not None:
+            flat[field] = value
+    if flat:
+        nested = data.get("inference")
+        data["inference"] = {**flat, **nested} if isinstance(nested, dict) else flat
+    return data
+
+
+class _FlatRuntimeEnv(EnvSettingsSource):
+    """The environment, with the flat runtime names (:data:`FLAT_RUNTIME_FIELDS`)."""
+
+    def __call__(self) -> dict[str, Any]:
+        return _nest_flat_runtime(super().__call__(), self.env_vars)
+
+
+class _FlatRuntimeDotEnv(DotEnvSettingsSource):
+    """The settings file, with the flat runtime names (:data:`FLAT_RUNTIME_FIELDS`)."""
+
+    def __call__(self) -> dict[str, Any]:
+        return _nest_flat_runtime(super().__call__(), self.env_vars)

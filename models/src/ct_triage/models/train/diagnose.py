@@ -28,6 +28,7 @@ import numpy.typing as npt
 from ct_triage.models.analysis import segment
 from ct_triage.models.lesions import load_lesion_segmenter
 from ct_triage.models.quantify import quantify
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.models.train.measure import parse_phantoms
 
 logger = logging.getLogger(__name__)
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    seg = load_lesion_segmenter(args.model, provider="cpu", threads=args.threads)
+    seg = load_lesion_segmenter(
+        RuntimeConfig(model_dir=args.model, threads=args.threads, z_step_mm=0.0)
+    )
     rows: list[dict[str, object]] = []
     errors: list[float] = []
     print(

@@ -46,6 +46,7 @@ from ct_triage.models.manifest import InputSpec
 from ct_triage.models.metrics import class_dice, dice
 from ct_triage.models.preprocess import whole_image_box
 from ct_triage.models.quantify import quantify
+from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.models.train.data import MedsegSlice, load_medseg, medseg_split
 from ct_triage.models.volume import Volume
 
@@ -243,7 +244,7 @@ def measure_model(
     ``phantoms`` replaces the report phantoms (then the ``phantom_*`` numbers describe that
     set, not the manifest's).
     """
-    seg = load_lesion_segmenter(model_dir, provider="cpu", threads=threads)
+    seg = load_lesion_segmenter(RuntimeConfig(model_dir=model_dir, threads=threads, z_step_mm=0.0))
     metrics = measure_medseg(seg, data_dir)
     ph_metrics, cases = measure_phantoms(seg, phantoms)
     metrics.update(ph_metrics)

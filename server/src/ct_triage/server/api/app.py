@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -74,19 +73,11 @@ _DESCRIPTION = (
 )
 
 
-def default_store_url(settings: Settings) -> str:
-    """``job_store_url`` from the settings, else SQLite at ``<data_dir>/jobs.db``."""
-    url = getattr(settings, "job_store_url", None)
-    if url:
-        return str(url)
-    return f"sqlite:///{(Path(settings.data_dir) / 'jobs.db').resolve()}"
-
-
 def _manifest_version(settings: Settings) -> str:
     """The model version from the manifest (without loading the model)."""
     from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
 
-    return str(load_manifest(settings.model_dir or WEIGHTS_DIR).version)
+    return str(load_manifest(settings.inference.model_dir or WEIGHTS_DIR).version)
 
 
 async def _triage_error(request: Request, exc: Exception) -> JSONResponse:
@@ -197,7 +188,7 @@ def create_app(
             if job_store is None:
                 from ct_triage.server.jobs.factory import create_job_store
 
-                job_store = create_job_store(default_store_url(settings))
+                job_store = create_job_store(settings.resolved_job_store_url())
                 stack.callback(job_store.close)
             tokens_db = token_store
             if tokens_db is None:

@@ -1,8 +1,8 @@
 """The API's view of the process settings.
 
-Fields the API needs that :class:`~ct_triage.server.settings.Settings` may not declare yet are
-read with ``getattr`` and a default, in this one place, so the rest of the package sees one
-frozen, typed object.
+:meth:`ApiConfig.from_settings` derives the API's paths and limits from
+:class:`~ct_triage.server.settings.Settings` (where every default is), so the rest of the
+package sees one frozen, typed object.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from pathlib import Path
 
 from ct_triage.dicom_bridge.inputs import ZipLimits
 from ct_triage.server.settings import Settings
-
-#: Default upload size limit (one CT study is rarely above 1 GiB; a zip is smaller).
-DEFAULT_UPLOAD_MAX_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,30 +53,22 @@ class ApiConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiConfig:
-        """Read the API fields of ``settings`` (with defaults for fields not declared yet)."""
+        """The API fields of ``settings``; the files live under ``data_dir``."""
         data = Path(settings.data_dir)
-        uploads = getattr(settings, "uploads_dir", None) or data / "spool" / "uploads"
-        cert = getattr(settings, "http_tls_cert", None)
-        key = getattr(settings, "http_tls_key", None)
-        max_bytes = int(getattr(settings, "upload_max_bytes", DEFAULT_UPLOAD_MAX_BYTES))
-        defaults = ZipLimits()
-        zip_limits = ZipLimits(
-            max_entries=int(getattr(settings, "upload_zip_max_entries", defaults.max_entries)),
-            max_total_bytes=int(
-                getattr(settings, "upload_zip_max_total_bytes", defaults.max_total_bytes)
-            ),
-            max_ratio=float(getattr(settings, "upload_zip_max_ratio", defaults.max_ratio)),
-            ratio_min_bytes=defaults.ratio_min_bytes,
-        )
         return cls(
             data_dir=data,
-            uploads_dir=Path(uploads),
-            tokens_db=Path(getattr(settings, "api_tokens_db", None) or data / "api-tokens.db"),
-            audit_log=Path(getattr(settings, "audit_log", None) or data / "audit.jsonl"),
-            upload_max_bytes=max_bytes,
-            zip_limits=zip_limits,
-            tls_cert=Path(cert) if cert else None,
-            tls_key=Path(key) if key else None,
+            uploads_dir=data / "spool" / "uploads",
+            tokens_db=data / "api-tokens.db",
+            audit_log=data / "audit.jsonl",
+            upload_max_bytes=settings.upload_max_bytes,
+            zip_limits=ZipLimits(
+                max_entries=settings.upload_zip_max_entries,
+                max_total_bytes=settings.upload_zip_max_total_bytes,
+                max_ratio=settings.upload_zip_max_ratio,
+                ratio_min_bytes=ZipLimits().ratio_min_bytes,
+            ),
+            tls_cert=settings.http_tls_cert,
+            tls_key=settings.http_tls_key,
             pacs_configured=bool(settings.pacs or settings.pacs_dicomweb_url),
-            viewer_url_template=getattr(settings, "viewer_url_template", None),
+            viewer_url_template=settings.viewer_url_template,
         )

@@ -26,10 +26,15 @@ def uvicorn_config(
     app
         From :func:`~ct_triage.server.api.app.create_app`.
     settings
-        ``http_host``/``http_port`` (defaults ``0.0.0.0``/``8080``), ``http_tls_cert`` and
-        ``http_tls_key`` (PEM; both enable HTTPS).
+        ``http_host``/``http_port``, ``http_tls_cert`` and ``http_tls_key`` (PEM; both
+        enable HTTPS).
     host, port
         Override the settings (``port=0``: a free port chosen by the OS).
+
+    Raises
+    ------
+    TriageError
+        No port: the settings disable the HTTP API (``http_port`` unset) and none is given.
 
     Returns
     -------
@@ -42,10 +47,14 @@ def uvicorn_config(
     ssl: dict[str, Any] = {}
     if cfg.tls_cert is not None and cfg.tls_key is not None:
         ssl = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
+    if port is None:
+        port = settings.http_port
+    if port is None:
+        raise TriageError("the HTTP API is disabled (http_port is not set)")
     return uvicorn.Config(
         app,
-        host=host if host is not None else str(getattr(settings, "http_host", "0.0.0.0")),
-        port=port if port is not None else int(getattr(settings, "http_port", 8080)),
+        host=host if host is not None else settings.http_host,
+        port=port,
         log_config=None,
         access_log=False,
         server_header=False,

@@ -314,17 +314,6 @@ def run_workers(
         t.join()
 
 
-def default_store_url(settings: Settings) -> str:
-    """The job store URL of the settings (``job_store_url``), else SQLite in ``data_dir``."""
-    url = getattr(settings, "job_store_url", None)
-    return str(url) if url else f"sqlite:///{(settings.data_dir / 'jobs.db').resolve()}"
-
-
-def default_workers(settings: Settings) -> int:
-    """How many in-process workers the settings ask for (``workers``, default 2)."""
-    return int(getattr(settings, "workers", None) or 2)
-
-
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """``ct-triage worker``: run workers and delivery until SIGTERM / SIGINT."""
     from ct_triage.server.bridge import Bridge
@@ -335,7 +324,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     model = load_model(settings)
-    store = create_job_store(args.store or default_store_url(settings))
+    store = create_job_store(args.store or settings.resolved_job_store_url())
     try:
         with Bridge(
             settings, model, options_from(settings), delivery_lease_s=args.delivery_lease_s
@@ -345,7 +334,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                     store,
                     bridge,
                     stop,
-                    n_workers=args.workers or default_workers(settings),
+                    n_workers=args.workers or max(1, settings.workers),
                     lease_s=args.lease_s,
                 )
             except KeyboardInterrupt:
