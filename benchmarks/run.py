@@ -106,8 +106,8 @@ def _per_stage(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def _load_ours() -> tuple[Any, Any]:
-    from ct_triage.server.commands import load_model, options_from
     from ct_triage.server.settings import Settings
+    from ct_triage.server.wiring import load_model, options_from
 
     settings = Settings()
     if settings.malloc_tuning:  # as the ct-triage command does at start-up

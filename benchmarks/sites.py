@@ -107,9 +107,9 @@ def _site_worker(
     logging.disable(logging.WARNING)
     from ct_triage.models.lesions import load_lesion_segmenter
     from ct_triage.models.runtime.factory import RuntimeConfig
-    from ct_triage.server.commands import options_from
     from ct_triage.server.pipeline import analyze_study
     from ct_triage.server.settings import Settings
+    from ct_triage.server.wiring import options_from
 
     model = load_lesion_segmenter(RuntimeConfig(**{"z_step_mm": 0.0, **runtime}))
     timed = _Timed(model.predictor)

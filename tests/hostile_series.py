@@ -21,9 +21,10 @@ import pytest
 from ct_triage.dicom_bridge.synthetic import write_phantom_series
 from ct_triage.models.lesions import LesionSegmenter
 from ct_triage.models.phantom import PhantomSpec, generate
-from ct_triage.server import commands
+from ct_triage.server.cli import analyze as analyze_verb
 from ct_triage.server.cli import main
 from ct_triage.server.settings import Settings
+from ct_triage.server.wiring import load_model
 
 __all__ = [
     "ENV",
@@ -59,17 +60,17 @@ def write_small_phantom(folder: Path, *, seed: int = 3, n_slices: int = 16) -> l
 @functools.cache
 def cached_model() -> LesionSegmenter:
     """The shipped lesion model, loaded once per process."""
-    return commands.load_model(Settings())
+    return load_model(Settings())
 
 
 @contextlib.contextmanager
 def analyze_env() -> Iterator[None]:
-    """:data:`ENV` set and :func:`commands.load_model` returning :func:`cached_model`."""
+    """:data:`ENV` set and the ``analyze`` verb's ``load_model`` returning :func:`cached_model`."""
     with pytest.MonkeyPatch.context() as mp:
         for key, value in ENV.items():
             mp.setenv(key, value)
         model = cached_model()
-        mp.setattr(commands, "load_model", lambda settings: model)
+        mp.setattr(analyze_verb, "load_model", lambda settings: model)
         yield
 
 

@@ -3,7 +3,7 @@ and PostgreSQL when the ``postgres`` fixture can run), real analyses of syntheti
 
 A "worker" here is the test itself: it claims a job from the store, runs
 :func:`ct_triage.server.pipeline.analyze_study` (or reuses one real result) and completes the
-job with :func:`ct_triage.server.jobs.model.result_summary`, as the real worker does.
+job with :func:`ct_triage.server.worklist.result_summary`, as the real worker does.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.server.api import HttpServer, create_app, uvicorn_config
 from ct_triage.server.api.auth import Role, TokenStore
 from ct_triage.server.api.config import ApiConfig
-from ct_triage.server.commands import options_from
 from ct_triage.server.jobs.factory import create_job_store
-from ct_triage.server.jobs.model import Job, JobState, JobStore, result_summary
+from ct_triage.server.jobs.model import Job, JobState, JobStore
 from ct_triage.server.pipeline import AnalysisResult, analyze_study
 from ct_triage.server.settings import Settings
+from ct_triage.server.wiring import options_from
+from ct_triage.server.worklist import result_summary
 
 pytestmark = pytest.mark.integration
 

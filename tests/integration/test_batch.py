@@ -39,11 +39,11 @@ from ct_triage.server.batch import (
     submit_batch,
 )
 from ct_triage.server.bridge import Bridge
-from ct_triage.server.commands import options_from
 from ct_triage.server.jobs.model import JobState
 from ct_triage.server.jobs.store import SqlJobStore
 from ct_triage.server.jobs.worker import run_workers
 from ct_triage.server.settings import Settings
+from ct_triage.server.wiring import options_from
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -215,7 +215,8 @@ def _worker_proc(env: dict[str, str], store_url: str, log: Path) -> subprocess.P
         [
             sys.executable,
             "-m",
-            "ct_triage.server.jobs.worker",
+            "ct_triage.server.cli",
+            "worker",
             "--store",
             store_url,
             "--workers",

@@ -32,8 +32,8 @@ from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.phantom import generate, spec_from_seed
 from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.server.bridge import Bridge
-from ct_triage.server.commands import options_from
 from ct_triage.server.settings import Settings
+from ct_triage.server.wiring import options_from
 
 pytestmark = pytest.mark.integration
 

@@ -42,11 +42,11 @@ from ct_triage.models.errors import StudyDeclined
 from ct_triage.server.api import HttpServer, create_app, uvicorn_config
 from ct_triage.server.api.auth import Role, TokenStore
 from ct_triage.server.api.config import ApiConfig
-from ct_triage.server.commands import options_from
 from ct_triage.server.jobs.factory import create_job_store
 from ct_triage.server.jobs.model import JobStore
 from ct_triage.server.pipeline import analyze_study
 from ct_triage.server.settings import Settings
+from ct_triage.server.wiring import options_from
 
 pytestmark = pytest.mark.integration
 

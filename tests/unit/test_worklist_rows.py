@@ -124,7 +124,7 @@ def test_viewer_links() -> None:
 def test_cli_summary_of_a_normal_study_says_below_threshold() -> None:
     from pathlib import Path
 
-    from ct_triage.server.commands import summary_text
+    from ct_triage.server.cli.analyze import summary_text
     from ct_triage.server.pipeline import AnalysisResult
 
     def report(category: str) -> dict[str, object]:

@@ -174,6 +174,8 @@ def install_extra_ca(extra: Path, *, workdir: Path | None = None) -> Path:
     Path
         The combined bundle.
     """
+    # Imported here: certifi is not a dependency of ct-triage-server (it comes with httpx or
+    # tritonclient), and `ct-triage health` imports this module.
     import certifi
 
     extra = Path(extra)

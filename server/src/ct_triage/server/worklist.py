@@ -18,12 +18,16 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
 
 from ct_triage.models.identity import DISCLAIMER
 from ct_triage.server.jobs.model import Job, JobState
@@ -36,6 +40,7 @@ __all__ = [
     "finding_text",
     "identity_from_dataset",
     "read_identity",
+    "result_summary",
     "study_row",
 ]
 
@@ -137,9 +142,6 @@ def identity_from_dataset(ds: Any, report: Mapping[str, Any] | None = None) -> d
 
 
 def _read_header(path: Path) -> Any | None:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     try:
         return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_TAGS))
     except (OSError, InvalidDicomError, ValueError, TypeError, AttributeError) as exc:
@@ -158,10 +160,35 @@ def read_identity(result_dir: Path, report: Mapping[str, Any] | None = None) -> 
     return {}
 
 
+def result_summary(report: dict[str, Any], result_dir: str) -> dict[str, Any]:
+    """The key numbers of ``report.json`` kept in :attr:`Job.result` (worklist and CSV).
+
+    ``identity`` holds who and which study it is (patient name, ID, birth date, age, sex,
+    study date and time, accession number, series description), read from the result
+    objects' headers (:func:`read_identity`), for the worklist.
+    """
+    triage = report.get("triage", {})
+    return {
+        "identity": read_identity(Path(result_dir), report),
+        "study_uid": report.get("study_instance_uid"),
+        "series_uid": report.get("series_instance_uid"),
+        "triage": triage.get("category"),
+        "priority": triage.get("priority"),
+        "severity_score": report.get("severity_score"),
+        "percent_involvement": report.get("percent_involvement", {}),
+        "lesion_volume_ml": report.get("lesion_volume_ml", {}),
+        "lung_volume_ml": report.get("lung_volume_ml", {}),
+        "model_version": report.get("model", {}).get("version"),
+        # the quality gate's reasons (empty: the lung segmentation passed every check)
+        "quality_flags": [
+            str(f.get("reason", "")) for f in report.get("quality", {}).get("flags", [])
+        ],
+        "result_dir": result_dir,
+    }
+
+
 @functools.lru_cache(maxsize=4096)
 def _cached_result_identity(result_dir: str) -> dict[str, str]:
-    import json
-
     report: dict[str, Any] = {}
     try:
         loaded = json.loads((Path(result_dir) / "report.json").read_text())

@@ -40,12 +40,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ct_triage.models.errors import TriageError
 from ct_triage.models.identity import PRODUCT_VERSION, ModelIdentity
+from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
 from ct_triage.server.api.audit import AuditLog
 from ct_triage.server.api.auth import TokenStore
 from ct_triage.server.api.config import ApiConfig
 from ct_triage.server.api.context import ApiContext, PacsCheck, StudyFinder
 from ct_triage.server.api.errors import Unauthorized, status_for
 from ct_triage.server.api.metrics import ApiMetrics
+from ct_triage.server.api.pacs import pacs_functions
 from ct_triage.server.api.routes import (
     batches,
     health,
@@ -57,6 +59,7 @@ from ct_triage.server.api.routes import (
     worklist,
 )
 from ct_triage.server.api.schemas import API_PREFIX
+from ct_triage.server.jobs.factory import create_job_store
 from ct_triage.server.jobs.model import JobStore
 from ct_triage.server.settings import Settings
 from ct_triage.server.startup import ServiceHealth
@@ -75,8 +78,6 @@ _DESCRIPTION = (
 
 def _manifest_version(settings: Settings) -> str:
     """The model version from the manifest (without loading the model)."""
-    from ct_triage.models.manifest import WEIGHTS_DIR, load_manifest
-
     return str(load_manifest(settings.inference.model_dir or WEIGHTS_DIR).version)
 
 
@@ -186,8 +187,6 @@ def create_app(
         async with AsyncExitStack() as stack:
             job_store = store
             if job_store is None:
-                from ct_triage.server.jobs.factory import create_job_store
-
                 job_store = create_job_store(settings.resolved_job_store_url())
                 stack.callback(job_store.close)
             tokens_db = token_store
@@ -198,8 +197,6 @@ def create_app(
             stack.callback(audit.close)
             finder, check = study_finder, pacs_check
             if config.pacs_configured and (finder is None or check is None):
-                from ct_triage.server.api.pacs import pacs_functions
-
                 default_finder, default_check = pacs_functions(settings)
                 finder = finder or default_finder
                 check = check or default_check

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from typing import TYPE_CHECKING
 
+from ct_triage.dicom_bridge.dicomweb import DicomWebClient
+from ct_triage.dicom_bridge.query import DimseClient, PacsNode, StudyMatch
+from ct_triage.dicom_bridge.tls import client_ssl_context
 from ct_triage.server.api.context import PacsCheck, StudyFinder
+from ct_triage.server.bridge import dicomweb_node
 from ct_triage.server.settings import Settings, parse_dimse_node
-
-if TYPE_CHECKING:
-    from ct_triage.dicom_bridge.query import PacsNode, StudyMatch
 
 
 def _dimse_node(settings: Settings) -> PacsNode | None:
-    from ct_triage.dicom_bridge.query import PacsNode
-    from ct_triage.dicom_bridge.tls import client_ssl_context
-
     if not settings.pacs:
         return None
     tls = (
@@ -33,10 +30,6 @@ def _dimse_node(settings: Settings) -> PacsNode | None:
 
 def pacs_functions(settings: Settings) -> tuple[StudyFinder | None, PacsCheck | None]:
     """The study finder and the reachability check of the configured PACS."""
-    from ct_triage.dicom_bridge.dicomweb import DicomWebClient
-    from ct_triage.dicom_bridge.query import DimseClient
-    from ct_triage.server.bridge import dicomweb_node
-
     node = _dimse_node(settings)
     web = dicomweb_node(settings)
     if node is not None:

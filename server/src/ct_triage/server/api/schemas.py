@@ -98,7 +98,7 @@ class ResultSummaryPublic(_Schema):
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> ResultSummaryPublic:
-        """Build from :attr:`Job.result` (see ``jobs.model.result_summary``)."""
+        """Build from :attr:`Job.result` (see ``worklist.result_summary``)."""
         triage = result.get("triage")
         if isinstance(triage, dict):
             triage = triage.get("category")

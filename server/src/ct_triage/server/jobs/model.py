@@ -229,37 +229,6 @@ def settled_progress(store: JobStore, batch_id: str) -> BatchProgress:
     return replace(p, rate_per_min=finished / elapsed_min, eta_s=0.0)
 
 
-def result_summary(report: dict[str, Any], result_dir: str) -> dict[str, Any]:
-    """The key numbers of ``report.json`` kept in :attr:`Job.result` (worklist and CSV).
-
-    ``identity`` holds who and which study it is (patient name, ID, birth date, age, sex,
-    study date and time, accession number, series description), read from the result
-    objects' headers (:func:`ct_triage.server.worklist.read_identity`), for the worklist.
-    """
-    from pathlib import Path
-
-    from ct_triage.server.worklist import read_identity
-
-    triage = report.get("triage", {})
-    return {
-        "identity": read_identity(Path(result_dir), report),
-        "study_uid": report.get("study_instance_uid"),
-        "series_uid": report.get("series_instance_uid"),
-        "triage": triage.get("category"),
-        "priority": triage.get("priority"),
-        "severity_score": report.get("severity_score"),
-        "percent_involvement": report.get("percent_involvement", {}),
-        "lesion_volume_ml": report.get("lesion_volume_ml", {}),
-        "lung_volume_ml": report.get("lung_volume_ml", {}),
-        "model_version": report.get("model", {}).get("version"),
-        # the quality gate's reasons (empty: the lung segmentation passed every check)
-        "quality_flags": [
-            str(f.get("reason", "")) for f in report.get("quality", {}).get("flags", [])
-        ],
-        "result_dir": result_dir,
-    }
-
-
 class JobStore(Protocol):
     """Durable job queue. Implementations: SQLite (default) and PostgreSQL."""
 

@@ -177,7 +177,7 @@ class SqlJobStore:
         missing = is_available()
         if missing:
             raise TriageError(missing)
-        import psycopg
+        import psycopg  # the optional extra [postgres]: imported only for a PostgreSQL URL
 
         def connect() -> Any:
             try:

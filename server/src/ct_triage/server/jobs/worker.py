@@ -14,31 +14,31 @@ bridge's outbox. Both steps are idempotent, so a job re-run after a crash analys
 delivers its study exactly once: the result folder is keyed by the job key and a complete
 ``report.json`` in it is reused; the outbox ``job_ref`` is the job key.
 
-``python -m ct_triage.server.jobs.worker`` runs workers in a process of their own (settings
-from ``CT_TRIAGE_*``), the ``ct-triage worker`` entry point.
+``ct-triage worker`` (:mod:`ct_triage.server.cli.worker`) runs workers in a process of their
+own.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import signal
-import sys
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ct_triage.dicom_bridge.spool import ReadySeries
 from ct_triage.models.errors import StudyDeclined, TriageError
-from ct_triage.server.jobs.model import Job, JobKind, JobStore, LeaseLost, result_summary
+from ct_triage.server.jobs.model import Job, JobKind, JobStore, LeaseLost
 from ct_triage.server.logconfig import job_context
+from ct_triage.server.outputs import REPORT_NAME
+from ct_triage.server.pipeline import analyze_study
+from ct_triage.server.worklist import result_summary
 
 if TYPE_CHECKING:
     from ct_triage.server.bridge import Bridge
-    from ct_triage.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -200,9 +200,6 @@ class BridgeJobRunner:
 
     def __call__(self, job: Job) -> JobOutcome:
         """Analyse the job's study (or reuse its complete result) and queue its delivery."""
-        from ct_triage.server.outputs import REPORT_NAME
-        from ct_triage.server.pipeline import analyze_study
-
         out = self.bridge.job_result_dir(job.key)
         report_path = out / REPORT_NAME
         if report_path.is_file():
@@ -226,9 +223,6 @@ class BridgeJobRunner:
 
     def _analyse_pushed(self, job: Job, out: Path) -> dict[str, Any]:
         """Series pushed to our SCP, claimed in the spool by ``serve``: analyse them."""
-        from ct_triage.dicom_bridge.spool import ReadySeries
-        from ct_triage.server.outputs import REPORT_NAME
-
         claimed = [
             ReadySeries(**{**item, "folder": Path(item["folder"])})
             for item in job.payload["series"]
@@ -314,82 +308,10 @@ def run_workers(
         t.join()
 
 
-def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """``ct-triage worker``: run workers and delivery until SIGTERM / SIGINT."""
-    from ct_triage.server.bridge import Bridge
-    from ct_triage.server.commands import load_model, options_from
-    from ct_triage.server.jobs.factory import create_job_store
-
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    model = load_model(settings)
-    store = create_job_store(args.store or settings.resolved_job_store_url())
-    try:
-        with Bridge(
-            settings, model, options_from(settings), delivery_lease_s=args.delivery_lease_s
-        ) as bridge:
-            try:
-                run_workers(
-                    store,
-                    bridge,
-                    stop,
-                    n_workers=args.workers or max(1, settings.workers),
-                    lease_s=args.lease_s,
-                )
-            except KeyboardInterrupt:
-                stop.set()
-    finally:
-        store.close()
-    return 0
-
-
-def add_worker_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``ct-triage worker`` (shared with ``python -m``)."""
-    p.add_argument("--store", help="job store URL (sqlite:///PATH or postgresql://...)")
-    p.add_argument("--workers", type=int, default=None, help="number of worker threads")
-    p.add_argument("--lease-s", type=float, default=120.0, help="job lease in seconds")
-    p.add_argument(
-        "--delivery-lease-s",
-        type=float,
-        default=None,
-        help="how long a delivery in progress is hidden from other senders (default 600)",
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ct_triage.server.jobs.worker``: settings from ``CT_TRIAGE_*``."""
-    from pydantic import ValidationError
-
-    from ct_triage.server.logconfig import configure_logging
-    from ct_triage.server.settings import Settings
-
-    p = argparse.ArgumentParser(prog="ct-triage worker", description=__doc__)
-    add_worker_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"ct-triage worker: configuration error: {exc}", file=sys.stderr)
-        return 1
-    configure_logging(fmt=settings.log_format)
-    try:
-        return cmd_worker(args, settings)
-    except TriageError as exc:
-        print(f"ct-triage worker: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
 __all__ = [
     "BridgeJobRunner",
     "JobOutcome",
     "JobRunner",
     "Worker",
-    "add_worker_arguments",
-    "cmd_worker",
-    "main",
     "run_workers",
 ]
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
