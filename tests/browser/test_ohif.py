@@ -221,6 +221,13 @@ def _load_measurements(page: Any, expected: str) -> None:
             if button.count() and button.first.is_visible():
                 with contextlib.suppress(Exception):
                     button.first.click(timeout=5_000)
+        # the SR viewport's load badge ("SR", then "LOAD" on hover): what a reader clicks to
+        # load the SR's measurements; OHIF does not always offer the prompt without it
+        badge = page.locator("[data-cy^=ModalityLoadBadge]")
+        if badge.count() and badge.first.is_visible():
+            with contextlib.suppress(Exception):
+                badge.first.hover(timeout=5_000)
+                badge.first.click(timeout=5_000)
         panel_open = page.get_by_text("Measurements (").count() > 0
         if not panel_open and panel.is_visible():  # open it (a second click would close it)
             with contextlib.suppress(Exception):
@@ -229,6 +236,8 @@ def _load_measurements(page: Any, expected: str) -> None:
             return
         time.sleep(1.0)
     tail = page.inner_text("body")[-600:]
+    with contextlib.suppress(Exception):
+        Path(os.environ.get("CT_TRIAGE_OHIF_DUMP", "/nonexistent/x")).write_text(page.content())
     raise AssertionError(f"OHIF's measurement panel never showed {expected!r}: {tail!r}")
 
 
