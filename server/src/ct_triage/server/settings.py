@@ -141,8 +141,9 @@ class Settings(BaseSettings):
     #: ``ct_triage.dicom_bridge.spool``).
     quiet_period_s: float = Field(default=5.0, gt=0)
     #: Once the sender released the association that carried a series (or its expected
-    #: count arrived), it is complete after this many seconds without a new instance.
-    completion_settle_s: float = Field(default=1.0, ge=0)
+    #: count arrived), it is complete after this many seconds without a new instance. A
+    #: later instance still supersedes the result (README, "Late instances supersede").
+    completion_settle_s: float = Field(default=0.5, ge=0)
     #: A series whose sender aborted the association is held this long for a re-send, then
     #: analysed as it is.
     aborted_series_wait_s: float = Field(default=300.0, ge=0)
