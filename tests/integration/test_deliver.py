@@ -20,15 +20,11 @@ from orthanc import OrthancServer, free_port
 from pydicom.uid import CTImageStorage, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from ct_triage.dicom_bridge.deliver import (
-    CStoreDestination,
-    DeliveryState,
-    Destination,
-    Outbox,
-    StowDestination,
-)
+from ct_triage.dicom_bridge.deliver import DeliveryState, Outbox
+from ct_triage.dicom_bridge.destinations import CStoreDestination, Destination, StowDestination
 from ct_triage.dicom_bridge.dicomweb import BasicAuth, DicomWebNode
-from ct_triage.dicom_bridge.query import DimseClient, PacsNode
+from ct_triage.dicom_bridge.dimse import PacsNode
+from ct_triage.dicom_bridge.query import DimseClient
 
 pytestmark = pytest.mark.integration
 
@@ -239,10 +235,10 @@ def test_a_response_taken_by_the_reactor_reaches_the_sender(
     under load). The race is made certain here: the first response the DIMSE provider
     decodes goes to the reactor's handler instead of the queue. With our association shim
     the sender still gets its status at once; without it (pynetdicom alone) it gets none."""
-    import ct_triage.dicom_bridge.query as query
+    import ct_triage.dicom_bridge.dimse as dimse
 
     if not shim:
-        monkeypatch.setattr(query, "keep_responses_for_waiting_sender", lambda assoc: None)
+        monkeypatch.setattr(dimse, "keep_responses_for_waiting_sender", lambda assoc: None)
     [path] = _results(tmp_path, n=1)
     ts = str(pydicom.dcmread(path).file_meta.TransferSyntaxUID)
     client = DimseClient(connect_timeout_s=2, acse_timeout_s=5, dimse_timeout_s=3)

@@ -48,14 +48,10 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 from unit import test_fuzz_analyze as fz
 
-from ct_triage.dicom_bridge.deliver import (
-    CStoreDestination,
-    DeliveryState,
-    InstanceState,
-    Outbox,
-    StowDestination,
-)
-from ct_triage.dicom_bridge.query import DimseClient, PacsNode
+from ct_triage.dicom_bridge.deliver import DeliveryState, Outbox
+from ct_triage.dicom_bridge.destinations import CStoreDestination, InstanceState, StowDestination
+from ct_triage.dicom_bridge.dimse import PacsNode
+from ct_triage.dicom_bridge.query import DimseClient
 from ct_triage.dicom_bridge.scp import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,

@@ -30,14 +30,10 @@ from ct_triage.dicom_bridge.dicomweb import (
     DicomWebError,
     DicomWebNode,
 )
-from ct_triage.dicom_bridge.query import (
-    AssociationRejected,
-    DimseClient,
-    PacsNode,
-    PacsUnreachable,
-    RetrieveFailed,
-    write_instance_bytes,
-)
+from ct_triage.dicom_bridge.dimse import PacsNode
+from ct_triage.dicom_bridge.instance_files import write_instance_bytes
+from ct_triage.dicom_bridge.pacs_errors import AssociationRejected, PacsUnreachable, RetrieveFailed
+from ct_triage.dicom_bridge.query import DimseClient
 
 pytestmark = pytest.mark.integration
 

@@ -33,13 +33,10 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from ct_triage.dicom_bridge.instance_files import write_instance_bytes
+from ct_triage.dicom_bridge.pacs_errors import PacsError
 from ct_triage.dicom_bridge.part10 import read_file_meta
-from ct_triage.dicom_bridge.query import (
-    PacsError,
-    SeriesMatch,
-    StudyMatch,
-    write_instance_bytes,
-)
+from ct_triage.dicom_bridge.qr_results import SeriesMatch, StudyMatch
 
 __all__ = [
     "BasicAuth",
