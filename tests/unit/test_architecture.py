@@ -175,3 +175,111 @@ def test_no_cli_verb_is_imported_below_the_cli() -> None:
         and not module.startswith("ct_triage.server.cli")
     )
     assert upward == []
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic data stays off the runtime path (issue 20)
+
+#: The phantom generator package (synthetic chest CT with exact truth).
+PHANTOM = "ct_triage.models.phantom"
+#: What may use it: training and evaluation data, synthetic DICOM for tests and the demo, and
+#: the CLI verbs that make or score synthetic data (``phantom``, ``demo``, ``evaluate``).
+SYNTHETIC_USERS = (
+    "ct_triage.models.train",
+    "ct_triage.models.evaluation",
+    "ct_triage.dicom_bridge.synthetic",
+    "ct_triage.server.cli.phantom",
+    "ct_triage.server.cli.demo",
+    "ct_triage.server.cli.evaluate",
+)
+#: The command-line dispatch: it imports each verb inside the function that runs it, so a
+#: verb's imports load only when that verb runs (the verbs themselves are checked).
+CLI_DISPATCH = (
+    "ct_triage.server.cli",
+    "ct_triage.server.cli.__main__",
+    "ct_triage.server.cli.main",
+)
+#: Modules of the path of a study (docs/architecture.md), named so the rule cannot pass empty.
+RUNTIME_PATH = (
+    "ct_triage.models.analysis",
+    "ct_triage.models.lungs",
+    "ct_triage.models.lesions",
+    "ct_triage.models.preprocess",
+    "ct_triage.models.postprocess",
+    "ct_triage.models.quality",
+    "ct_triage.models.quantify",
+    "ct_triage.models.runtime.factory",
+    "ct_triage.dicom_bridge.load",
+    "ct_triage.dicom_bridge.scp",
+    "ct_triage.server.pipeline",
+    "ct_triage.server.jobs.worker",
+    "ct_triage.server.api.app",
+    "ct_triage.server.cli.analyze",
+    "ct_triage.server.cli.serve",
+)
+
+
+def _within(module: str, names: tuple[str, ...]) -> bool:
+    """Whether ``module`` is one of ``names`` or inside one of them."""
+    return any(module == name or module.startswith(f"{name}.") for name in names)
+
+
+def import_path(graph: dict[str, set[str]], start: str, targets: tuple[str, ...]) -> list[str]:
+    """A shortest chain of imports from ``start`` to a module within ``targets``; ``[]`` if none."""
+    previous: dict[str, str] = {start: start}
+    queue = [start]
+    for module in queue:
+        for imported in sorted(graph.get(module, ())):
+            if imported in previous:
+                continue
+            previous[imported] = module
+            if _within(imported, targets):
+                chain = [imported]
+                while chain[-1] != start:
+                    chain.append(previous[chain[-1]])
+                return chain[::-1]
+            queue.append(imported)
+    return []
+
+
+def test_the_import_path_finder_follows_indirect_imports() -> None:
+    graph = {"run": {"helper"}, "helper": {"gen.sub"}, "gen.sub": set(), "clean": {"helper2"}}
+    assert import_path(graph, "run", ("gen",)) == ["run", "helper", "gen.sub"]
+    assert import_path(graph, "clean", ("gen",)) == []
+
+
+def test_only_training_evaluation_and_synthetic_data_import_the_phantom() -> None:
+    """The phantom generator is imported, directly, only by the modules that make or score
+    synthetic data (today: the training data, its measurements, the synthetic DICOM writer
+    and the ``phantom`` verb)."""
+    graph = import_graph(_modules())
+    importers = {
+        module
+        for module, targets in graph.items()
+        if not _within(module, (PHANTOM,)) and any(_within(t, (PHANTOM,)) for t in targets)
+    }
+    # the rule sees the real importers (a renamed package would make it pass empty)
+    assert {
+        "ct_triage.models.train.data",
+        "ct_triage.dicom_bridge.synthetic",
+        "ct_triage.server.cli.phantom",
+    } <= importers
+    assert sorted(m for m in importers if not _within(m, SYNTHETIC_USERS)) == []
+
+
+def test_no_runtime_module_reaches_the_phantom() -> None:
+    """No module on the path of a study loads the phantom generator, even through others:
+    every module but the synthetic-data users and the CLI dispatch is checked."""
+    graph = import_graph(_modules())
+    checked = [
+        module
+        for module in graph
+        if not _within(module, (PHANTOM, *SYNTHETIC_USERS)) and module not in CLI_DISPATCH
+    ]
+    assert set(RUNTIME_PATH) <= set(checked)
+    reaching = [
+        " -> ".join(chain)
+        for module in checked
+        if (chain := import_path(graph, module, (PHANTOM,)))
+    ]
+    assert reaching == []
