@@ -72,6 +72,7 @@ from pydicom.uid import (
     SegmentationStorage,
 )
 from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -380,6 +381,8 @@ class StorageSCP:
         pynetdicom dispatches the message.
         """
         message = event.message
+        if not isinstance(message, C_STORE_RQ):  # only C-STORE requests: nothing else decoded
+            return
         if getattr(message, "command_set", None) is None or message.context_id is None:
             return
         try:
