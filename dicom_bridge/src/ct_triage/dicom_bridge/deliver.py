@@ -34,6 +34,7 @@ from ct_triage.dicom_bridge.destinations import Destination as Destination
 from ct_triage.dicom_bridge.destinations import InstanceState, not_sent_result
 from ct_triage.dicom_bridge.destinations import StowDestination as StowDestination
 from ct_triage.dicom_bridge.part10 import read_file_meta
+from ct_triage.models import sqlite_store
 from ct_triage.models.durable import fsync_dir, fsync_file
 
 __all__ = ["Delivery", "DeliveryState", "Outbox"]
@@ -156,10 +157,9 @@ class Outbox:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self._db_path, timeout=30.0, isolation_level=None)
+        """One connection (WAL, ``synchronous=FULL``, autocommit, 30 s busy timeout)."""
+        db = sqlite_store.connect(self._db_path, busy_timeout_s=30.0)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
             yield db
         finally:
             db.close()
@@ -186,16 +186,14 @@ class Outbox:
         ids: list[str] = []
         with self._connect() as db:
             for dest in self.destinations:
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with sqlite_store.transaction(db):
                     row = db.execute(
                         "SELECT id FROM deliveries WHERE job_ref = ? AND destination = ?",
                         (job_ref, dest),
                     ).fetchone()
                     if row is not None:
-                        db.execute("COMMIT")
                         ids.append(str(row[0]))
-                        continue
+                        continue  # leaves the block: COMMIT
                     delivery_id = uuid.uuid4().hex
                     staging = self._files_root / f".staging-{delivery_id}"
                     staging.mkdir()
@@ -215,10 +213,6 @@ class Outbox:
                         " VALUES (?, ?, ?)",
                         [(delivery_id, n, u) for n, u in zip(names, uids, strict=True)],
                     )
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
                 LOGGER.info(
                     "outbox: queued delivery %s of job %s to %s (%d instance(s))",
                     delivery_id,
