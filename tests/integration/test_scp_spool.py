@@ -279,7 +279,7 @@ def test_peer_abort_mid_series_keeps_acknowledged(
     expected = sorted(str(pydicom.dcmread(p).SOPInstanceUID) for p in paths[:3])
     assert spool.instance_uids(series) == expected
     # The partial series is held (issue 16: never analysed while its sender aborted) ...
-    _poll(lambda: spool._series_row(series) and _aborted(spool, series))
+    _poll(lambda: spool._index.series_row(series) and _aborted(spool, series))
     now = time.time()
     assert spool.due(now + QUIET_S + 1.0) == []
     # ... until the aborted-series timeout, when it goes as it is.
@@ -289,10 +289,8 @@ def test_peer_abort_mid_series_keeps_acknowledged(
 
 
 def _aborted(spool: Spool, series: str) -> bool:
-    with spool._db_lock:
-        row = spool._db.execute(
-            "SELECT aborted_at FROM series WHERE series_uid = ?", (series,)
-        ).fetchone()
+    with spool._index.read() as db:
+        row = db.execute("SELECT aborted_at FROM series WHERE series_uid = ?", (series,)).fetchone()
     return row is not None and row[0] is not None
 
 
