@@ -5,7 +5,8 @@ what the audit log records with the token's name; ``secret`` (32 random bytes, U
 base64) is never stored. The database keeps a random salt and
 ``PBKDF2-HMAC-SHA256(secret, salt, iterations)`` per token (:func:`hashlib.pbkdf2_hmac`,
 compared with :func:`hmac.compare_digest`), in a SQLite file of its own
-(``<data_dir>/api-tokens.db``) so it works the same whichever job store is used.
+(``<data_dir>/api-tokens.db``, opened with :func:`ct_triage.models.sqlite_store.connect`) so it
+works the same whichever job store is used.
 
 Verification is deliberately slow (PBKDF2); a verified token is remembered for
 :attr:`TokenStore.cache_ttl_s` seconds keyed by the SHA-256 of the presented token (not the
@@ -22,13 +23,13 @@ import enum
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ct_triage.models.sqlite_store import connect
 from ct_triage.server.api.errors import BadRequest, NotFound
 
 __all__ = [
@@ -133,10 +134,7 @@ class TokenStore:
         self.iterations = iterations
         self.cache_ttl_s = cache_ttl_s
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.execute(_SCHEMA)
+        self._db = connect(self.path, schema=_SCHEMA, busy_timeout_s=10.0, check_same_thread=False)
         self._cache: dict[bytes, tuple[Principal, float]] = {}
 
     def close(self) -> None:
