@@ -431,6 +431,41 @@ def test_recover_reconciles_files_and_rows(tmp_path: Path) -> None:
         assert not list((root / "tmp").iterdir())
 
 
+def test_only_the_row_of_a_new_instance_commits_without_waiting_for_the_disk(
+    tmp_path: Path,
+) -> None:
+    """A new instance's row skips the WAL fsync (its durable file is re-recorded after a power
+    cut); a replaced instance's row and every state change wait for the disk."""
+    paths = _series(tmp_path / "src", 2)
+    with Spool(tmp_path / "spool", quiet_period_s=QUIET_S) as s:
+        statements: list[str] = []
+        s._index.db.set_trace_callback(statements.append)
+
+        def levels() -> list[str]:
+            found = [st.split("=")[1] for st in statements if "PRAGMA synchronous=" in st]
+            statements.clear()
+            return found
+
+        s.store(paths[0].read_bytes())
+        assert levels() == ["NORMAL", "FULL"]  # new: this commit only, then FULL again
+        assert int(s._index.db.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+        changed = pydicom.dcmread(paths[0])
+        changed.SeriesDescription = "Chest corrected"
+        assert s.store(changed).action is StoreAction.REPLACED
+        assert levels() == []  # replaced: synchronous (FULL) commit
+        _, series, _ = _uids(paths)
+        ready = s.claim(series, time.time() + QUIET_S + 1)
+        s.mark_done(series, ready.generation, "result")
+        assert levels() == []
+    # what a power cut that lost the new instance's row leaves: its file, no row
+    with Spool(tmp_path / "spool", quiet_period_s=QUIET_S) as s:
+        s._index.db.execute("DELETE FROM instances")
+    with Spool(tmp_path / "spool", quiet_period_s=QUIET_S) as s:
+        sop = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SOPInstanceUID)
+        assert s.instance_uids(series) == [sop]
+        assert s.state(series) is SeriesState.RECEIVING  # re-opened: analysed again
+
+
 def test_purge_deletes_settled_series_past_retention_only(tmp_path: Path) -> None:
     """Done and failed series older than the retention go; newer or unsettled ones stay."""
     root = tmp_path / "spool"

@@ -1,7 +1,9 @@
 """Crash recovery: reconcile the index with the files after a restart.
 
 * leftover temporary files are deleted (never acknowledged);
-* a file without a row is recorded (crash between rename and commit);
+* a file without a row is recorded (crash between rename and commit, or a power cut that
+  lost the row of a new instance: :meth:`SpoolIndex.record` commits those without waiting
+  for the disk);
 * a row without a file is dropped, with a warning;
 * a series left ``claimed`` (crash mid-analysis) becomes due again.
 """

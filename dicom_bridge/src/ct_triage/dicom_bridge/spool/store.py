@@ -173,7 +173,9 @@ class InstanceStore:
             ensure_dir(folder)
             write_durably(path, raw, tmp_dir=self.tmp_dir, tmp_prefix="tmp")
             try:
-                generation, late = self._index.record(hdr, digest, len(raw), calling_ae, t)
+                generation, late = self._index.record(
+                    hdr, digest, len(raw), calling_ae, t, sync=existing is not None
+                )
             except sqlite3.Error as exc:
                 if existing is None:
                     path.unlink(missing_ok=True)
