@@ -25,45 +25,43 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from ct_triage.dicom_bridge.deliver import CStoreDestination, Destination, Outbox, StowDestination
-from ct_triage.dicom_bridge.dicomweb import BasicAuth, BearerToken, DicomWebClient, DicomWebNode
-from ct_triage.dicom_bridge.load import load_series
-from ct_triage.dicom_bridge.query import DimseClient, PacsError, PacsNode, StudyMatch
-from ct_triage.dicom_bridge.retract import (
-    DicomWebRetractor,
-    OrthancRetractor,
-    Retractor,
-    parse_retract_target,
-)
+from ct_triage.dicom_bridge.deliver import Outbox
+from ct_triage.dicom_bridge.dicomweb import DicomWebClient
+from ct_triage.dicom_bridge.query import DimseClient, PacsNode, StudyMatch
 from ct_triage.dicom_bridge.scp import StorageSCP
 from ct_triage.dicom_bridge.spool import PurgeReport, ReadySeries, SeriesState, Spool
-from ct_triage.dicom_bridge.tls import client_ssl_context, server_ssl_context
 from ct_triage.models.analysis import LesionModel
 from ct_triage.models.errors import StudyDeclined, TriageError
 from ct_triage.models.identity import ModelIdentity
+from ct_triage.server.bridge_state import BridgeState
+from ct_triage.server.destinations import (
+    build_destinations,
+    build_retractors,
+    dicomweb_node,
+    tls_client,
+    tls_server,
+)
 from ct_triage.server.logconfig import job_context
 from ct_triage.server.pipeline import (
     AnalysisOptions,
     AnalysisResult,
-    analyze_series,
+    NotSelected,
     analyze_study,
-    choose_series,
     result_files,
     write_not_analysed,
 )
+from ct_triage.server.retractions import RetractionQueue
 from ct_triage.server.settings import Settings, parse_dimse_node
-from ct_triage.server.timing import StageTimer
 
 logger = logging.getLogger(__name__)
 
@@ -81,89 +79,8 @@ class StudyOutcome:
     status: str  # "analysed" | "declined" | "failed" | "skipped"
     detail: str
     result_dir: Path | None = None
-
-
-def _ssl_server(settings: Settings) -> Any:
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    return server_ssl_context(
-        settings.tls_cert,
-        settings.tls_key,
-        ca=settings.tls_ca,
-        require_client_cert=settings.tls_ca is not None,
-    )
-
-
-def _ssl_client(settings: Settings) -> Any:
-    if settings.tls_ca is None:
-        return None
-    return client_ssl_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
-
-
-def dicomweb_node(settings: Settings, url: str | None = None) -> DicomWebNode | None:
-    """The PACS's DICOMweb service from the settings (``None`` when not configured)."""
-    url = url or settings.pacs_dicomweb_url
-    if not url:
-        return None
-    auth: BasicAuth | BearerToken | None = None
-    if settings.pacs_dicomweb_token:
-        auth = BearerToken(settings.pacs_dicomweb_token)
-    elif settings.pacs_dicomweb_user:
-        auth = BasicAuth(settings.pacs_dicomweb_user, settings.pacs_dicomweb_password or "")
-    return DicomWebNode(url=url, auth=auth)
-
-
-def build_destinations(settings: Settings) -> dict[str, Destination]:
-    """Delivery destinations named by ``settings.destinations``, with the delivery timeouts."""
-    out: dict[str, Destination] = {}
-    for spec in settings.destinations:
-        kind, _, target = spec.partition(":")
-        if kind == "dimse":
-            aet, host, port = parse_dimse_node(target)
-            node = PacsNode(aet, host, port, tls=_ssl_client(settings))
-            client = DimseClient(
-                settings.ae_title,
-                connect_timeout_s=settings.delivery_connect_timeout_s,
-                acse_timeout_s=settings.delivery_association_timeout_s,
-                dimse_timeout_s=settings.delivery_store_timeout_s,
-                network_timeout_s=max(
-                    settings.delivery_store_timeout_s, settings.delivery_association_timeout_s
-                ),
-            )
-            out[spec] = CStoreDestination(node, client=client)
-        else:
-            web = dicomweb_node(settings, target)
-            assert web is not None
-            out[spec] = StowDestination(replace(web, timeout_s=settings.delivery_store_timeout_s))
-    return out
-
-
-def build_retractors(settings: Settings) -> dict[str, Retractor]:
-    """Where superseded results are deleted (``settings.retract_superseded``)."""
-    out: dict[str, Retractor] = {}
-    for spec in settings.retract_superseded:
-        kind, url = parse_retract_target(spec)
-        node = dicomweb_node(settings, url)
-        assert node is not None
-        node = replace(node, timeout_s=settings.delivery_connect_timeout_s)
-        out[spec] = OrthancRetractor(node) if kind == "orthanc" else DicomWebRetractor(node)
-    return out
-
-
-_RETRACTIONS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS retractions (
-    job_ref         TEXT NOT NULL,
-    target          TEXT NOT NULL,
-    study_uid       TEXT NOT NULL,
-    series_uids     TEXT NOT NULL,
-    delivery_ids    TEXT NOT NULL,
-    state           TEXT NOT NULL,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error      TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (job_ref, target)
-)
-"""
+    #: The report of an analysed study (the ``report.json`` written into ``result_dir``).
+    report: dict[str, Any] | None = None
 
 
 class Bridge:
@@ -207,15 +124,10 @@ class Bridge:
             backoff_base_s=settings.delivery_backoff_s,
             lease_s=600.0 if delivery_lease_s is None else delivery_lease_s,
         )
-        self._state = sqlite3.connect(data / "bridge.db", check_same_thread=False)
-        self._state.execute(
-            "CREATE TABLE IF NOT EXISTS seen_studies (study_uid TEXT PRIMARY KEY, seen REAL)"
+        self._state = BridgeState(data / "bridge.db")
+        self.retractions = RetractionQueue(
+            self._state, build_retractors(settings), self.outbox, settings.delivery_max_attempts
         )
-        self._state.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
-        self._state.execute(_RETRACTIONS_SCHEMA)
-        self._state.commit()
-        self._state_lock = threading.Lock()
-        self.retractors = build_retractors(settings)
         self._lock = threading.Lock()
         self._next_purge = 0.0  # monotonic time of the next spool purge (0: at the first step)
         self.scp: StorageSCP | None = None
@@ -226,11 +138,11 @@ class Bridge:
                 host=settings.dicom_host,
                 port=settings.dicom_port,
                 allowed_calling_aets=frozenset(settings.allowed_calling_aets) or None,
-                ssl_context=_ssl_server(settings),
+                ssl_context=tls_server(settings),
             )
         self.dimse = DimseClient(settings.ae_title)
         self.pacs = (
-            PacsNode(*parse_dimse_node(settings.pacs), tls=_ssl_client(settings))
+            PacsNode(*parse_dimse_node(settings.pacs), tls=tls_client(settings))
             if settings.pacs
             else None
         )
@@ -290,23 +202,6 @@ class Bridge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def run(self, stop: threading.Event, *, interval_s: float = 0.5) -> None:
-        """Process, deliver, poll and purge the spool until ``stop`` is set."""
-        next_poll = 0.0
-        while not stop.is_set():
-            try:
-                self.process_due()
-                self.deliver(wait=False)
-                if self.settings.poll_interval_s and time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + self.settings.poll_interval_s
-                    self.poll_once()
-                self.purge_spool_if_due()
-            except TriageError as exc:  # logged once here; the loop goes on
-                logger.error("bridge step failed: %s", exc)
-            except Exception:
-                logger.exception("bridge step failed unexpectedly")
-            stop.wait(interval_s)
 
     # -- retention -----------------------------------------------------------------------
     #: How often :meth:`purge_spool_if_due` purges (seconds of monotonic time).
@@ -425,44 +320,52 @@ class Bridge:
         out_dir: Path | None = None,
         enqueue: bool = True,
     ) -> StudyOutcome:
-        study_folder = claimed[0].folder.parent
-        timer = StageTimer()
-        with tempfile.TemporaryDirectory(prefix="ct-triage-sel-") as work:
-            choice = choose_series(study_folder, self.options, Path(work), timer)
-        chosen_uid = choice.series.series_instance_uid
-        chosen = next((r for r in claimed if r.series_uid == chosen_uid), None)
-        verdict = next((v for v in choice.reasons if v.taken), None)
-        if chosen is None:
+        """Run the study of ``claimed`` through the pipeline and settle them in the spool.
+
+        The pipeline chooses among all of the study's series; only a claimed one is analysed
+        (into ``out_dir``, or a folder named after the series and its generation), and its
+        result supersedes the series' previous one.
+        """
+        by_uid = {r.series_uid: r for r in claimed}
+
+        def folder(uid: str) -> Path:
+            return (
+                out_dir or self.results_dir / study_uid / f"{uid}.g{by_uid[uid].generation}.{job}"
+            )
+
+        result = analyze_study(
+            claimed[0].folder.parent,
+            folder,
+            self.model,
+            self.options,
+            eligible_series=by_uid.keys(),
+            supersedes={
+                uid: old
+                for uid, r in by_uid.items()
+                if (old := self._superseded(r.previous_result_ref)) is not None
+            },
+        )
+        if isinstance(result, NotSelected):
             # The best series of the study was analysed before, at its current generation.
-            reason = f"not selected: {verdict.label if verdict else chosen_uid} is preferred"
             for r in claimed:
-                self.spool.mark_done(r.series_uid, r.generation, reason)
-            return StudyOutcome(study_uid, chosen_uid, "skipped", reason)
+                self.spool.mark_done(r.series_uid, r.generation, result.reason)
+            return StudyOutcome(study_uid, result.series_instance_uid, "skipped", result.reason)
+        chosen = by_uid[result.series_instance_uid]
         for r in claimed:
             if r is not chosen:
                 why = next(
-                    (v.reason for v in choice.reasons if v.series_instance_uid == r.series_uid),
+                    (v.reason for v in result.selection if v.series_instance_uid == r.series_uid),
                     "another series of the study is preferred",
                 )
                 self.spool.mark_done(r.series_uid, r.generation, f"not selected: {why}")
-        with timer.stage("load"):
-            series = load_series(choice.paths)
-        out = out_dir or self.results_dir / study_uid / f"{chosen_uid}.g{chosen.generation}.{job}"
-        result = analyze_series(
-            series,
-            choice,
-            out,
-            self.model,
-            self.options,
-            timer=timer,
-            supersedes=self._superseded(chosen.previous_result_ref),
-        )
+        out = folder(chosen.series_uid)
         if enqueue:
-            self.enqueue_results(out, job_ref=f"{chosen_uid}.g{chosen.generation}")
-        self.spool.mark_done(chosen_uid, chosen.generation, str(out))
+            job_ref = f"{chosen.series_uid}.g{chosen.generation}"
+            self.enqueue_results(out, job_ref=job_ref, report=result.report)
+        self.spool.mark_done(chosen.series_uid, chosen.generation, str(out))
         triage = result.report["triage"]["category"]
-        logger.info("study %s series %s analysed: triage %s", study_uid, chosen_uid, triage)
-        return StudyOutcome(study_uid, chosen_uid, "analysed", triage, out)
+        logger.info("study %s series %s analysed: triage %s", study_uid, chosen.series_uid, triage)
+        return StudyOutcome(study_uid, chosen.series_uid, "analysed", triage, out, result.report)
 
     @property
     def outbox_has_destinations(self) -> bool:
@@ -531,103 +434,23 @@ class Bridge:
             else:
                 self.spool.mark_failed(series_uid, ready.generation, failure)
 
-    def enqueue_results(self, out_dir: Path, *, job_ref: str) -> list[str]:
+    def enqueue_results(self, out_dir: Path, *, job_ref: str, report: dict[str, Any]) -> list[str]:
         """Queue a result folder's SEG, SR and overlay for delivery (idempotent per job_ref).
 
-        When the result supersedes an earlier one, the earlier one's series are queued for
-        retraction from the PACS (``retract_superseded``), done once these deliveries are.
+        ``report`` is the result's report (as written into ``out_dir``). When the result
+        supersedes an earlier one, the earlier one's series are queued for retraction from
+        the PACS (``retract_superseded``), done once these deliveries are.
         """
         ids: list[str] = []
         if self.outbox_has_destinations:
             ids = self.outbox.enqueue(result_files(out_dir), job_ref=job_ref)
-        self._queue_retraction(out_dir, job_ref, ids)
+        self.retractions.queue(report, job_ref, ids)
         return ids
 
-    # -- supersede in the PACS -----------------------------------------------------------
-    def _queue_retraction(self, out_dir: Path, job_ref: str, delivery_ids: list[str]) -> None:
-        if not self.retractors:
-            return
-        report = json.loads((out_dir / "report.json").read_text())
-        previous = (report.get("supersedes") or {}).get("result")
-        if not previous:
-            return
-        old_report = Path(str(previous)) / "report.json"
-        if not old_report.is_file():
-            logger.warning("superseded result %s has no report.json; not retracted", previous)
-            return
-        outputs = json.loads(old_report.read_text()).get("outputs", {})
-        series = [
-            str(uid)
-            for key in ("seg", "sr", "summary", "outlines_sr", "overlay")
-            if (uid := (outputs.get(key) or {}).get("series_instance_uid"))
-        ]
-        if not series:
-            return
-        now = time.time()
-        with self._state_lock:
-            for target in self.retractors:
-                self._state.execute(
-                    "INSERT OR IGNORE INTO retractions (job_ref, target, study_uid, series_uids,"
-                    " delivery_ids, state, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                    (
-                        job_ref,
-                        target,
-                        str(report["study_instance_uid"]),
-                        json.dumps(series),
-                        json.dumps(delivery_ids),
-                        now,
-                    ),
-                )
-            self._state.commit()
-        logger.info(
-            "result %s supersedes %d series; retracted once delivered", job_ref, len(series)
-        )
-
     def retract_due(self, now: float | None = None) -> int:
-        """Delete superseded results whose successors were delivered; returns how many ran.
-
-        A retraction waits while any delivery of the new result is pending (or dead: the
-        old result then stays, better than none). Transient PACS errors are retried with the
-        delivery backoff up to ``delivery_max_attempts``; a refusal ends it with an error.
-        """
-        if not self.retractors:
-            return 0
-        t = time.time() if now is None else now
-        with self._state_lock:
-            rows = self._state.execute(
-                "SELECT job_ref, target, study_uid, series_uids, delivery_ids, attempts "
-                "FROM retractions WHERE state = 'pending' AND next_attempt_at <= ?",
-                (t,),
-            ).fetchall()
-        ran = 0
-        for job_ref, target, study_uid, series_json, ids_json, attempts in rows:
-            states = {self.outbox.get(i).state.value for i in json.loads(ids_json)}
-            if states - {"done"}:
-                continue
-            retractor = self.retractors.get(str(target))
-            if retractor is None:  # target removed from the settings since
-                continue
-            ran += 1
-            state, error, next_at = "done", "", t
-            try:
-                n = retractor.retract_series(str(study_uid), json.loads(series_json))
-                logger.info("superseded result retracted from %r: %d series", retractor, n)
-            except PacsError as exc:
-                error = str(exc)
-                if exc.transient and attempts + 1 < self.settings.delivery_max_attempts:
-                    state, next_at = "pending", t + self.outbox.backoff_s(attempts + 1)
-                    logger.warning("retraction from %r failed, will retry: %s", retractor, exc)
-                else:
-                    state = "dead"
-                    logger.error("retraction from %r failed: %s", retractor, exc)
-            with self._state_lock:
-                self._state.execute(
-                    "UPDATE retractions SET state = ?, attempts = attempts + 1, "
-                    "next_attempt_at = ?, last_error = ? WHERE job_ref = ? AND target = ?",
-                    (state, next_at, error, job_ref, target),
-                )
-                self._state.commit()
-        return ran
+        """Delete superseded results whose successors were delivered (see
+        :meth:`RetractionQueue.run_due`); returns how many ran."""
+        return self.retractions.run_due(now)
 
     def report_not_analysed(self, study_uid: str, reason: str, *, tag: str) -> list[str]:
         """Write and queue the "not analysed: REASON" SR and page of a declined study.
@@ -660,7 +483,7 @@ class Bridge:
         were attempted. ``wait=False`` (the service loops) returns without waiting for them:
         a destination still busy is skipped by the next call, the others go on."""
         if not self.outbox_has_destinations:
-            return self.retract_due(now) if self.retractors else 0
+            return self.retract_due(now)
         attempted = self.outbox.run_once(now, wait=wait)
         self.retract_due(now)
         return attempted
@@ -743,53 +566,30 @@ class Bridge:
             )
         for st in studies:
             self.retrieve_study(st.study_instance_uid)
-            self._mark_seen(st.study_instance_uid)
+            self._state.mark_seen(st.study_instance_uid)
         return [st.study_instance_uid for st in studies]
 
     def poll_once(self, today: date | None = None) -> list[str]:
         """Find CT studies new since the watermark and retrieve them (pull mode)."""
         today = today or date.today()
-        row = self._state.execute("SELECT value FROM kv WHERE key = 'watermark'").fetchone()
-        start = (
-            date.fromisoformat(row[0])
-            if row
-            else today - timedelta(days=self.settings.poll_lookback_days)
-        )
+        start = self._state.watermark() or today - timedelta(days=self.settings.poll_lookback_days)
         new = []
         for st in self.find_studies(date_range=(start, today)):
-            if self._seen(st.study_instance_uid):
+            if self._state.seen(st.study_instance_uid):
                 continue
             try:
                 self.retrieve_study(st.study_instance_uid)
             except TriageError as exc:
                 logger.error("poll: study %s not retrieved: %s", st.study_instance_uid, exc)
                 continue
-            self._mark_seen(st.study_instance_uid)
+            self._state.mark_seen(st.study_instance_uid)
             new.append(st.study_instance_uid)
         # The watermark stays on today's date: studies of today are found again on the next
         # poll and skipped by the seen-set; nothing between polls is missed.
-        self._state.execute(
-            "INSERT INTO kv(key, value) VALUES('watermark', ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (today.isoformat(),),
-        )
-        self._state.commit()
+        self._state.set_watermark(today)
         if new:
             logger.info("poll: %d new CT stud(ies) retrieved", len(new))
         return new
-
-    def _seen(self, study_uid: str) -> bool:
-        row = self._state.execute(
-            "SELECT 1 FROM seen_studies WHERE study_uid = ?", (study_uid,)
-        ).fetchone()
-        return row is not None
-
-    def _mark_seen(self, study_uid: str) -> None:
-        self._state.execute(
-            "INSERT OR IGNORE INTO seen_studies(study_uid, seen) VALUES(?, ?)",
-            (study_uid, time.time()),
-        )
-        self._state.commit()
 
 
 __all__ = [

@@ -1,7 +1,8 @@
 """The one function that runs a study through every step (DESIGN.md, "The flow").
 
-Both the CLI (``ct-triage analyze``) and the server's workers call :func:`analyze_study`;
-neither adds logic of its own. Each step lives in the module that owns it:
+Every entry calls :func:`analyze_study`: the CLI (``ct-triage analyze``, ``demo``), the
+server's workers (pushed, pulled and uploaded studies) and ``ct-triage pull``; none adds a
+step of its own. Each step lives in the module that owns it:
 
 ``inputs → select → load → lungs → lesions (runtime) → postprocess → quantify → writers``.
 """
@@ -12,10 +13,11 @@ import contextvars
 import json
 import logging
 import tempfile
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pydicom import Dataset, dcmread
 
@@ -120,10 +122,38 @@ class AnalysisOptions:
 
 @dataclass(frozen=True, slots=True)
 class AnalysisResult:
-    """Where the results are and what they say."""
+    """Where the results are and what they say.
+
+    ``selection`` holds one verdict per series of the study, the analysed series first (the
+    same as ``report["series_selection"]``).
+    """
 
     out_dir: Path
     report: dict[str, Any]
+    selection: tuple[select.SeriesVerdict, ...] = ()
+
+    @property
+    def series_instance_uid(self) -> str:
+        """The SeriesInstanceUID of the analysed series."""
+        return str(self.report["series_instance_uid"])
+
+
+@dataclass(frozen=True, slots=True)
+class NotSelected:
+    """The study's best series is not one of the ``eligible_series``: nothing was analysed.
+
+    The push path analyses a study when some of its series complete; the best series may be
+    one analysed before, at its current generation (see :func:`analyze_study`).
+    """
+
+    series_instance_uid: str
+    selection: tuple[select.SeriesVerdict, ...]
+
+    @property
+    def reason(self) -> str:
+        """``"not selected: SERIES is preferred"``, SERIES the label of the best series."""
+        taken = next((v for v in self.selection if v.taken), None)
+        return f"not selected: {taken.label if taken else self.series_instance_uid} is preferred"
 
 
 def build_report(
@@ -186,42 +216,29 @@ def build_report(
         "quality": q["quality"],
         "timings_s": timings,
         "outputs": {
-            "seg": {
-                "file": "seg.dcm",
-                "sop_instance_uid": str(seg.SOPInstanceUID),
-                "series_instance_uid": str(seg.SeriesInstanceUID),
-            },
-            "sr": {
-                "file": "sr.dcm",
-                "sop_instance_uid": str(sr.SOPInstanceUID),
-                "series_instance_uid": str(sr.SeriesInstanceUID),
-            },
+            "seg": _object_ref("seg.dcm", seg),
+            "sr": _object_ref("sr.dcm", sr),
             "overlay": {
                 "folder": "overlay",
                 "series_instance_uid": str(overlay[0].SeriesInstanceUID) if overlay else None,
                 "sop_instance_uids": [str(ds.SOPInstanceUID) for ds in overlay],
             },
-            "summary": (
-                {
-                    "file": "summary.dcm",
-                    "sop_instance_uid": str(summary.SOPInstanceUID),
-                    "series_instance_uid": str(summary.SeriesInstanceUID),
-                }
-                if summary is not None
-                else None
-            ),
+            "summary": _object_ref("summary.dcm", summary) if summary is not None else None,
             "outlines_sr": (
-                {
-                    "file": "sr-outlines.dcm",
-                    "sop_instance_uid": str(outlines.SOPInstanceUID),
-                    "series_instance_uid": str(outlines.SeriesInstanceUID),
-                }
-                if outlines is not None
-                else None
+                _object_ref("sr-outlines.dcm", outlines) if outlines is not None else None
             ),
             "preview": "preview.png",
         },
         "supersedes": supersedes,
+    }
+
+
+def _object_ref(file: str, ds: Dataset) -> dict[str, str]:
+    """One written object in ``report.json``: its file and its SOP Instance and Series UIDs."""
+    return {
+        "file": file,
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "series_instance_uid": str(ds.SeriesInstanceUID),
     }
 
 
@@ -268,6 +285,7 @@ def choose_series(
     return choice
 
 
+@overload
 def analyze_study(
     input_path: Path,
     out_dir: Path,
@@ -275,21 +293,66 @@ def analyze_study(
     options: AnalysisOptions,
     *,
     model: ModelIdentity | None = None,
-) -> AnalysisResult:
+) -> AnalysisResult: ...
+
+
+@overload
+def analyze_study(
+    input_path: Path,
+    out_dir: Path | Callable[[str], Path],
+    lesion_model: LesionModel,
+    options: AnalysisOptions,
+    *,
+    model: ModelIdentity | None = None,
+    eligible_series: Collection[str],
+    supersedes: Mapping[str, dict[str, Any]] | None = None,
+) -> AnalysisResult | NotSelected: ...
+
+
+def analyze_study(
+    input_path: Path,
+    out_dir: Path | Callable[[str], Path],
+    lesion_model: LesionModel,
+    options: AnalysisOptions,
+    *,
+    model: ModelIdentity | None = None,
+    eligible_series: Collection[str] | None = None,
+    supersedes: Mapping[str, dict[str, Any]] | None = None,
+) -> AnalysisResult | NotSelected:
     """Analyse one study: DICOM folder or zip in; SEG, SR, overlay, preview and report out.
+
+    Every entry runs a study through this function: ``ct-triage analyze`` and ``demo``, API
+    uploads, pulled studies and pushed series (:class:`ct_triage.server.bridge.Bridge`).
+    The steps: discover, select, load, compute, quantify, write.
 
     Parameters
     ----------
     input_path
         Folder of DICOM files (any depth), a zip of them, or a single file.
     out_dir
-        Result folder. It receives complete results or is left as it was.
+        Result folder. It receives complete results or is left as it was. The push path
+        passes a function of the chosen SeriesInstanceUID instead (its folders are named
+        after the series).
     lesion_model
         The lesion segmenter (see :func:`ct_triage.models.lesions.load_lesion_segmenter`).
     options
         Selection rules, triage thresholds, overlay mode.
     model
         Identity written into the outputs; defaults to ``lesion_model.identity``.
+    eligible_series
+        The push path: the series that may be analysed (those that completed). The series
+        are chosen among all of the study's; when the best is not one of these,
+        :class:`NotSelected` is returned and nothing is written.
+    supersedes
+        The push path: by SeriesInstanceUID, the earlier result of that series that its new
+        result replaces (a late instance re-ran the series); see :func:`analyze_series`.
+
+    Returns
+    -------
+    AnalysisResult
+        The result folder, its report and the selection verdicts.
+    NotSelected
+        Only with ``eligible_series``: the best series is not one of them.
 
     Raises
     ------
@@ -298,13 +361,26 @@ def analyze_study(
     TriageError
         Any other failure; nothing is written.
     """
-    check_output_dir(out_dir)  # fail before any work, not after it
+    if isinstance(out_dir, Path):
+        check_output_dir(out_dir)  # fail before any work, not after it
     timer = StageTimer()
     with tempfile.TemporaryDirectory(prefix="ct-triage-in-") as work:
         choice = choose_series(input_path, options, Path(work), timer)
+        chosen = choice.series.series_instance_uid
+        if eligible_series is not None and chosen not in eligible_series:
+            return NotSelected(chosen, choice.reasons)
         with timer.stage("load"):
             series = load_series(choice.paths)
-    return analyze_series(series, choice, out_dir, lesion_model, options, model=model, timer=timer)
+    return analyze_series(
+        series,
+        choice,
+        out_dir if isinstance(out_dir, Path) else out_dir(chosen),
+        lesion_model,
+        options,
+        model=model,
+        timer=timer,
+        supersedes=(supersedes or {}).get(chosen),
+    )
 
 
 def analyze_series(
@@ -407,7 +483,7 @@ def analyze_series(
         quant.severity_score,
         report["timings_s"]["total"],
     )
-    return AnalysisResult(out_dir=out_dir.resolve(), report=report)
+    return AnalysisResult(out_dir=out_dir.resolve(), report=report, selection=choice.reasons)
 
 
 def _runtimes_used(lesion_model: LesionModel) -> list[str]:

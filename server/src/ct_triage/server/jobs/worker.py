@@ -8,11 +8,13 @@ worker before each claim) queues the job again; a worker starting on the same ho
 the jobs of its dead processes at once (:meth:`JobStore.release_dead_leases`).
 
 :class:`BridgeJobRunner` is the real runner: pull jobs are retrieved from the PACS through
-the :class:`~ct_triage.server.bridge.Bridge`, upload jobs read from their path; both go
-through :func:`ct_triage.server.pipeline.analyze_study` and their results are queued in the
-bridge's outbox. Both steps are idempotent, so a job re-run after a crash analyses and
-delivers its study exactly once: the result folder is keyed by the job key and a complete
-``report.json`` in it is reused; the outbox ``job_ref`` is the job key.
+the :class:`~ct_triage.server.bridge.Bridge`, upload jobs read from their path, push jobs
+name series claimed in the spool; all go through
+:func:`ct_triage.server.pipeline.analyze_study`, whose report the runner records (it does
+not read back what was just written), and their results are queued in the bridge's outbox.
+Both steps are idempotent, so a job re-run after a crash analyses and delivers its study
+exactly once: the result folder is keyed by the job key and a complete ``report.json`` in it
+is reused; the outbox ``job_ref`` is the job key.
 
 ``ct-triage worker`` (:mod:`ct_triage.server.cli.worker`) runs workers in a process of their
 own.
@@ -218,7 +220,7 @@ class BridgeJobRunner:
             report = analyze_study(
                 Path(str(path)), out, self.bridge.model, self.bridge.options
             ).report
-        self.bridge.enqueue_results(out, job_ref=job.key)
+        self.bridge.enqueue_results(out, job_ref=job.key, report=report)
         return JobOutcome(result=result_summary(report, str(out)))
 
     def _analyse_pushed(self, job: Job, out: Path) -> dict[str, Any]:
@@ -228,10 +230,9 @@ class BridgeJobRunner:
             for item in job.payload["series"]
         ]
         outcome = self.bridge.analyse_claimed(str(job.payload["study_uid"]), claimed, out)
-        if outcome.status != "analysed":
+        if outcome.status != "analysed" or outcome.report is None:
             raise StudyDeclined(outcome.detail)
-        loaded: dict[str, Any] = json.loads((out / REPORT_NAME).read_text())
-        return loaded
+        return outcome.report
 
     def _retrieve(self, job: Job) -> str:
         study_uid = job.payload.get("study_uid") or job.study_uid
