@@ -164,16 +164,16 @@ def test_lungs_cut_by_the_field_of_view_stay_lung_on_their_side(circle: bool) ->
 def test_sides_follow_the_mediastinum_not_the_body_centre() -> None:
     """The side of each lung is decided at the valley between them (the mediastinum), not at
     the body's centre, which a field of view or an arm can move into one lung."""
-    from ct_triage.models.lungs import _mediastinum_x
+    from ct_triage.models.lungs.sides import mediastinum_x
 
     lungs = np.zeros((10, 40, 120), dtype=bool)
     lungs[:, 5:35, 20:50] = True  # right lung
     lungs[:, 5:35, 70:100] = True  # left lung
     body = np.zeros_like(lungs)
     body[:, :, 0:80] = True  # body centre at column 40, inside the right lung
-    assert _mediastinum_x(lungs, body, (2.0, 2.0, 2.0)) == pytest.approx(60.0, abs=3)
+    assert mediastinum_x(lungs, body, (2.0, 2.0, 2.0)) == pytest.approx(60.0, abs=3)
     # one lung only: no valley, the body centre is all there is
-    assert _mediastinum_x(lungs & (np.arange(120) < 60), body, (2.0, 2.0, 2.0)) == pytest.approx(
+    assert mediastinum_x(lungs & (np.arange(120) < 60), body, (2.0, 2.0, 2.0)) == pytest.approx(
         39.5
     )
 
