@@ -13,33 +13,32 @@ The spool (:mod:`ct_triage.dicom_bridge.spool`) and the outbox
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from ct_triage.models import sqlite_store
+
 __all__ = ["BridgeState", "PendingRetraction"]
 
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS seen_studies (study_uid TEXT PRIMARY KEY, seen REAL)",
-    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)",
-    """
-    CREATE TABLE IF NOT EXISTS retractions (
-        job_ref         TEXT NOT NULL,
-        target          TEXT NOT NULL,
-        study_uid       TEXT NOT NULL,
-        series_uids     TEXT NOT NULL,
-        delivery_ids    TEXT NOT NULL,
-        state           TEXT NOT NULL,
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        last_error      TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (job_ref, target)
-    )
-    """,
-)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen_studies (study_uid TEXT PRIMARY KEY, seen REAL);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS retractions (
+    job_ref         TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    study_uid       TEXT NOT NULL,
+    series_uids     TEXT NOT NULL,
+    delivery_ids    TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error      TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (job_ref, target)
+);
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +57,13 @@ class PendingRetraction:
 class BridgeState:
     """``bridge.db``: seen studies, the poll watermark and the retraction queue.
 
-    Safe to share between threads (one connection, one lock).
+    Opened with :func:`ct_triage.models.sqlite_store.connect` (WAL, ``synchronous=FULL``,
+    autocommit); safe to share between threads (one connection, one lock).
     """
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db = sqlite_store.connect(path, schema=_SCHEMA, check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
-            for statement in _SCHEMA:
-                self._db.execute(statement)
-            self._db.commit()
 
     def close(self) -> None:
         """Close the database."""
@@ -90,7 +86,6 @@ class BridgeState:
                 "INSERT OR IGNORE INTO seen_studies(study_uid, seen) VALUES(?, ?)",
                 (study_uid, time.time()),
             )
-            self._db.commit()
 
     def watermark(self) -> date | None:
         """The date of the poller's last poll (``None`` before the first)."""
@@ -106,7 +101,6 @@ class BridgeState:
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (day.isoformat(),),
             )
-            self._db.commit()
 
     # -- retractions ---------------------------------------------------------------------
     def add_retractions(
@@ -120,7 +114,7 @@ class BridgeState:
     ) -> None:
         """Queue one retraction per target (a second call for the same ``job_ref`` adds
         nothing)."""
-        with self._lock:
+        with self._lock, sqlite_store.transaction(self._db):
             for target in targets:
                 self._db.execute(
                     "INSERT OR IGNORE INTO retractions (job_ref, target, study_uid, series_uids,"
@@ -134,7 +128,6 @@ class BridgeState:
                         now,
                     ),
                 )
-            self._db.commit()
 
     def due_retractions(self, now: float) -> list[PendingRetraction]:
         """The pending retractions whose next attempt is due."""
@@ -166,4 +159,3 @@ class BridgeState:
                 "next_attempt_at = ?, last_error = ? WHERE job_ref = ? AND target = ?",
                 (state, next_attempt_at, error, job_ref, target),
             )
-            self._db.commit()
