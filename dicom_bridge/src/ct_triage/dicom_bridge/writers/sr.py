@@ -32,17 +32,13 @@ see :mod:`ct_triage.dicom_bridge.writers.codes`.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
-from pydicom.uid import SegmentationStorage, generate_uid
 
 from ct_triage.dicom_bridge.writers import codes
 from ct_triage.dicom_bridge.writers.planar import KeySection
@@ -52,138 +48,47 @@ from ct_triage.dicom_bridge.writers.seg import (
     SEGMENT_LEFT_LUNG,
     SEGMENT_RIGHT_LUNG,
     output_character_set,
-    validate_source,
     with_type2_defaults,
 )
-from ct_triage.models.identity import (
-    DISCLAIMER,
-    DISCLAIMER_SHORT,
-    PRODUCT_NAME,
-    ModelIdentity,
+from ct_triage.dicom_bridge.writers.sr_content import (
+    MEASUREMENT_DECIMALS,
+    SrRequest,
+    algorithm_identification,
+    device_uid,
+    disclaimer_container,
+    observation_context,
+    round_measurement,
+    section_refs,
+    separate_containers,
 )
-from ct_triage.models.quantify import Quantification
-from ct_triage.models.segmentation import LesionLabel
+from ct_triage.dicom_bridge.writers.sr_outlines import (
+    OUTLINES_DESCRIPTION,
+    VIEWER_OUTLINE_IDENTIFIER,
+    write_outlines_sr,
+)
+from ct_triage.models.identity import DISCLAIMER, DISCLAIMER_SHORT, ModelIdentity
+
+__all__ = [
+    "MEASUREMENT_DECIMALS",
+    "NOT_ANALYSED_DESCRIPTION",
+    "OUTLINES_DESCRIPTION",
+    "SERIES_DESCRIPTION",
+    "VIEWER_OUTLINE_IDENTIFIER",
+    "NotAnalysedSrRequest",
+    "SrRequest",
+    "build_measurement_report",
+    "device_uid",
+    "round_measurement",
+    "separate_containers",
+    "write_not_analysed_sr",
+    "write_outlines_sr",
+    "write_sr",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Decimal places of every reported measurement (mL and %), in the SR and in report.json.
-MEASUREMENT_DECIMALS: Final = 2
-
 #: Series Description of the SR (LO, at most 64 characters).
 SERIES_DESCRIPTION: Final = f"AI lung measurements SR - {DISCLAIMER_SHORT}"[:64]
-
-
-def round_measurement(x: float) -> float:
-    """Round a reported measurement to :data:`MEASUREMENT_DECIMALS` decimals.
-
-    The one rounding rule for every number the product reports (SR Numeric Value and
-    ``report.json``), so the two agree exactly. ``-0.0`` becomes ``0.0``.
-
-    Parameters
-    ----------
-    x
-        Value in its reporting unit (mL, %).
-
-    Returns
-    -------
-    float
-        ``round(x, 2)`` as a Python float.
-    """
-    return round(float(x), MEASUREMENT_DECIMALS) + 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class SrRequest:
-    """Everything :func:`write_sr` needs, validated on construction.
-
-    Parameters
-    ----------
-    source
-        CT headers (Pixel Data may be absent) of the analysed series, in volume z order.
-    seg
-        The Segmentation written by :func:`~ct_triage.dicom_bridge.writers.seg.write_seg`
-        for this series; its segments are referenced by the measurement groups.
-    quantification
-        The numbers to report.
-    model
-        The model that produced them (device observer and algorithm identification).
-    series_number
-        Series Number of the new SR series (IS).
-    instance_number
-        Instance Number of the SR (IS).
-    previous_versions
-        Earlier SRs of the same series that this one supersedes (a late instance re-ran the
-        analysis); referenced in the Predecessor Documents Sequence (PS3.3 C.17.2.1).
-    sections
-        Largest lesion cross-sections (:func:`~.planar.largest_cross_sections`), written as
-        planar groups on ``source[section.slice_index]``.
-    """
-
-    source: tuple[Dataset, ...]
-    seg: Dataset
-    quantification: Quantification
-    model: ModelIdentity
-    series_number: int = 9002
-    instance_number: int = 1
-    previous_versions: tuple[Dataset, ...] = ()
-    sections: tuple[KeySection, ...] = ()
-
-    def __post_init__(self) -> None:
-        if len(self.source) == 0:
-            raise ValueError("source must contain at least one CT header")
-        first = self.source[0]
-        validate_source(self.source, (len(self.source), int(first.Rows), int(first.Columns)))
-        if self.seg.get("SOPClassUID") != SegmentationStorage:
-            raise ValueError("seg is not a Segmentation Storage instance")
-        if self.seg.StudyInstanceUID != first.StudyInstanceUID:
-            raise ValueError("seg belongs to another study than source")
-        numbers = {int(item.SegmentNumber) for item in self.seg.SegmentSequence}
-        wanted = {SEGMENT_RIGHT_LUNG, SEGMENT_LEFT_LUNG, SEGMENT_GGO, SEGMENT_CONSOLIDATION}
-        if not wanted <= numbers:
-            raise ValueError(f"seg lacks segments {sorted(wanted - numbers)}")
-        for name, value in _all_values(self.quantification):
-            if not math.isfinite(value):
-                raise ValueError(f"quantification {name} is not finite: {value}")
-        if not 0 < self.series_number < 2**31 or not 0 < self.instance_number < 2**31:
-            raise ValueError("series_number and instance_number must be positive IS values")
-        for section in self.sections:
-            if not 0 <= section.slice_index < len(self.source):
-                raise ValueError(f"section slice {section.slice_index} is not in source")
-            if section.outline.ndim != 2 or section.outline.shape[1] != 2:
-                raise ValueError("section outline must be an (n, 2) array")
-            if not math.isfinite(section.area_mm2) or section.area_mm2 < 0:
-                raise ValueError("section area must be a finite non-negative number")
-
-
-def _all_values(q: Quantification) -> list[tuple[str, float]]:
-    values = [
-        ("lung_volume_ml.left", q.lung_volume_ml.left),
-        ("lung_volume_ml.right", q.lung_volume_ml.right),
-        ("lung_volume_ml.total", q.lung_volume_ml.total),
-        ("lesion_volume_ml.total", q.lesion_volume_ml.total),
-        ("lesion_volume_ml.ggo", q.lesion_volume_ml.ggo),
-        ("lesion_volume_ml.consolidation", q.lesion_volume_ml.consolidation),
-        ("percent_involvement.left", q.percent_involvement.left),
-        ("percent_involvement.right", q.percent_involvement.right),
-        ("percent_involvement.total", q.percent_involvement.total),
-        ("severity_score", float(q.severity_score)),
-    ]
-    values += [(f"zones.{z.lung}.{z.zone}", z.percent_involvement) for z in q.zones]
-    return values
-
-
-def device_uid(model: ModelIdentity) -> str:
-    """Device Observer UID of a model: the same UID for the same model file (PS3.16 TID 1004)."""
-    return str(generate_uid(entropy_srcs=[PRODUCT_NAME, model.name, model.version, model.sha256]))
-
-
-def _algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
-    return hd.sr.AlgorithmIdentification(
-        name=model.name[:64],
-        version=model.version[:64],
-        family=codes.ARTIFICIAL_INTELLIGENCE,
-        manufacturer=codes.MANUFACTURER,
-    )
 
 
 def _measurement(
@@ -346,25 +251,20 @@ def _planar_group(
     req: SrRequest, section: KeySection, algorithm: hd.sr.AlgorithmIdentification
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """TID 1410: the outline of a lung's largest lesion cross-section and its area."""
-    image = req.source[section.slice_index]
-    lung = codes.RIGHT_LUNG if section.side == "right" else codes.LEFT_LUNG
-    finding = codes.GROUND_GLASS_OPACITY if section.kind == LesionLabel.GGO else codes.CONSOLIDATION
+    refs = section_refs(req, section)
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=section.outline,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=str(image.SOPClassUID),
-            referenced_sop_instance_uid=str(image.SOPInstanceUID),
-        ),
+        source_image=refs.source_image,
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=hd.UID(), identifier=f"Largest lesion section, {section.side} lung"
         ),
         referenced_region=region,
-        finding_type=finding,
+        finding_type=refs.finding,
         finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=lung)],
+        finding_sites=[hd.sr.FindingSite(anatomic_location=refs.lung)],
         algorithm_id=algorithm,
         measurements=[
             hd.sr.Measurement(
@@ -377,65 +277,12 @@ def _planar_group(
     )
 
 
-def _disclaimer_container(q: Quantification) -> hd.sr.ContainerContentItem:
-    """TID 1500 row 12 "Qualitative Evaluations": the disclaimer as a TEXT Comment and, when
-    the quality gate flagged the lungs, "lung segmentation unreliable: REASON" as another."""
-    container = hd.sr.ContainerContentItem(
-        name=codes.QUALITATIVE_EVALUATIONS,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    texts = [DISCLAIMER]
-    if not q.quality.reliable:
-        texts.append(q.quality.summary[:1024])
-    container.ContentSequence = hd.sr.ContentSequence(
-        [
-            hd.sr.TextContentItem(
-                name=codes.COMMENT,
-                value=text,
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-            for text in texts
-        ]
-    )
-    return container
-
-
-def _observation_context(model: ModelIdentity) -> hd.sr.ObservationContext:
-    """TID 1002 with a device observer (TID 1004) naming the algorithm."""
-    observer = hd.sr.ObserverContext(
-        observer_type=dcm_codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device_uid(model),
-            name=model.name[:64],
-            manufacturer_name=codes.MANUFACTURER,
-            model_name=model.algorithm_label,
-            serial_number=(model.sha256[:16] or None),
-        ),
-    )
-    return hd.sr.ObservationContext(observer_device_context=observer)
-
-
-def separate_containers(items: Dataset | Sequence[Dataset]) -> None:
-    """Set Continuity Of Content SEPARATE on every CONTAINER under ``items`` (in place).
-
-    highdicom writes CONTINUOUS; renderers such as ``dsr2html`` then run the children of a
-    container together as prose and drop their concept names ("2146.31 ml 27.98 %").
-    SEPARATE (PS3.3 C.17.3.2.4) makes each item its own labelled entry; TID 1500 allows
-    both.
-    """
-    for item in [items] if isinstance(items, Dataset) else items:
-        if item.get("ValueType") == "CONTAINER":
-            item.ContinuityOfContent = "SEPARATE"
-        if "ContentSequence" in item:
-            separate_containers(item.ContentSequence)
-
-
 def build_measurement_report(req: SrRequest) -> hd.sr.MeasurementReport:
     """Build the TID 1500 content tree (see the module docstring for its layout)."""
     model = req.model
-    algorithm = _algorithm(model)
+    algorithm = algorithm_identification(model)
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(model),
+        observation_context=observation_context(model),
         procedure_reported=codes.CT_CHEST,
         imaging_measurements=[
             _lung_group(req, "right", algorithm),
@@ -448,7 +295,7 @@ def build_measurement_report(req: SrRequest) -> hd.sr.MeasurementReport:
         ],
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
-    report[0].ContentSequence.append(_disclaimer_container(req.quantification))
+    report[0].ContentSequence.append(disclaimer_container(req.quantification))
     return report
 
 
@@ -490,100 +337,6 @@ def write_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
     # General Series (C.7.3.1): dated like the content, so PACS sort the series by date
     sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     logger.info("SR built: %d evidence instances, %.2f s", len(evidence), time.perf_counter() - t0)
-    return sr
-
-
-#: Series Description of the outlines SR.
-OUTLINES_DESCRIPTION: Final = f"AI lesion outlines SR - {DISCLAIMER_SHORT}"[:64]
-#: Tracking Identifier of the outline groups in the outlines SR: the closed-polyline tool in
-#: the "<tool source>:<tool>" form OHIF / Cornerstone3D use to load SR measurements into
-#: their measurement panel.
-VIEWER_OUTLINE_IDENTIFIER: Final = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
-
-
-def _outline_group(
-    req: SrRequest, section: KeySection, algorithm: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group: the Area (TID 300) inferred from the outline SCOORD on its CT slice.
-
-    The form Cornerstone3D / OHIF write and read back into their measurement panel (the
-    SCOORD under the measurement, relationship INFERRED FROM, PS3.16 TID 300 row 14).
-    """
-    image = req.source[section.slice_index]
-    lung = codes.RIGHT_LUNG if section.side == "right" else codes.LEFT_LUNG
-    finding = codes.GROUND_GLASS_OPACITY if section.kind == LesionLabel.GGO else codes.CONSOLIDATION
-    outline = hd.sr.CoordinatesForMeasurement(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=section.outline,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=str(image.SOPClassUID),
-            referenced_sop_instance_uid=str(image.SOPInstanceUID),
-        ),
-    )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(), identifier=VIEWER_OUTLINE_IDENTIFIER
-        ),
-        finding_type=finding,
-        finding_category=codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=lung)],
-        algorithm_id=algorithm,
-        measurements=[
-            hd.sr.Measurement(
-                name=codes.AREA,
-                value=round_measurement(section.area_mm2),
-                unit=codes.UNIT_MM2,
-                algorithm_id=algorithm,
-                referenced_coordinates=[outline],
-            )
-        ],
-    )
-
-
-def write_outlines_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
-    """A second TID 1500 SR holding only the lesion outlines of ``req`` (``sr-outlines.dcm``).
-
-    OHIF (3.13) lists SR measurements only when every measurement group has image
-    coordinates: a volumetric or whole-lung group (no SCOORD) makes it throw and blank the
-    viewport. The full report (:func:`write_sr`) keeps every group; this one, in its own
-    series, carries the largest lesion outline of each lung as one TID 1501 group per lung
-    (:func:`_outline_group`: the Area inferred from the outline SCOORD on its CT slice), plus
-    the disclaimer, so a viewer's measurement panel lists them.
-
-    Raises
-    ------
-    ValueError
-        When ``req`` has no sections (no lesion: nothing to outline).
-    """
-    if not req.sections:
-        raise ValueError("no sections to outline")
-    algorithm = _algorithm(req.model)
-    report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(req.model),
-        procedure_reported=codes.CT_CHEST,
-        imaging_measurements=[_outline_group(req, section, algorithm) for section in req.sections],
-        title=codes.IMAGING_MEASUREMENT_REPORT,
-    )
-    report[0].ContentSequence.append(_disclaimer_container(req.quantification))
-    shown = sorted({section.slice_index for section in req.sections})
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=with_type2_defaults([req.source[k] for k in shown]),
-        content=report,
-        series_instance_uid=hd.UID(),
-        series_number=req.series_number + 3,
-        sop_instance_uid=hd.UID(),
-        instance_number=req.instance_number,
-        manufacturer=codes.MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        series_description=OUTLINES_DESCRIPTION,
-        specific_character_set=output_character_set(req.source[0]),
-    )
-    sr.ManufacturerModelName = req.model.algorithm_label
-    sr.SoftwareVersions = codes.SOFTWARE_VERSION
-    separate_containers(sr)
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     return sr
 
 
@@ -643,7 +396,7 @@ def write_not_analysed_sr(req: NotAnalysedSrRequest) -> hd.sr.Comprehensive3DSR:
         ],
     )
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(req.model),
+        observation_context=observation_context(req.model),
         procedure_reported=codes.CT_CHEST,
         imaging_measurements=[verdict],
         title=codes.IMAGING_MEASUREMENT_REPORT,
