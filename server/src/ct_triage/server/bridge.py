@@ -8,7 +8,7 @@ Flow::
 
     PACS --C-STORE--> StorageSCP --> Spool --(series quiet)--> process_due()
     PACS <--C-FIND/C-MOVE/C-GET/QIDO/WADO-- pull() / poll_once() --> Spool
-    process_due(): choose the study's series -> analyse -> results/ -> Outbox.enqueue
+    process_due() / a push job: pipeline.analyze_study -> results/ -> Outbox.enqueue
     deliver(): Outbox.run_once() --> C-STORE / STOW-RS destinations (retried, dead-lettered)
 
 Selection is per *study*: when a series completes, the bridge waits until no other series of
@@ -58,6 +58,7 @@ from ct_triage.server.pipeline import (
     NotSelected,
     analyze_study,
     result_files,
+    superseded_entry,
     write_not_analysed,
 )
 from ct_triage.server.retractions import RetractionQueue
@@ -340,9 +341,9 @@ class Bridge:
             self.options,
             eligible_series=by_uid.keys(),
             supersedes={
-                uid: old
-                for uid, r in by_uid.items()
-                if (old := self._superseded(r.previous_result_ref)) is not None
+                r.series_uid: superseded_entry(r.previous_result_ref)
+                for r in claimed
+                if r.previous_result_ref
             },
         )
         if isinstance(result, NotSelected):
@@ -370,22 +371,6 @@ class Bridge:
     @property
     def outbox_has_destinations(self) -> bool:
         return bool(self.settings.destinations)
-
-    @staticmethod
-    def _superseded(previous_ref: str | None) -> dict[str, Any] | None:
-        if not previous_ref:
-            return None
-        report = Path(previous_ref) / "report.json"
-        if not report.is_file():
-            return {"result": previous_ref}
-        old = json.loads(report.read_text())
-        outs = old.get("outputs", {})
-        return {
-            "result": previous_ref,
-            "seg_sop_instance_uid": outs.get("seg", {}).get("sop_instance_uid"),
-            "sr_sop_instance_uid": outs.get("sr", {}).get("sop_instance_uid"),
-            "overlay_series_instance_uid": outs.get("overlay", {}).get("series_instance_uid"),
-        }
 
     # -- jobs (pull / upload jobs of the job store) -------------------------------------
     def job_result_dir(self, job_key: str) -> Path:

@@ -242,6 +242,22 @@ def _object_ref(file: str, ds: Dataset) -> dict[str, str]:
     }
 
 
+def superseded_entry(previous_result: str) -> dict[str, Any]:
+    """The ``supersedes`` entry of a report whose result replaces the one in the folder
+    ``previous_result``: that folder and its SEG, SR and overlay UIDs, read from its
+    ``report.json`` (only the folder when the report is gone)."""
+    report = Path(previous_result) / REPORT_NAME
+    if not report.is_file():
+        return {"result": previous_result}
+    outs = json.loads(report.read_text()).get("outputs", {})
+    return {
+        "result": previous_result,
+        "seg_sop_instance_uid": outs.get("seg", {}).get("sop_instance_uid"),
+        "sr_sop_instance_uid": outs.get("sr", {}).get("sop_instance_uid"),
+        "overlay_series_instance_uid": outs.get("overlay", {}).get("series_instance_uid"),
+    }
+
+
 def _previous_sr(supersedes: dict[str, Any] | None) -> tuple[Dataset, ...]:
     """The SR of the superseded result, to be referenced as a predecessor document."""
     if not supersedes or not supersedes.get("result"):
@@ -345,7 +361,8 @@ def analyze_study(
         :class:`NotSelected` is returned and nothing is written.
     supersedes
         The push path: by SeriesInstanceUID, the earlier result of that series that its new
-        result replaces (a late instance re-ran the series); see :func:`analyze_series`.
+        result replaces (a late instance re-ran the series), as :func:`superseded_entry`
+        gives it; recorded in ``report.json`` and the SR (see :func:`analyze_series`).
 
     Returns
     -------
