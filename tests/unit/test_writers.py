@@ -587,6 +587,11 @@ def test_outlines_sr_has_only_image_coordinate_groups(
         np.testing.assert_allclose(scoord.value, section.outline)
         (ref,) = scoord.ContentSequence[0].ReferencedSOPSequence
         assert ref.ReferencedSOPInstanceUID == source[section.slice_index].SOPInstanceUID
+        # the lung and finding of the section, as the full SR's planar group names them
+        lung = codes.RIGHT_LUNG if section.side == "right" else codes.LEFT_LUNG
+        assert [site.value for site in group.finding_sites] == [lung]
+        ggo = section.kind == LesionLabel.GGO
+        assert group.finding_type == (codes.GROUND_GLASS_OPACITY if ggo else codes.CONSOLIDATION)
     assert not content.get_volumetric_roi_measurement_groups()
     texts = [i.TextValue for i in _walk(ds.ContentSequence) if i.ValueType == "TEXT"]
     assert DISCLAIMER in texts
