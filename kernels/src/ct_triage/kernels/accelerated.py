@@ -187,7 +187,8 @@ def label_fast(
             m, connectivity = m[None], {4: 6, 8: 26}[connectivity]
         conn: Any = connectivity  # cc3d's stubs want a Literal
         lab, n = cc3d.connected_components(m, connectivity=conn, return_N=True, out_dtype=np.uint32)
-        return lab.reshape(mask.shape).astype(np.int32, copy=False), int(n)
+        # the same bits as astype(np.int32), without a copy of the label image
+        return lab.reshape(mask.shape).view(np.int32), int(n)
     structure = {
         6: components.FACE_CONNECTIVITY,
         26: components.FULL_CONNECTIVITY,
@@ -350,7 +351,7 @@ def nearest_label_within_fast(
     dist = np.asarray(dist, dtype=np.float64)
     found = np.isfinite(dist) & (dist <= max_distance)
     nearest = np.zeros(q.shape[0], dtype=np.uint8)
-    nearest[found] = lab[surface][idx[found]]
+    nearest[found] = lab[tuple(points[idx[found]].T)]
     dist[~found] = np.inf
     inside = labelled[query]  # labelled query voxels: distance 0, their own label
     dist[inside] = 0.0

@@ -72,7 +72,8 @@ def outside_field_of_view(
         return np.zeros(hu.shape, dtype=bool)
     lab, n = label_inplane_fast(floor)
     keep = np.zeros(n + 1, dtype=bool)
-    keep[lab[image_frame(hu.shape)]] = True
+    for edge in _image_edges(lab):
+        keep[edge] = True
     keep &= label_counts(lab, n) >= _FOV_MIN_PIXELS
     keep[0] = False
     result: npt.NDArray[np.bool_] = keep[lab]
@@ -139,6 +140,8 @@ def _border_pockets(
 
     Both rules also ask that at most ``_POCKET_MAX_NEAR_AIR`` of the piece lies within
     ``_POCKET_CLEAR_MM`` of the air around the patient: a lung is wrapped in the chest wall.
+
+    ``air`` lies outside ``body`` (the filled body of :func:`body_mask`).
     """
     result = np.zeros_like(air)
     boundary = field_of_view_boundary(outside_fov)
@@ -146,56 +149,75 @@ def _border_pockets(
         return result
     lab, n = label_inplane_fast(air)
     on_boundary = lab[boundary & air]
-    touching = np.unique(on_boundary[on_boundary > 0])
     is_touching = np.zeros(n + 1, dtype=bool)
-    is_touching[touching] = True
+    is_touching[on_boundary] = True
+    is_touching[0] = False
     cut = is_touching[lab]
+    cut_lab = lab[cut]
+    n_vox = np.bincount(cut_lab, minlength=n + 1).astype(np.float64)
+    hu_sum = np.bincount(cut_lab, weights=hu[cut], minlength=n + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_hu = np.where(n_vox > 0, hu_sum / np.maximum(n_vox, 1), DEFAULT_AIR_HU)
+    dense = mean_hu > DEFAULT_AIR_HU + POCKET_MIN_LUNG_HU
+    # only a dense piece can be a pocket: one that is not dense (all of it air outside the
+    # body) is part of ``outside_air`` below, so all of it lies near that air and it is never
+    # clear; the shares below are counted on the dense pieces only
+    candidate = is_touching & dense
+    if not candidate.any():
+        return result
+    in_candidate = candidate[lab]
     # the outline away from the boundary (a staircase circle leaves two-pixel contacts)
     outline = (
-        cut & ~erode_inplane_fast(fill_holes_inplane_fast(cut)) & ~dilate_inplane_fast(boundary)
+        in_candidate
+        & ~erode_inplane_fast(fill_holes_inplane_fast(cut))
+        & ~dilate_inplane_fast(boundary)
     )
     near_body = outline & dilate_inplane_fast(body)
     n_edge = np.bincount(on_boundary, minlength=n + 1).astype(np.float64)
     on_image_edge = np.zeros(n + 1, dtype=bool)
-    on_image_edge[lab[image_frame(lab.shape)]] = True
+    for edge in _image_edges(lab):
+        on_image_edge[edge] = True
     n_outline = np.bincount(lab[outline], minlength=n + 1).astype(np.float64)
     n_body = np.bincount(lab[near_body], minlength=n + 1).astype(np.float64)
-    n_vox = np.bincount(lab[cut], minlength=n + 1).astype(np.float64)
-    hu_sum = np.bincount(lab[cut], weights=hu[cut], minlength=n + 1)
     total = n_edge + n_outline
     with np.errstate(divide="ignore", invalid="ignore"):
         border_share = np.where(total > 0, n_edge / np.maximum(total, 1), 1.0)
         body_share = np.where(n_outline > 0, n_body / np.maximum(n_outline, 1), 0.0)
-        mean_hu = np.where(n_vox > 0, hu_sum / np.maximum(n_vox, 1), DEFAULT_AIR_HU)
     # thick enough to be lung: survives in-plane erosion to a _POCKET_MIN_RADIUS_MM core
     # (the air gap inside a patient table reads like lung foam but is a few mm thin)
     core = inplane_steps(erode_inplane_fast, cut, _POCKET_MIN_RADIUS_MM, spacing)
     thick = np.zeros(n + 1, dtype=bool)
-    thick[np.unique(lab[core])] = True
-    dense = mean_hu > DEFAULT_AIR_HU + POCKET_MIN_LUNG_HU
+    thick[lab[core & in_candidate]] = True
     # a strip of the air around the patient between the skin and a crop's edge can read
     # denser than air (partial volume, blankets) but it is shallow: it never reaches
     # _POCKET_MIN_DEPTH_MM into the field of view, a cut lung does
     reach = inplane_steps(dilate_inplane_fast, boundary, _POCKET_MIN_DEPTH_MM, spacing)
     deep = np.zeros(n + 1, dtype=bool)
-    deep[np.unique(lab[cut & ~reach])] = True
+    deep[lab[in_candidate & ~reach]] = True
     lung_like = dense & thick & deep
     # a lung is wrapped in the chest wall: little of it lies within _POCKET_CLEAR_MM of the
     # air around the patient; the air between the layers of a patient table (part of the
     # body's tissue component) lies a few mm from it
-    outside_air = air & ~body & ~(cut & dense[lab])
+    outside_air = air & ~body & ~in_candidate
     near = inplane_steps(dilate_inplane_fast, outside_air, _POCKET_CLEAR_MM, spacing)
-    n_near = np.bincount(lab[cut & near], minlength=n + 1).astype(np.float64)
+    n_near = np.bincount(lab[in_candidate & near], minlength=n + 1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         clear = np.where(n_vox > 0, n_near / np.maximum(n_vox, 1), 1.0) <= _POCKET_MAX_NEAR_AIR
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[touching] = True
-    keep &= clear & (
-        ((body_share >= _POCKET_MIN_BODY) & (border_share < _POCKET_MAX_BORDER) & on_image_edge)
-        | (lung_like & (body_share >= _POCKET_MIN_BODY_LUNG))
+    keep = (
+        candidate
+        & clear
+        & (
+            ((body_share >= _POCKET_MIN_BODY) & (border_share < _POCKET_MAX_BORDER) & on_image_edge)
+            | (lung_like & (body_share >= _POCKET_MIN_BODY_LUNG))
+        )
     )
     keep[0] = False
     if keep.any():
         logger.debug("lung segmentation: %d air pockets cut by the field of view", int(keep.sum()))
         result = keep_components(lab, keep)
     return result
+
+
+def _image_edges(a: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int32], ...]:
+    """The first and last row and column of every slice of ``a`` (views, no copy)."""
+    return a[:, 0, :], a[:, -1, :], a[:, :, 0], a[:, :, -1]

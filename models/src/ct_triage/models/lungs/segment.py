@@ -10,7 +10,6 @@ import numpy.typing as npt
 from scipy import ndimage as ndi
 
 from ct_triage.kernels.accelerated import dilate_inplane_fast, fill_holes_inplane_fast, label_fast
-from ct_triage.kernels.components import label_counts
 from ct_triage.models.errors import StudyDeclined
 from ct_triage.models.lungs.body import (
     POCKET_MIN_LUNG_HU,
@@ -136,7 +135,9 @@ def _segment_coarse(
     lab, n = label_fast(lung_cand, 6)
     if n == 0:
         return out
-    counts = label_counts(lab, n)
+    # per-component sums over the candidates only (label 0, the rest, is not used)
+    cand_lab = lab[lung_cand]
+    counts = np.bincount(cand_lab, minlength=n + 1)
     touching = lung_cand & dilate_inplane_fast(gas) if gas.any() else None
     contact = (
         np.bincount(lab[touching], minlength=n + 1) if touching is not None else np.zeros(n + 1)
@@ -152,7 +153,8 @@ def _segment_coarse(
     # reads as parenchyma, not gas) is kept whatever its size relative to the largest
     cut_off = np.zeros(n + 1, dtype=bool)
     cut_off[np.unique(lab[field_of_view_boundary(outside_fov) & lung_cand])] = True
-    hu_mean = np.bincount(lab.ravel(), weights=hu.ravel(), minlength=n + 1) / np.maximum(counts, 1)
+    hu_sum = np.bincount(cand_lab, weights=hu[lung_cand], minlength=n + 1)
+    hu_mean = hu_sum / np.maximum(counts, 1)
     cut_off &= hu_mean > air_level + POCKET_MIN_LUNG_HU
     keep = (
         not_gas
