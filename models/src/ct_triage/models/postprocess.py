@@ -135,30 +135,36 @@ def combine(
     spacing = volume.spacing
     out_lungs = np.array(lungs, dtype=np.uint8, copy=True)
     out_lesions = np.zeros(shape, dtype=np.uint8)
+    # the lesion voxels as coordinates: the dense ones and the box are found on them, not on
+    # whole-volume masks
+    coords = np.nonzero(lesion_classes)
+    dropped: tuple[npt.NDArray[np.intp], ...] = ()
     if max_lesion_hu is not None:
-        dense = volume.hu > max_lesion_hu
+        dense = volume.hu[coords] > max_lesion_hu
         if dense.any():
-            lesion_classes = np.where(dense, np.uint8(0), lesion_classes).astype(np.uint8)
-    present = lesion_classes > 0
-    if not present.any():
+            dropped = tuple(c[dense] for c in coords)
+            coords = tuple(c[~dense] for c in coords)
+    if coords[0].size == 0:
         return Segmentation(out_lungs, out_lesions, spacing)
     if not out_lungs.any():
-        logger.warning("combine: no lungs, %d lesion voxels dropped", int(present.sum()))
+        logger.warning("combine: no lungs, %d lesion voxels dropped", coords[0].size)
         return Segmentation(out_lungs, out_lesions, spacing)
 
     # everything below happens in the lesions' bounding box grown by the margin: the nearest
     # lung voxel of any lesion voxel within margin_mm of the lungs lies inside it
-    box = _bbox(present, margin_mm, spacing)
+    box = _bbox(coords, shape, margin_mm, spacing)
     lesions = np.array(lesion_classes[box], dtype=np.uint8, copy=True)
+    _zero_at(lesions, box, dropped)
     sub_lungs = out_lungs[box]  # a view: written in place below
     in_lung = sub_lungs > 0
     outside = (lesions > 0) & ~in_lung
     nearest_label: npt.NDArray[np.uint8] | None = None
     near_box: tuple[slice, ...] = ()
-    if outside.any():
+    outside_coords = np.nonzero(outside)
+    if outside_coords[0].size:
         # the nearest lung voxel of an outside lesion voxel within margin_mm of the lungs lies
         # in the outside voxels' box grown by the margin; farther voxels are dropped anyway
-        near_box = _bbox(outside, margin_mm, spacing)
+        near_box = _bbox(outside_coords, outside.shape, margin_mm, spacing)
         query = outside[near_box]
         _, nearest = nearest_label_within_fast(sub_lungs[near_box], spacing, query, margin_mm)
         far = np.zeros_like(query)
@@ -188,16 +194,30 @@ def combine(
 
 
 def _bbox(
-    mask: npt.NDArray[np.bool_], margin_mm: float, spacing: tuple[float, float, float]
+    coords: tuple[npt.NDArray[np.intp], ...],
+    shape: tuple[int, ...],
+    margin_mm: float,
+    spacing: tuple[float, float, float],
 ) -> tuple[slice, ...]:
-    """Bounding box of ``mask`` grown by ``margin_mm`` (plus one voxel), clipped to the array."""
+    """Bounding box of the voxels at ``coords`` (``np.nonzero``'s output, not empty) grown by
+    ``margin_mm`` (plus one voxel), clipped to an array of ``shape``."""
     result = []
-    for axis, (n, sp) in enumerate(zip(mask.shape, spacing, strict=True)):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
+    for c, n, sp in zip(coords, shape, spacing, strict=True):
         pad = int(np.ceil(margin_mm / sp)) + 1
-        result.append(slice(max(0, int(present[0]) - pad), min(n, int(present[-1]) + pad + 1)))
+        result.append(slice(max(0, int(c.min()) - pad), min(n, int(c.max()) + pad + 1)))
     return tuple(result)
+
+
+def _zero_at(
+    sub: npt.NDArray[np.uint8], box: tuple[slice, ...], coords: tuple[npt.NDArray[np.intp], ...]
+) -> None:
+    """Set the voxels at whole-array ``coords`` that lie in ``box`` to 0 in ``sub`` (the box)."""
+    if not coords:
+        return
+    inside = np.logical_and.reduce(
+        [(c >= b.start) & (c < b.stop) for c, b in zip(coords, box, strict=True)]
+    )
+    sub[tuple(c[inside] - b.start for c, b in zip(coords, box, strict=True))] = 0
 
 
 def _filter_components(
@@ -208,7 +228,10 @@ def _filter_components(
     min_lung_fraction: float,
     min_lung_ml: float,
 ) -> npt.NDArray[np.uint8]:
-    """Remove lesion components that are too small or lie (almost) entirely outside the lungs."""
+    """Remove lesion components that are too small or lie (almost) entirely outside the lungs.
+
+    ``lesions`` is changed in place and returned.
+    """
     if (min_ml <= 0 and min_lung_fraction <= 0) or not lesions.any():
         return lesions
     found = lesions > 0
@@ -223,9 +246,9 @@ def _filter_components(
         (fraction >= min_lung_fraction) | (inside * voxel_ml >= min_lung_ml)
     )
     keep[0] = False
-    kept = keep_components(lab, keep)
     removed = int(np.count_nonzero(~keep[1:]))
     if removed:
+        lesions[~keep_components(lab, keep)] = 0
         logger.debug(
             "combine: %d lesion components removed (< %.3f mL, or < %.0f %% and < %.1f mL "
             "inside the lungs)",
@@ -234,5 +257,4 @@ def _filter_components(
             100 * min_lung_fraction,
             min_lung_ml,
         )
-    result: npt.NDArray[np.uint8] = np.where(kept, lesions, np.uint8(0)).astype(np.uint8)
-    return result
+    return lesions
