@@ -32,6 +32,8 @@ from ct_triage.models.lesions import LesionSegmenter, load_lesion_segmenter
 from ct_triage.models.phantom import generate, spec_from_seed
 from ct_triage.models.runtime.factory import RuntimeConfig
 from ct_triage.server.bridge import Bridge
+from ct_triage.server.jobs.model import Job, JobKind, JobState
+from ct_triage.server.jobs.worker import BridgeJobRunner
 from ct_triage.server.settings import Settings
 from ct_triage.server.wiring import options_from
 
@@ -592,6 +594,45 @@ def test_declined_study_gets_one_not_analysed_sr_and_page_in_orthanc(
         sr = pydicom.dcmread(io.BytesIO(r.content))
         assert sr.StudyInstanceUID == source.StudyInstanceUID
         assert sr.PatientID == source.PatientID
+        texts = [str(v.value) for v in sr.iterall() if v.keyword == "TextValue"]
+        assert any(t.startswith("Not analysed: ") and "localizer" in t for t in texts), texts
+        assert not orthanc.series_by_modality("SEG")
+
+
+def test_declined_upload_gets_a_not_analysed_sr_in_orthanc(
+    pacs: tuple[OrthancServer, int], study: list[Path], model: LesionSegmenter, tmp_path: Path
+) -> None:
+    """An uploaded study that is declined is reported to the PACS like a pushed one: the
+    upload job fails with the one-line reason, and one "not analysed" SR lands in its study."""
+    orthanc, our_port = pacs
+    scout = _variant(
+        study,
+        tmp_path / "upload" / "files",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        SeriesDescription="Scout",
+    )
+    source = pydicom.dcmread(scout[0], stop_before_pixels=True)
+    settings = _settings(tmp_path, orthanc, our_port)
+    job = Job(
+        id="j1",
+        key="upload:test-declined",
+        kind=JobKind.UPLOAD,
+        state=JobState.RUNNING,
+        payload={"path": str(tmp_path / "upload" / "files")},
+    )
+    with Bridge(settings, model, options_from(settings)) as bridge:
+        with pytest.raises(StudyDeclined, match="localizer"):
+            BridgeJobRunner(bridge)(job)
+        _drain(bridge)
+        (sr_series,) = wait_until(lambda: orthanc.series_by_modality("SR"), 30)
+        r = httpx.get(
+            f"{orthanc.url}/instances/{sr_series['Instances'][0]}/file",
+            auth=orthanc.auth,
+            timeout=30,
+        )
+        r.raise_for_status()
+        sr = pydicom.dcmread(io.BytesIO(r.content))
+        assert sr.StudyInstanceUID == source.StudyInstanceUID
         texts = [str(v.value) for v in sr.iterall() if v.keyword == "TextValue"]
         assert any(t.startswith("Not analysed: ") and "localizer" in t for t in texts), texts
         assert not orthanc.series_by_modality("SEG")

@@ -15,11 +15,19 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["durable_file", "fsync_dir", "fsync_file", "write_durably"]
+__all__ = [
+    "durable_file",
+    "durable_path",
+    "fsync_dir",
+    "fsync_file",
+    "fsync_tree",
+    "write_durably",
+]
 
 
 def fsync_file(path: Path | str) -> None:
@@ -92,3 +100,35 @@ def write_durably(
     """Write ``data`` to ``path`` durably (see :func:`durable_file` for the parameters)."""
     with durable_file(path, tmp_dir=tmp_dir, tmp_prefix=tmp_prefix, tmp_suffix=tmp_suffix) as fh:
         fh.write(data)
+
+
+@contextlib.contextmanager
+def durable_path(path: Path, *, tmp_suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer that takes a file name.
+
+    When the block succeeds the file written there is ``fsync``-ed and replaces ``path``, and
+    the folder is ``fsync``-ed (as :func:`durable_file`); on any exception it is removed and
+    ``path`` is untouched. The folder of ``path`` must exist.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{tmp_suffix}")
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_tree(root: Path | str) -> None:
+    """``fsync`` every file and folder under ``root`` (and ``root``), folders after their
+    content, so that a tree written without ``fsync`` is on disk before it is renamed into
+    place or acknowledged. Symbolic links are not followed."""
+    for dirpath, _dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            if not os.path.islink(full):
+                fsync_file(full)
+        fsync_dir(dirpath)

@@ -437,17 +437,21 @@ class Bridge:
         :meth:`RetractionQueue.run_due`); returns how many ran."""
         return self.retractions.run_due(now)
 
-    def report_not_analysed(self, study_uid: str, reason: str, *, tag: str) -> list[str]:
+    def report_not_analysed(
+        self, study_uid: str, reason: str, *, tag: str, source: Path | None = None
+    ) -> list[str]:
         """Write and queue the "not analysed: REASON" SR and page of a declined study.
 
         Delivered like results, to every destination; ``tag`` names the decision (a job or
         a series generation), so asking again for the same decision sends nothing new.
-        Never raises: the decline itself is the outcome that matters.
+        ``source`` is the folder of the study's files (default: its spool folder; an upload
+        passes its own). Never raises: the decline itself is the outcome that matters.
         """
         out = self.results_dir / study_uid / f"not-analysed.{tag}"
+        folder = source if source is not None else self.spool.instances_dir / study_uid
         try:
             identity: ModelIdentity = self.model.identity  # type: ignore[attr-defined]
-            files = write_not_analysed(self.spool.instances_dir / study_uid, reason, identity, out)
+            files = write_not_analysed(folder, reason, identity, out)
             if not files or not self.outbox_has_destinations:
                 return []
             return self.outbox.enqueue(files, job_ref=f"not-analysed.{tag}")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ct_triage.models.durable import fsync_file
+from ct_triage.models.durable import fsync_dir, fsync_tree
 from ct_triage.models.errors import TriageError
 
 logger = logging.getLogger(__name__)
@@ -44,12 +44,6 @@ def _writable_ancestor(out: Path) -> Path | None:
         if parent.exists():
             return parent if parent.is_dir() else None
     return None
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fsync_file(os.path.join(dirpath, name))
 
 
 def check_output_dir(out: Path) -> None:
@@ -87,7 +81,7 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
         raise _cannot_write(out, exc) from exc
     try:
         yield staging
-        _fsync_tree(staging)
+        fsync_tree(staging)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.rename(out, old / "result")
@@ -95,6 +89,7 @@ def atomic_output_dir(out: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(staging, out)
+        fsync_dir(out.parent)  # the rename itself
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         # A full or read-only file system, or any failure on a path of the staging folder

@@ -41,6 +41,7 @@ from ct_triage.dicom_bridge.writers.sr import (
 )
 from ct_triage.dicom_bridge.writers.summary import declined_page, result_page, write_summary
 from ct_triage.models.analysis import LesionModel, segment
+from ct_triage.models.durable import durable_path, fsync_dir
 from ct_triage.models.errors import InvalidInput
 from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, PRODUCT_VERSION, ModelIdentity
 from ct_triage.models.lesions import z_step_for
@@ -105,9 +106,9 @@ def write_not_analysed(
     page = write_summary(declined_page(header=headers[0], reason=reason, model=identity))
     out_dir.mkdir(parents=True, exist_ok=True)
     for obj, path in ((sr, files[0]), (page, files[1])):
-        tmp = path.with_name(path.name + ".tmp")
-        save_dataset(obj, tmp)
-        tmp.replace(path)
+        with durable_path(path) as tmp:
+            save_dataset(obj, tmp)
+    fsync_dir(out_dir.parent)  # the folder's own entry
     return files
 
 

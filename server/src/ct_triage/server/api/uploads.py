@@ -13,8 +13,8 @@ is refused with 413 and the folder is deleted. Client file names are never used 
 (parts are numbered). Zip archives are extracted with
 :func:`ct_triage.dicom_bridge.inputs.extract_zip` (zip-slip, links, encryption, entry count,
 expanded size and ratio checks) into the upload folder only; a refused archive gives 400 and
-the folder is deleted. A complete upload is renamed to ``<id>/`` (atomic) and its DICOM files
-lie under ``<id>/files/``.
+the folder is deleted. A complete upload is ``fsync``-ed, renamed to ``<id>/`` (atomic) and
+its DICOM files lie under ``<id>/files/``: an upload answered 202 is on disk.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from ct_triage.dicom_bridge.inputs import ZipLimits, extract_zip
+from ct_triage.models.durable import fsync_dir, fsync_tree
 from ct_triage.models.errors import InvalidInput
 from ct_triage.server.api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
@@ -303,8 +304,11 @@ async def receive_upload(request: Request, *, root: Path, limits: UploadLimits) 
         if sink.n_parts == 0 or sink.n_bytes == 0:
             raise BadRequest("the upload holds no file")
         files_dir = await anyio.to_thread.run_sync(_unpack, partial, parts_dir, limits)
+        # on disk before the 202: an accepted upload survives a power cut
+        await anyio.to_thread.run_sync(fsync_tree, partial)
         final = root / upload_id
         partial.replace(final)
+        await anyio.to_thread.run_sync(fsync_dir, root)
     except BaseException:
         sink.abort()
         shutil.rmtree(partial, ignore_errors=True)

@@ -217,9 +217,17 @@ class BridgeJobRunner:
             path = job.payload.get("path")
             if not path:
                 raise StudyDeclined(f"{job.kind} job has no 'path' to analyse")
-            report = analyze_study(
-                Path(str(path)), out, self.bridge.model, self.bridge.options
-            ).report
+            try:
+                report = analyze_study(
+                    Path(str(path)), out, self.bridge.model, self.bridge.options
+                ).report
+            except StudyDeclined as exc:
+                # the PACS shows that the study was seen and why it was skipped, as for push
+                # and pull (nothing is written when the files hold no DICOM header)
+                self.bridge.report_not_analysed(
+                    "uploads", str(exc), tag=out.name, source=Path(str(path))
+                )
+                raise
         self.bridge.enqueue_results(out, job_ref=job.key, report=report)
         return JobOutcome(result=result_summary(report, str(out)))
 
