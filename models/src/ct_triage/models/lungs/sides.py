@@ -94,10 +94,9 @@ def mediastinum_x(
     its centre is the middle of the columns within 5 % of the bottom. Otherwise (one lung
     visible, lungs fused over the whole volume) the centre of the body is used.
     """
-    fallback = float(np.nonzero(body)[2].mean()) if body.any() else lungs.shape[2] / 2
     profile = np.count_nonzero(lungs, axis=(0, 1)).astype(np.float64)
     if profile.max() <= 0:
-        return fallback
+        return _body_centre(body, lungs.shape[2])
     profile = ndi.uniform_filter1d(profile, max(1, round(_VALLEY_SMOOTH_MM / spacing[2])))
     top = float(profile.max())
     left = np.maximum.accumulate(profile)
@@ -107,7 +106,7 @@ def mediastinum_x(
     best = int(np.argmax(depth))
     if depth[best] <= 0 or profile[best] > _VALLEY_MAX_DEPTH * flank[best]:
         logger.info("lung sides: no mediastinal valley, using the body centre")
-        return fallback
+        return _body_centre(body, lungs.shape[2])
     # the valley floor (e.g. the whole heart) is flat: take its middle
     floor = profile <= profile[best] + 0.05 * (flank[best] - profile[best])
     lo = hi = best
@@ -116,6 +115,11 @@ def mediastinum_x(
     while hi < profile.size - 1 and floor[hi + 1]:
         hi += 1
     return (lo + hi) / 2
+
+
+def _body_centre(body: npt.NDArray[np.bool_], width: int) -> float:
+    """Mean column of the body; the middle of ``width`` columns when there is no body."""
+    return float(np.nonzero(body)[2].mean()) if body.any() else width / 2
 
 
 def split_component(
