@@ -172,8 +172,8 @@ def worker_orthanc(series: Path, work: Path, repeats: int) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "tests"))
     from orthanc import OrthancServer, orthanc_available
 
-    from ct_triage.dicom_bridge.deliver import CStoreDestination
-    from ct_triage.dicom_bridge.query import PacsNode
+    from ct_triage.dicom_bridge.destinations import CStoreDestination
+    from ct_triage.dicom_bridge.dimse import PacsNode
     from ct_triage.server.pipeline import analyze_study
 
     reason = orthanc_available()

@@ -29,18 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ct_triage.dicom_bridge.destinations import CStoreDestination as CStoreDestination
-from ct_triage.dicom_bridge.destinations import Destination as Destination
-from ct_triage.dicom_bridge.destinations import InstanceState, not_sent_result
-from ct_triage.dicom_bridge.destinations import StowDestination as StowDestination
+from ct_triage.dicom_bridge.destinations import Destination, InstanceState, not_sent_result
 from ct_triage.dicom_bridge.part10 import read_file_meta
 from ct_triage.models import sqlite_store
 from ct_triage.models.durable import fsync_dir, fsync_file
 
 __all__ = ["Delivery", "DeliveryState", "Outbox"]
-# CStoreDestination, Destination and StowDestination (imported "as" themselves above) are
-# re-exported only for the importers in server/ and benchmarks/ that still name this module
-# (issue 20). New code imports them from ct_triage.dicom_bridge.destinations.
 
 LOGGER = logging.getLogger(__name__)
 

@@ -29,26 +29,21 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from ct_triage.dicom_bridge import retrieve
-from ct_triage.dicom_bridge.dimse import DimseScu
-from ct_triage.dicom_bridge.dimse import PacsNode as PacsNode
+from ct_triage.dicom_bridge.dimse import DimseScu, PacsNode
 from ct_triage.dicom_bridge.instance_files import check_uid
-from ct_triage.dicom_bridge.pacs_errors import PacsError as PacsError
-from ct_triage.dicom_bridge.pacs_errors import PacsUnreachable
+from ct_triage.dicom_bridge.pacs_errors import PacsError, PacsUnreachable
 from ct_triage.dicom_bridge.qr_results import (
     STATUS_PENDING,
     STATUS_PENDING_WARNING,
     STATUS_SUCCESS,
     RetrieveResult,
     SeriesMatch,
+    StudyMatch,
     format_status,
     status_of,
 )
-from ct_triage.dicom_bridge.qr_results import StudyMatch as StudyMatch
 
 __all__ = ["DimseClient"]
-# PacsError, PacsNode and StudyMatch (imported "as" themselves above) are re-exported only
-# for the importers in server/ and benchmarks/ that still name this module (issue 20). New
-# code imports them from pacs_errors, dimse and qr_results.
 
 LOGGER = logging.getLogger(__name__)
 

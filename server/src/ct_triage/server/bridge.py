@@ -37,7 +37,9 @@ from typing import Any
 
 from ct_triage.dicom_bridge.deliver import Outbox
 from ct_triage.dicom_bridge.dicomweb import DicomWebClient
-from ct_triage.dicom_bridge.query import DimseClient, PacsNode, StudyMatch
+from ct_triage.dicom_bridge.dimse import PacsNode
+from ct_triage.dicom_bridge.qr_results import StudyMatch
+from ct_triage.dicom_bridge.query import DimseClient
 from ct_triage.dicom_bridge.scp import StorageSCP
 from ct_triage.dicom_bridge.spool import PurgeReport, ReadySeries, SeriesState, Spool
 from ct_triage.models.analysis import LesionModel

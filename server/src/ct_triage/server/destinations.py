@@ -11,9 +11,10 @@ from __future__ import annotations
 import ssl
 from dataclasses import replace
 
-from ct_triage.dicom_bridge.deliver import CStoreDestination, Destination, StowDestination
+from ct_triage.dicom_bridge.destinations import CStoreDestination, Destination, StowDestination
 from ct_triage.dicom_bridge.dicomweb import BasicAuth, BearerToken, DicomWebNode
-from ct_triage.dicom_bridge.query import DimseClient, PacsNode
+from ct_triage.dicom_bridge.dimse import PacsNode
+from ct_triage.dicom_bridge.query import DimseClient
 from ct_triage.dicom_bridge.retract import (
     DicomWebRetractor,
     OrthancRetractor,

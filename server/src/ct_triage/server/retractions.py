@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_triage.dicom_bridge.deliver import Outbox
-from ct_triage.dicom_bridge.query import PacsError
+from ct_triage.dicom_bridge.pacs_errors import PacsError
 from ct_triage.dicom_bridge.retract import Retractor
 from ct_triage.server.bridge_state import BridgeState
 from ct_triage.server.outputs import REPORT_NAME

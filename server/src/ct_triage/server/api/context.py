@@ -17,7 +17,7 @@ from ct_triage.server.settings import Settings
 from ct_triage.server.startup import ServiceHealth
 
 if TYPE_CHECKING:
-    from ct_triage.dicom_bridge.query import StudyMatch
+    from ct_triage.dicom_bridge.qr_results import StudyMatch
 
 #: ``(date_from, date_to, modality) -> studies``: the PACS query behind batch queries.
 StudyFinder = Callable[[date, date, str], "Sequence[StudyMatch]"]

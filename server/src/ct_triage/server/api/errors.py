@@ -8,7 +8,7 @@ the status of :func:`status_for`, and logs it once.
 
 from __future__ import annotations
 
-from ct_triage.dicom_bridge.query import PacsError
+from ct_triage.dicom_bridge.pacs_errors import PacsError
 from ct_triage.models.errors import (
     InferenceError,
     ModelError,

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from datetime import date
 
 from ct_triage.dicom_bridge.dicomweb import DicomWebClient
-from ct_triage.dicom_bridge.query import DimseClient, PacsNode, StudyMatch
+from ct_triage.dicom_bridge.dimse import PacsNode
+from ct_triage.dicom_bridge.qr_results import StudyMatch
+from ct_triage.dicom_bridge.query import DimseClient
 from ct_triage.dicom_bridge.tls import client_ssl_context
 from ct_triage.server.api.context import PacsCheck, StudyFinder
 from ct_triage.server.bridge import dicomweb_node
