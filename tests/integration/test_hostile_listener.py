@@ -59,7 +59,7 @@ from ct_triage.dicom_bridge.scp import (
     StorageSCP,
 )
 from ct_triage.dicom_bridge.spool import Spool
-from ct_triage.server.bridge import build_destinations
+from ct_triage.server.destinations import build_destinations
 from ct_triage.server.settings import Settings
 
 pytestmark = pytest.mark.integration

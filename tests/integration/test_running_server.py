@@ -22,7 +22,7 @@ from orthanc import OrthancServer, orthanc_available
 
 from ct_triage.dicom_bridge.dicomweb import DicomWebClient
 from ct_triage.models.lesions import LesionSegmenter
-from ct_triage.server.bridge import dicomweb_node
+from ct_triage.server.destinations import dicomweb_node
 from ct_triage.server.jobs.factory import create_job_store
 from ct_triage.server.jobs.model import JobStore
 from ct_triage.server.settings import Settings

@@ -583,11 +583,4 @@ class Bridge:
         return new
 
 
-__all__ = [
-    "Bridge",
-    "ConfigurationError",
-    "StudyOutcome",
-    "build_destinations",
-    "build_retractors",
-    "dicomweb_node",
-]
+__all__ = ["Bridge", "ConfigurationError", "StudyOutcome"]

@@ -15,7 +15,7 @@ from ct_triage.dicom_bridge.qr_results import StudyMatch
 from ct_triage.dicom_bridge.query import DimseClient
 from ct_triage.dicom_bridge.tls import client_ssl_context
 from ct_triage.server.api.context import PacsCheck, StudyFinder
-from ct_triage.server.bridge import dicomweb_node
+from ct_triage.server.destinations import dicomweb_node
 from ct_triage.server.settings import Settings, parse_dimse_node
 
 
