@@ -259,3 +259,24 @@ def test_inplane_dilation_and_erosion_fast_equal_scipy() -> None:
         np.testing.assert_array_equal(fast(mask), want)
     assert acc.erode_inplane_fast(mask)[3].all()
     assert not acc.dilate_inplane_fast(mask)[2].any()
+
+
+@pytest.mark.parametrize("steps", [0, 1, 2, 3, 5, 11, 30])
+def test_inplane_dilation_and_erosion_steps_equal_repeated_steps(steps: int) -> None:
+    mask = _blobs((6, 37, 29), seed=7)
+    mask[1] = False
+    mask[2] = True
+    mask[4, 0, :] = True  # touching the edges
+    mask[4, :, -1] = True
+    thin = _blobs((3, 1, 9), seed=8)  # thinner than the steps
+    for m in (mask, thin):
+        for fast, ref in (
+            (acc.dilate_inplane_fast, components.dilate_inplane),
+            (acc.erode_inplane_fast, components.erode_inplane),
+        ):
+            want = m
+            for _ in range(steps):
+                want = ref(want)
+            got = fast(m, steps)
+            assert got.flags.c_contiguous
+            np.testing.assert_array_equal(got, want)

@@ -256,34 +256,72 @@ def fill_holes_inplane_fast(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_
     return out
 
 
-def dilate_inplane_fast(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """:func:`ct_triage.kernels.components.dilate_inplane` as two separable passes.
+def dilate_inplane_fast(mask: npt.NDArray[np.bool_], steps: int = 1) -> npt.NDArray[np.bool_]:
+    """:func:`ct_triage.kernels.components.dilate_inplane`, repeated ``steps`` times.
 
-    The 3 x 3 square is a 3 x 1 line then a 1 x 3 line: four shifted ORs over the array
-    instead of scipy's neighbourhood loop (about 6x faster on a chest-sized mask).
+    One step: the 3 x 3 square is a 3 x 1 line then a 1 x 3 line, four shifted ORs over the
+    array instead of scipy's neighbourhood loop (about 6x faster on a chest-sized mask).
+    ``steps`` steps are one dilation by the ``2 * steps + 1`` square, with the outside False:
+    the mask is padded by ``steps`` and each line grows by doubling (:func:`_grow_line`), so
+    10 steps cost about 3.
     """
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 3:
-        return components.dilate_inplane(m)
-    rows = m.copy()
-    rows[:, 1:, :] |= m[:, :-1, :]
-    rows[:, :-1, :] |= m[:, 1:, :]
-    out = rows.copy()
-    out[:, :, 1:] |= rows[:, :, :-1]
-    out[:, :, :-1] |= rows[:, :, 1:]
-    return out
+        for _ in range(steps):
+            m = components.dilate_inplane(m)
+        return m
+    if steps < 1:
+        return m.copy()
+    if steps == 1:
+        rows = m.copy()
+        rows[:, 1:, :] |= m[:, :-1, :]
+        rows[:, :-1, :] |= m[:, 1:, :]
+        out = rows.copy()
+        out[:, :, 1:] |= rows[:, :, :-1]
+        out[:, :, :-1] |= rows[:, :, 1:]
+        return out
+    r = steps
+    padded = np.zeros((m.shape[0], m.shape[1] + 2 * r, m.shape[2] + 2 * r), dtype=bool)
+    padded[:, r:-r, r:-r] = m
+    grown = _grow_line(_grow_line(padded, 1, r), 2, r)
+    return np.ascontiguousarray(grown[:, r:-r, r:-r])
 
 
-def erode_inplane_fast(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
-    """:func:`ct_triage.kernels.components.erode_inplane`: the complement's dilation, inverted.
+def _grow_line(a: npt.NDArray[np.bool_], axis: int, radius: int) -> npt.NDArray[np.bool_]:
+    """``a`` dilated along ``axis`` by the line of ``2 * radius + 1``, exact where the line
+    stays inside the array (the caller pads by ``radius``).
 
-    With the outside counted as True, a voxel survives the erosion exactly when no False
-    voxel of the array lies in its 3 x 3 neighbourhood.
+    A dilation by ``done`` ORed with itself shifted by ``s <= 2 * done + 1`` both ways is the
+    dilation by ``done + s`` (the three intervals overlap): radius 1, 4, 11, ... in that many
+    passes instead of one per step.
+    """
+    n = a.shape[axis]
+    done = 0
+    while done < radius:
+        s = min(2 * done + 1, radius - done)
+        lo: list[slice] = [slice(None)] * a.ndim
+        hi: list[slice] = [slice(None)] * a.ndim
+        lo[axis], hi[axis] = slice(s, None), slice(None, n - s)
+        grown = a.copy()
+        grown[tuple(lo)] |= a[tuple(hi)]
+        grown[tuple(hi)] |= a[tuple(lo)]
+        a, done = grown, done + s
+    return a
+
+
+def erode_inplane_fast(mask: npt.NDArray[np.bool_], steps: int = 1) -> npt.NDArray[np.bool_]:
+    """:func:`ct_triage.kernels.components.erode_inplane` repeated ``steps`` times: the
+    complement's dilation, inverted.
+
+    With the outside counted as True, a voxel survives the erosions exactly when no False
+    voxel of the array lies in its ``2 * steps + 1`` square.
     """
     m = np.asarray(mask, dtype=bool)
     if m.ndim != 3:
-        return components.erode_inplane(m)
-    out = dilate_inplane_fast(~m)
+        for _ in range(steps):
+            m = components.erode_inplane(m)
+        return m
+    out = dilate_inplane_fast(~m, steps)
     np.logical_not(out, out=out)
     return out
 

@@ -185,13 +185,13 @@ def _border_pockets(
         body_share = np.where(n_outline > 0, n_body / np.maximum(n_outline, 1), 0.0)
     # thick enough to be lung: survives in-plane erosion to a _POCKET_MIN_RADIUS_MM core
     # (the air gap inside a patient table reads like lung foam but is a few mm thin)
-    core = inplane_steps(erode_inplane_fast, cut, _POCKET_MIN_RADIUS_MM, spacing)
+    core = erode_inplane_fast(cut, inplane_steps(_POCKET_MIN_RADIUS_MM, spacing))
     thick = np.zeros(n + 1, dtype=bool)
     thick[lab[core & in_candidate]] = True
     # a strip of the air around the patient between the skin and a crop's edge can read
     # denser than air (partial volume, blankets) but it is shallow: it never reaches
     # _POCKET_MIN_DEPTH_MM into the field of view, a cut lung does
-    reach = inplane_steps(dilate_inplane_fast, boundary, _POCKET_MIN_DEPTH_MM, spacing)
+    reach = dilate_inplane_fast(boundary, inplane_steps(_POCKET_MIN_DEPTH_MM, spacing))
     deep = np.zeros(n + 1, dtype=bool)
     deep[lab[in_candidate & ~reach]] = True
     lung_like = dense & thick & deep
@@ -199,7 +199,7 @@ def _border_pockets(
     # air around the patient; the air between the layers of a patient table (part of the
     # body's tissue component) lies a few mm from it
     outside_air = air & ~body & ~in_candidate
-    near = inplane_steps(dilate_inplane_fast, outside_air, _POCKET_CLEAR_MM, spacing)
+    near = dilate_inplane_fast(outside_air, inplane_steps(_POCKET_CLEAR_MM, spacing))
     n_near = np.bincount(lab[in_candidate & near], minlength=n + 1).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         clear = np.where(n_vox > 0, n_near / np.maximum(n_vox, 1), 1.0) <= _POCKET_MAX_NEAR_AIR

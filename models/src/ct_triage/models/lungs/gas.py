@@ -78,12 +78,28 @@ def find_gas(
         margin = _GAS_MARGIN_MM + _GAS_BOX_MM / 2
         r_xy = max(1, math.ceil(margin / min(spacing[1], spacing[2])))
         r_z = math.floor((_GAS_MARGIN_MM + _GAS_BOX_Z_MM / 2) / spacing[0])
-        gas = ndi.binary_dilation(gas, INPLANE_CONNECTIVITY, iterations=r_xy, mask=candidates)
+        # the growth stays within r_xy in-plane and r_z across slices of the core: work on
+        # that box only (outside it nothing is set, with or without the box)
+        region = _grown_box(gas, (r_z, r_xy, r_xy))
+        grown = ndi.binary_dilation(
+            gas[region], INPLANE_CONNECTIVITY, iterations=r_xy, mask=candidates[region]
+        )
         if r_z:
             zs = np.zeros((3, 3, 3), dtype=bool)
             zs[:, 1, 1] = True
-            gas = ndi.binary_dilation(gas, zs, iterations=r_z, mask=candidates)
+            grown = ndi.binary_dilation(grown, zs, iterations=r_z, mask=candidates[region])
+        gas[region] = grown
     return gas, air_level
+
+
+def _grown_box(mask: npt.NDArray[np.bool_], pad: tuple[int, ...]) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` (not empty) grown by ``pad`` voxels per axis, clipped."""
+    box = []
+    for axis, (n, p) in enumerate(zip(mask.shape, pad, strict=True)):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(0, int(present[0]) - p), min(n, int(present[-1]) + p + 1)))
+    return tuple(box)
 
 
 def gas_contact_pieces(
