@@ -7,6 +7,8 @@
   of each lung; a second SR with only those outlines (the form OHIF lists); the "not
   analysed: REASON" SR of a declined study. :func:`~.sr.round_measurement` is the one
   rounding rule shared with ``report.json``.
+* :mod:`~ct_triage.dicom_bridge.writers.sr_content` -- the TID 1500 pieces the SR writers
+  share (request, observer, algorithm, disclaimer); :mod:`~.sr_outlines` -- the outline SR.
 * :mod:`~ct_triage.dicom_bridge.writers.planar` -- the largest lesion cross-sections and
   their outlines (image coordinates).
 * :mod:`~ct_triage.dicom_bridge.writers.overlay` -- burned-in Secondary Capture series
