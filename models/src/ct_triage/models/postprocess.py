@@ -135,15 +135,19 @@ def combine(
     spacing = volume.spacing
     out_lungs = np.array(lungs, dtype=np.uint8, copy=True)
     out_lesions = np.zeros(shape, dtype=np.uint8)
-    # the lesion voxels as indices: the dense ones and the box are found on them, not on
+    # the lesion voxels as flat indices: the dense ones and the box are found on them, not on
     # whole-volume masks
     flat = np.flatnonzero(lesion_classes)
+    classes = lesion_classes.reshape(-1)[flat]
     dropped: tuple[npt.NDArray[np.intp], ...] = ()
     if max_lesion_hu is not None:
         dense = volume.hu.reshape(-1)[flat] > max_lesion_hu
         if dense.any():
             dropped = np.unravel_index(flat[dense], shape)
-            flat = flat[~dense]
+            # kept as uint8, as the whole map was when dense voxels were dropped (this only
+            # matters for a signed or float map)
+            flat, classes = flat[~dense], classes[~dense].astype(np.uint8)
+    flat = flat[classes > 0]
     if flat.size == 0:
         return Segmentation(out_lungs, out_lesions, spacing)
     if not out_lungs.any():
