@@ -47,7 +47,6 @@ from ct_triage.dicom_bridge.writers.seg import (
     SEGMENT_GGO,
     SEGMENT_LEFT_LUNG,
     SEGMENT_RIGHT_LUNG,
-    output_character_set,
     with_type2_defaults,
 )
 from ct_triage.dicom_bridge.writers.sr_content import (
@@ -56,6 +55,7 @@ from ct_triage.dicom_bridge.writers.sr_content import (
     algorithm_identification,
     device_uid,
     disclaimer_container,
+    machine_sr,
     observation_context,
     round_measurement,
     section_refs,
@@ -316,26 +316,15 @@ def write_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
     """
     t0 = time.perf_counter()
     evidence = [*with_type2_defaults(req.source), req.seg]
-    sr = hd.sr.Comprehensive3DSR(
+    sr = machine_sr(
         evidence=evidence,
         content=build_measurement_report(req),
-        series_instance_uid=hd.UID(),
         series_number=req.series_number,
-        sop_instance_uid=hd.UID(),
         instance_number=req.instance_number,
-        manufacturer=codes.MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
         series_description=SERIES_DESCRIPTION,
-        previous_versions=list(req.previous_versions) or None,
-        specific_character_set=output_character_set(req.source[0]),
+        model=req.model,
+        previous_versions=req.previous_versions,
     )
-    sr.ManufacturerModelName = req.model.algorithm_label
-    sr.SoftwareVersions = codes.SOFTWARE_VERSION
-    separate_containers(sr)
-    # General Series (C.7.3.1): dated like the content, so PACS sort the series by date
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     logger.info("SR built: %d evidence instances, %.2f s", len(evidence), time.perf_counter() - t0)
     return sr
 
@@ -416,22 +405,11 @@ def write_not_analysed_sr(req: NotAnalysedSrRequest) -> hd.sr.Comprehensive3DSR:
         ]
     )
     report[0].ContentSequence.append(container)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=list(with_type2_defaults(req.evidence)),
+    return machine_sr(
+        evidence=with_type2_defaults(req.evidence),
         content=report,
-        series_instance_uid=hd.UID(),
         series_number=req.series_number,
-        sop_instance_uid=hd.UID(),
         instance_number=1,
-        manufacturer=codes.MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
         series_description=NOT_ANALYSED_DESCRIPTION,
-        specific_character_set=output_character_set(req.evidence[0]),
+        model=req.model,
     )
-    sr.ManufacturerModelName = req.model.algorithm_label
-    sr.SoftwareVersions = codes.SOFTWARE_VERSION
-    separate_containers(sr)
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
-    return sr

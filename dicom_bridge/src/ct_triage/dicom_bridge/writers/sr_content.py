@@ -34,6 +34,7 @@ from ct_triage.dicom_bridge.writers.seg import (
     SEGMENT_GGO,
     SEGMENT_LEFT_LUNG,
     SEGMENT_RIGHT_LUNG,
+    output_character_set,
     validate_source,
 )
 from ct_triage.models.identity import DISCLAIMER, PRODUCT_NAME, ModelIdentity
@@ -229,6 +230,50 @@ def observation_context(model: ModelIdentity) -> hd.sr.ObservationContext:
         ),
     )
     return hd.sr.ObservationContext(observer_device_context=observer)
+
+
+def machine_sr(
+    *,
+    evidence: Sequence[Dataset],
+    content: hd.sr.MeasurementReport,
+    series_number: int,
+    instance_number: int,
+    series_description: str,
+    model: ModelIdentity,
+    previous_versions: Sequence[Dataset] = (),
+    character_set_of: Dataset | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Wrap a TID 1500 report in the Comprehensive 3D SR (PS3.3 A.35.13) every SR of ours is.
+
+    In the study of ``evidence``, with the character set of ``character_set_of`` (default: the
+    first evidence data set), a new series,
+    Completion Flag COMPLETE, Verification Flag UNVERIFIED (a machine result nobody has
+    signed), our manufacturer, model and software version, every container SEPARATE
+    (:func:`separate_containers`), and the series dated like its content (General Series
+    C.7.3.1: PACS sort the series by date).
+    """
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(evidence),
+        content=content,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=codes.MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=series_description,
+        previous_versions=list(previous_versions) or None,
+        specific_character_set=output_character_set(
+            evidence[0] if character_set_of is None else character_set_of
+        ),
+    )
+    sr.ManufacturerModelName = model.algorithm_label
+    sr.SoftwareVersions = codes.SOFTWARE_VERSION
+    separate_containers(sr)
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
+    return sr
 
 
 def separate_containers(items: Dataset | Sequence[Dataset]) -> None:

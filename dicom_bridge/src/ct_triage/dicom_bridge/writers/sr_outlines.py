@@ -20,15 +20,15 @@ import highdicom as hd
 
 from ct_triage.dicom_bridge.writers import codes
 from ct_triage.dicom_bridge.writers.planar import KeySection
-from ct_triage.dicom_bridge.writers.seg import output_character_set, with_type2_defaults
+from ct_triage.dicom_bridge.writers.seg import with_type2_defaults
 from ct_triage.dicom_bridge.writers.sr_content import (
     SrRequest,
     algorithm_identification,
     disclaimer_container,
+    machine_sr,
     observation_context,
     round_measurement,
     section_refs,
-    separate_containers,
 )
 from ct_triage.models.identity import DISCLAIMER_SHORT
 
@@ -101,22 +101,12 @@ def write_outlines_sr(req: SrRequest) -> hd.sr.Comprehensive3DSR:
     )
     report[0].ContentSequence.append(disclaimer_container(req.quantification))
     shown = sorted({section.slice_index for section in req.sections})
-    sr = hd.sr.Comprehensive3DSR(
+    return machine_sr(
         evidence=with_type2_defaults([req.source[k] for k in shown]),
         content=report,
-        series_instance_uid=hd.UID(),
         series_number=req.series_number + 3,
-        sop_instance_uid=hd.UID(),
         instance_number=req.instance_number,
-        manufacturer=codes.MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
         series_description=OUTLINES_DESCRIPTION,
-        specific_character_set=output_character_set(req.source[0]),
+        model=req.model,
+        character_set_of=req.source[0],
     )
-    sr.ManufacturerModelName = req.model.algorithm_label
-    sr.SoftwareVersions = codes.SOFTWARE_VERSION
-    separate_containers(sr)
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
-    return sr
