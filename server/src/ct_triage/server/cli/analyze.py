@@ -47,6 +47,10 @@ def summary_text(result: AnalysisResult) -> str:
         if r["triage"]["category"] == "normal"
         else ""
     )
+    # what is there (summary.dcm always, sr-outlines.dcm when a lesion was outlined)
+    written = ", ".join(
+        sorted(p.name + ("/" if p.is_dir() else "") for p in result.out_dir.iterdir())
+    )
     lines = [
         f"Series {r['series_number']} '{r['series_description']}' "
         f"({r['volume']['shape_zyx'][0]} slices)",
@@ -65,7 +69,7 @@ def summary_text(result: AnalysisResult) -> str:
         ),
         f"  Model      : {r['model']['name']} {r['model']['version']} "
         f"on {r['model']['execution_provider']}",
-        f"  Results in : {result.out_dir} (report.json, seg.dcm, sr.dcm, overlay/, preview.png)",
+        f"  Results in : {result.out_dir} ({written})",
         f"  Timings    : {stages}; total {t['total']:.2f}s",
         f"  {DISCLAIMER}",
     ]
