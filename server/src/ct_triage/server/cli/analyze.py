@@ -47,9 +47,13 @@ def summary_text(result: AnalysisResult) -> str:
         if r["triage"]["category"] == "normal"
         else ""
     )
-    # what is there (summary.dcm always, sr-outlines.dcm when a lesion was outlined)
+    # what the report says it wrote (sr-outlines.dcm only when a lesion was outlined)
     written = ", ".join(
-        sorted(p.name + ("/" if p.is_dir() else "") for p in result.out_dir.iterdir())
+        ["report.json"]
+        + [
+            out if isinstance(out, str) else out.get("file") or f"{out.get('folder')}/"
+            for out in r.get("outputs", {}).values()
+        ]
     )
     lines = [
         f"Series {r['series_number']} '{r['series_description']}' "
