@@ -47,14 +47,6 @@ def summary_text(result: AnalysisResult) -> str:
         if r["triage"]["category"] == "normal"
         else ""
     )
-    # what the report says it wrote (sr-outlines.dcm only when a lesion was outlined)
-    written = ", ".join(
-        ["report.json"]
-        + [
-            out if isinstance(out, str) else out.get("file") or f"{out.get('folder')}/"
-            for out in r.get("outputs", {}).values()
-        ]
-    )
     lines = [
         f"Series {r['series_number']} '{r['series_description']}' "
         f"({r['volume']['shape_zyx'][0]} slices)",
@@ -73,7 +65,8 @@ def summary_text(result: AnalysisResult) -> str:
         ),
         f"  Model      : {r['model']['name']} {r['model']['version']} "
         f"on {r['model']['execution_provider']}",
-        f"  Results in : {result.out_dir} ({written})",
+        f"  Results in : {result.out_dir} (report.json, seg.dcm, sr.dcm, summary.dcm, "
+        "sr-outlines.dcm when a lesion is outlined, overlay/, preview.png)",
         f"  Timings    : {stages}; total {t['total']:.2f}s",
         f"  {DISCLAIMER}",
     ]
